@@ -1,0 +1,12 @@
+"""Crash-safe files for Gateway Engine: atomic writes, INI configs, locked edits, paths, sqlite."""
+from .files import RecoveryError, atomic_write, fsync_dir, previous_path, read_recovering, remove_stale_temps
+from .locking import edit_config, file_lock, read_config, set_option
+from .parser import AtomicConfigParser
+from .paths import GwePaths, gwe_paths
+from .sqlite import connect_sqlite
+
+__all__ = [
+    "AtomicConfigParser", "GwePaths", "RecoveryError", "atomic_write", "connect_sqlite", "edit_config",
+    "file_lock", "fsync_dir", "gwe_paths", "previous_path", "read_config", "read_recovering",
+    "remove_stale_temps", "set_option",
+]

@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="gateway-engine",
+    version="0.1.0",
+    description="Gateway Engine: OTA app hosting, durable message queue and telemetry for Linux IoT gateways",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["atomic_config*", "device_client*", "gmq*", "otau*", "gwe*", "murano_local*"]),
+    install_requires=[
+        "supervisor>=4.2",
+        "requests>=2.25",
+        "paho-mqtt>=2.0,<3",
+        "psutil>=5.8",
+        "click>=8.0",
+        "pyyaml>=5.4",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout>=2", "murano-client==21.12.22"],
+    },
+    entry_points={"console_scripts": []},
+)

@@ -1,0 +1,34 @@
+import os
+
+import pytest
+
+from harness import Mosquitto, Supervisord
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Subprocesses started by tests import the checkout under test, installed or not.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+
+
+@pytest.fixture
+def gwe_home(tmp_path, monkeypatch):
+    """A fresh GWE_HOME for the test, exported to the environment (and so to subprocesses)."""
+    home = tmp_path / "gwe_home"
+    home.mkdir()
+    monkeypatch.setenv("GWE_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def supervisord(gwe_home):
+    sup = Supervisord(str(gwe_home))
+    sup.start()
+    yield sup
+    sup.stop()
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    broker = Mosquitto(str(tmp_path / "mosquitto"))
+    broker.start()
+    yield broker
+    broker.stop()

@@ -1,0 +1,163 @@
+"""Reusable test parts: waiting for conditions, free ports, real supervisord and mosquitto."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from typing import Callable, Optional, TypeVar
+
+from supervisor.xmlrpc import SupervisorTransport
+
+T = TypeVar("T")
+
+
+class WaitTimeout(AssertionError):
+    pass
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
+             message: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: Optional[BaseException] = None
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # the condition may be unready (connection refused...)
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            raise WaitTimeout("timed out after %.1fs waiting for %s (last error: %r)" % (timeout, message, last_exc))
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it does not exit within ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
+def supervisor_proxy(socket_path: str) -> xmlrpc.client.ServerProxy:
+    """An XML-RPC proxy to supervisord over its unix socket, using supervisor's own transport."""
+    transport = SupervisorTransport(None, None, serverurl="unix://" + socket_path)
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+
+class Supervisord:
+    """A real supervisord in the foreground, configured under ``home`` (a GWE_HOME)."""
+
+    def __init__(self, home: str) -> None:
+        self.home = home
+        self.etc = os.path.join(home, "etc", "supervisor")
+        self.include = os.path.join(self.etc, "conf.d")
+        self.run = os.path.join(home, "run", "gwe")
+        self.log = os.path.join(home, "var", "log", "gwe")
+        self.socket = os.path.join(self.run, "supervisord.sock")
+        self.conf = os.path.join(self.etc, "supervisord.conf")
+        self.proc: Optional[subprocess.Popen] = None
+
+    def write_config(self) -> None:
+        for d in (self.include, self.run, self.log):
+            os.makedirs(d, exist_ok=True)
+        with open(self.conf, "w") as f:
+            f.write(
+                "[unix_http_server]\nfile = %(sock)s\nchmod = 0700\n\n"
+                "[supervisord]\nlogfile = %(log)s/supervisord.log\npidfile = %(run)s/supervisord.pid\n"
+                "childlogdir = %(log)s\nnodaemon = true\nloglevel = info\n\n"
+                "[rpcinterface:supervisor]\n"
+                "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
+                "[supervisorctl]\nserverurl = unix://%(sock)s\n\n"
+                "[include]\nfiles = %(inc)s/*.conf\n"
+                % {"sock": self.socket, "log": self.log, "run": self.run, "inc": self.include})
+
+    def start(self, timeout: float = 15.0) -> "Supervisord":
+        if not os.path.exists(self.conf):
+            self.write_config()
+        self.proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-n", "-c", self.conf],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.home)
+        wait_for(lambda: self._running(), timeout, message="supervisord to answer on %s" % self.socket)
+        return self
+
+    def _running(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError("supervisord exited: %s" % self.proc.stderr.read().decode(errors="replace"))
+        return self.rpc().supervisor.getState()["statename"] == "RUNNING"
+
+    def rpc(self) -> xmlrpc.client.ServerProxy:
+        return supervisor_proxy(self.socket)
+
+    def state(self, name: str) -> str:
+        return self.rpc().supervisor.getProcessInfo(name)["statename"]
+
+    def add_program(self, name: str, command: str, **options: object) -> None:
+        """Write ``[program:name]`` into the include directory and apply it via XML-RPC."""
+        lines = ["[program:%s]" % name, "command = %s" % command]
+        lines += ["%s = %s" % (k, v) for k, v in options.items()]
+        with open(os.path.join(self.include, name + ".conf"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        rpc = self.rpc()
+        rpc.supervisor.reloadConfig()
+        rpc.supervisor.addProcessGroup(name)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, timeout=20)
+            if self.proc.stderr:
+                self.proc.stderr.close()
+
+
+def mosquitto_binary() -> str:
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/bin/mosquitto"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError("mosquitto is not installed; run scripts/test, which installs it")
+
+
+class Mosquitto:
+    """A real mosquitto broker on a free loopback port, anonymous, no persistence."""
+
+    def __init__(self, workdir: str, port: Optional[int] = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.conf = os.path.join(workdir, "mosquitto.conf")
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self, timeout: float = 10.0) -> "Mosquitto":
+        os.makedirs(self.workdir, exist_ok=True)
+        with open(self.conf, "w") as f:
+            f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n" % self.port)
+        self.proc = subprocess.Popen([mosquitto_binary(), "-c", self.conf],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: self.proc.poll() is None and port_open(self.port), timeout,
+                 message="mosquitto on port %d" % self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
