@@ -1,5 +1,5 @@
 # Sourced by scripts/demo and scripts/test: a virtualenv in .venv with this checkout installed.
-# Usage: . scripts/bootstrap.sh [pip extras, e.g. "[test]"]
+# Set EXTRAS (e.g. "[test]") before sourcing to install pip extras.
 as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else
         echo "need root (or sudo) to run: $*" >&2; return 1; fi
@@ -19,4 +19,4 @@ if [ ! -x "$VENV/bin/python" ]; then
         python3 -m venv "$VENV"
     fi
 fi
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".${1:-}"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".${EXTRAS:-}"
