@@ -1,0 +1,53 @@
+import os
+import stat
+
+import pytest
+
+from gwe.config import (ConfigError, load_engine_settings, load_gateway_config, resolve_serial,
+                        update_engine_settings, update_gateway_config)
+
+
+def test_gateway_cfg_is_private_and_writes_empty_as_quotes(gwe_home):
+    cfg = update_gateway_config({"vendor": "p1", "model": "p1"})
+    path = gwe_home / "etc" / "gwe" / "Gateway.cfg"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    text = path.read_text()
+    assert "[device]" in text and "cik = ''" in text and "vendor = p1" in text
+    assert cfg.cik == "" and cfg.product_id == "p1"
+    assert cfg.murano_url == "https://p1.m2.exosite.io"
+
+
+def test_host_overrides_murano_url(gwe_home):
+    assert update_gateway_config({"host": "http://127.0.0.1:9/"}).murano_url == "http://127.0.0.1:9"
+
+
+def test_no_product_id_is_a_clear_error(gwe_home):
+    with pytest.raises(ConfigError, match="set-product-id"):
+        load_gateway_config().murano_url
+
+
+def test_serial_from_uuid_else_iface_mac_written_back(gwe_home):
+    update_gateway_config({"iface": "lo"})
+    assert resolve_serial() == "00:00:00:00:00:00"
+    assert load_gateway_config().uuid == "00:00:00:00:00:00"
+    update_gateway_config({"uuid": "SER-1"})
+    assert resolve_serial() == "SER-1"
+
+
+def test_no_serial_source_is_an_error(gwe_home):
+    update_gateway_config({})
+    with pytest.raises(ConfigError, match="set-uuid"):
+        resolve_serial()
+    update_gateway_config({"iface": "nosuchif0"})
+    with pytest.raises(ConfigError, match="nosuchif0"):
+        resolve_serial()
+    assert load_gateway_config().uuid == ""
+
+
+def test_engine_settings_defaults_and_validation(gwe_home):
+    assert load_engine_settings()["update_interval"] == "14400"
+    assert update_engine_settings({"update_interval": "30", "debug_level": "debug"})["debug_level"] == "DEBUG"
+    for bad in ({"update_interval": "0"}, {"update_interval": "soon"}, {"debug_level": "LOUD"}, {"nope": "1"}):
+        with pytest.raises(ConfigError):
+            update_engine_settings(bad)
+    assert load_engine_settings()["update_interval"] == "30"
