@@ -83,18 +83,12 @@ class Supervisord:
         self.proc: Optional[subprocess.Popen] = None
 
     def write_config(self) -> None:
-        for d in (self.include, self.run, self.log):
-            os.makedirs(d, exist_ok=True)
-        with open(self.conf, "w") as f:
-            f.write(
-                "[unix_http_server]\nfile = %(sock)s\nchmod = 0700\n\n"
-                "[supervisord]\nlogfile = %(log)s/supervisord.log\npidfile = %(run)s/supervisord.pid\n"
-                "childlogdir = %(log)s\nnodaemon = true\nloglevel = info\n\n"
-                "[rpcinterface:supervisor]\n"
-                "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
-                "[supervisorctl]\nserverurl = unix://%(sock)s\n\n"
-                "[include]\nfiles = %(inc)s/*.conf\n"
-                % {"sock": self.socket, "log": self.log, "run": self.run, "inc": self.include})
+        """The configuration gwe generates for this GWE_HOME (run in the foreground by ``-n``)."""
+        from atomic_config import atomic_write, gwe_paths
+        from gwe.supervisor_conf import supervisord_conf
+
+        paths = gwe_paths(self.home).ensure()
+        atomic_write(self.conf, supervisord_conf(paths))
 
     def start(self, timeout: float = 15.0) -> "Supervisord":
         if not os.path.exists(self.conf):
