@@ -1,0 +1,3 @@
+"""Gateway Engine daemon and CLI."""
+
+__version__ = "0.1.0"
