@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from harness import Mosquitto, Supervisord
+from harness import Mosquitto, MuranoLocal, Supervisord
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Subprocesses started by tests import the checkout under test, installed or not.
@@ -32,3 +32,12 @@ def mosquitto(tmp_path):
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def murano(tmp_path):
+    """A started murano_local server (default product ``localproduct``), stopped afterwards."""
+    server = MuranoLocal(str(tmp_path / "murano_local"))
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,244 @@
+"""``murano-local``: run the server, and operate it (devices, state, history, content) over its admin API."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Optional
+from urllib.parse import quote
+
+import click
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "murano-local")
+
+
+class CliError(click.ClickException):
+    """One line on stderr, exit code 1."""
+
+    def show(self, file=None) -> None:
+        click.echo("murano-local: error: %s" % self.message, err=True)
+
+
+class Admin:
+    """A thin client of the admin HTTP API (requests is imported only by operator commands)."""
+
+    def __init__(self, url: str, product: Optional[str]) -> None:
+        import requests
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        self._product = product
+
+    def call(self, method: str, path: str, expect=(200,), **kwargs):
+        import requests
+        try:
+            resp = self.session.request(method, self.url + path, timeout=60, **kwargs)
+        except requests.RequestException as exc:
+            raise CliError("cannot reach %s: %s" % (self.url, exc.__class__.__name__))
+        if resp.status_code not in expect:
+            reason = resp.text.strip().splitlines()[0] if resp.text.strip() else resp.reason
+            raise CliError("%s %s: %d %s" % (method, path, resp.status_code, reason))
+        return resp
+
+    @property
+    def product(self) -> str:
+        if self._product is None:
+            self._product = self.call("GET", "/api:1/info").json()["default_product"]
+        return self._product
+
+    def device2(self, suffix: str = "") -> str:
+        return "/api:1/service/%s/device2%s" % (quote(self.product, safe=""), suffix)
+
+    def identity(self, identity: str, suffix: str = "") -> str:
+        return self.device2("/identity/%s%s" % (quote(identity, safe=""), suffix))
+
+    def content(self, name: str = "") -> str:
+        return "/api:1/service/%s/content/item/%s" % (quote(self.product, safe=""), quote(name, safe=""))
+
+
+def _dump(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.group()
+@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="MURANO_LOCAL_URL",
+              help="Base URL of the murano-local server to operate.")
+@click.option("--product", default=None, help="Product id (default: the server's default product).")
+@click.pass_context
+def main(ctx: click.Context, url: str, product: Optional[str]) -> None:
+    """A local Murano-compatible Device API server and its operator commands."""
+    ctx.obj = {"url": url, "product": product}
+
+
+def _admin(ctx: click.Context) -> Admin:
+    return Admin(ctx.obj["url"], ctx.obj["product"])
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--data", "data_dir", default=default_data_dir, show_default="~/.local/share/murano-local",
+              type=click.Path(file_okay=False), help="Directory holding the database and content.")
+@click.option("--product-id", default="localproduct", show_default=True,
+              help="Product used when the Host header names none.")
+@click.option("--allow-self-register", is_flag=True,
+              help="Let unknown identities activate themselves in the default product.")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def serve(host: str, port: int, data_dir: str, product_id: str, allow_self_register: bool, log_level: str) -> None:
+    """Serve the Device API and the admin API until SIGTERM or Ctrl-C."""
+    from .server import serve as run
+    from .service import Murano
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not product_id.isalnum() or not product_id.isascii():
+        raise CliError("--product-id must be letters and digits")
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        murano = Murano(data_dir, default_pid=product_id, allow_self_register=allow_self_register)
+    except OSError as exc:
+        raise CliError("cannot use data directory %s: %s" % (data_dir, exc.strerror or exc))
+    try:
+        run(murano, host, port)
+    except OSError as exc:
+        raise CliError("cannot serve on %s:%d: %s" % (host, port, exc.strerror or exc))
+
+
+@main.group()
+def device() -> None:
+    """Whitelist devices, read and set their state, read their history."""
+
+
+@device.command("add")
+@click.argument("identity")
+@click.pass_context
+def device_add(ctx: click.Context, identity: str) -> None:
+    """Whitelist IDENTITY so it can activate."""
+    admin = _admin(ctx)
+    resp = admin.call("PUT", admin.identity(identity), expect=(201, 204), json={})
+    click.echo("added %s" % identity if resp.status_code == 201 else "%s was already whitelisted" % identity)
+
+
+@device.command("remove")
+@click.argument("identity")
+@click.pass_context
+def device_remove(ctx: click.Context, identity: str) -> None:
+    """Delete IDENTITY with its token, state and history."""
+    admin = _admin(ctx)
+    admin.call("DELETE", admin.identity(identity), expect=(204,))
+    click.echo("removed %s" % identity)
+
+
+@device.command("reprovision")
+@click.argument("identity")
+@click.pass_context
+def device_reprovision(ctx: click.Context, identity: str) -> None:
+    """Let IDENTITY activate once more (its next activation replaces its token)."""
+    admin = _admin(ctx)
+    admin.call("PATCH", admin.identity(identity), expect=(204,), json={"reprovision": True})
+    click.echo("%s may activate again" % identity)
+
+
+@device.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the Device2 identity records as JSON.")
+@click.pass_context
+def device_list(ctx: click.Context, as_json: bool) -> None:
+    """List the product's devices and their status."""
+    admin = _admin(ctx)
+    items = admin.call("GET", admin.device2("/identity/")).json()["items"]
+    if as_json:
+        _dump(items)
+        return
+    for item in items:
+        click.echo("%s\t%s" % (item["identity"], item["status"]))
+
+
+@device.command("read")
+@click.argument("identity")
+@click.argument("aliases", nargs=-1)
+@click.pass_context
+def device_read(ctx: click.Context, identity: str, aliases) -> None:
+    """Print IDENTITY's state as JSON {alias: {reported, set, timestamp}}."""
+    admin = _admin(ctx)
+    state = admin.call("GET", admin.identity(identity, "/state")).json()
+    if aliases:
+        state = {a: state[a] for a in aliases if a in state}
+    _dump(state)
+
+
+@device.command("write")
+@click.argument("identity")
+@click.argument("alias")
+@click.argument("value")
+@click.pass_context
+def device_write(ctx: click.Context, identity: str, alias: str, value: str) -> None:
+    """Set ALIAS to VALUE from the cloud side (changes only `set`; wakes long polls)."""
+    admin = _admin(ctx)
+    admin.call("PATCH", admin.identity(identity, "/state"), expect=(204,), json={alias: value})
+    click.echo("set %s.%s" % (identity, alias))
+
+
+@device.command("history")
+@click.argument("identity")
+@click.argument("alias")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100000))
+@click.pass_context
+def device_history(ctx: click.Context, identity: str, alias: str, limit: int) -> None:
+    """Print ALIAS's values as JSON [{timestamp, value}], newest first (timestamps in µs)."""
+    admin = _admin(ctx)
+    path = admin.identity(identity, "/history/%s" % quote(alias, safe=""))
+    _dump(admin.call("GET", path, params={"limit": limit}).json())
+
+
+@main.group()
+def content() -> None:
+    """The product's content area (files devices download)."""
+
+
+@content.command("upload")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", default=None, help="Content id (default: the file's name).")
+@click.option("--type", "content_type", default="application/octet-stream", show_default=True)
+@click.option("--meta", default="", help="Free-text meta field shown by content info.")
+@click.pass_context
+def content_upload(ctx: click.Context, file: str, name: Optional[str], content_type: str, meta: str) -> None:
+    """Upload FILE (streamed) to the content area."""
+    admin = _admin(ctx)
+    name = name or os.path.basename(file)
+    try:
+        with open(file, "rb") as body:
+            resp = admin.call("PUT", admin.content(name), expect=(201,), data=body,
+                              headers={"Content-Type": content_type, "X-Content-Meta": meta,
+                                       "Content-Length": str(os.fstat(body.fileno()).st_size)})
+    except OSError as exc:
+        raise CliError("cannot read %s: %s" % (file, exc.strerror or exc))
+    click.echo("uploaded %s (%d bytes)" % (name, resp.json()["length"]))
+
+
+@content.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def content_list(ctx: click.Context, as_json: bool) -> None:
+    """List the content area."""
+    admin = _admin(ctx)
+    items = admin.call("GET", admin.content()).json()
+    if as_json:
+        _dump(items)
+        return
+    for item in items:
+        click.echo("%s\t%d\t%s" % (item["id"], item["length"], item["type"]))
+
+
+@content.command("delete")
+@click.argument("name")
+@click.pass_context
+def content_delete(ctx: click.Context, name: str) -> None:
+    """Delete NAME from the content area."""
+    admin = _admin(ctx)
+    admin.call("DELETE", admin.content(name), expect=(204,))
+    click.echo("deleted %s" % name)

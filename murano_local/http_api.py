@@ -1,0 +1,260 @@
+"""The HTTP Device API (murano-device-api.md §2): activate, write, read, long poll, record, timestamp, content."""
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from decimal import Decimal, InvalidOperation
+from typing import List, Optional, Tuple
+from urllib.parse import parse_qsl
+
+from device_client.form import FormError, decode_alias_query, decode_form, encode_form
+
+from .service import Murano, check_identity
+from .wire import HttpError, Request, Response, text
+
+FORM_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
+SECONDS_LIMIT = 1e11  # record timestamps below this are seconds, above it microseconds
+STACK_ALIAS = "/onep:v1/stack/alias"
+STACK_RECORD = "/onep:v1/stack/record"
+
+
+def form_response(pairs: List[Tuple[str, str]], headers: Optional[List[Tuple[str, str]]] = None) -> Response:
+    if not pairs:
+        return Response(204)
+    return Response(200, encode_form(pairs).encode("utf-8"), FORM_TYPE, headers or [])
+
+
+def http_date(timestamp_us: int) -> str:
+    return email.utils.formatdate(timestamp_us // 1_000_000, usegmt=True)
+
+
+def parse_if_modified_since(value: Optional[str]) -> Optional[int]:
+    """Unix seconds (int or float) or an HTTP-date, as microseconds."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            raise HttpError(400, "If-Modified-Since is neither seconds nor an HTTP-date")
+        if parsed is None:
+            raise HttpError(400, "If-Modified-Since is neither seconds nor an HTTP-date")
+        seconds = parsed.timestamp()
+    if not math.isfinite(seconds) or seconds < 0:
+        raise HttpError(400, "If-Modified-Since out of range")
+    return int(seconds * 1_000_000)
+
+
+def parse_request_timeout(value: Optional[str]) -> Optional[int]:
+    if value is None:
+        return None
+    try:
+        ms = float(value.strip())
+    except ValueError:
+        raise HttpError(400, "Request-Timeout must be milliseconds")
+    if not math.isfinite(ms) or ms < 0:
+        raise HttpError(400, "Request-Timeout out of range")
+    return int(ms)
+
+
+def parse_record_timestamp(raw: str) -> int:
+    """Record keys are Unix seconds (int or float); values of 1e11 and above are taken as µs."""
+    try:
+        ts = Decimal(raw.strip())
+    except InvalidOperation:
+        raise HttpError(400, "record timestamp %r is not a number" % raw[:40])
+    if not ts.is_finite() or ts < 0:
+        raise HttpError(400, "record timestamp %r out of range" % raw[:40])
+    us = ts * 1_000_000 if ts < SECONDS_LIMIT else ts
+    if us >= 10 ** 17:
+        raise HttpError(400, "record timestamp %r out of range" % raw[:40])
+    return int(us)
+
+
+class DeviceApi:
+    def __init__(self, murano: Murano) -> None:
+        self.murano = murano
+
+    def handle(self, req: Request) -> Optional[Response]:
+        path, method = req.path, req.method
+        if path == "/timestamp" and method in ("GET", "HEAD"):
+            return text(200, str(int(time.time())))
+        if path == "/provision/activate":
+            return self._only(req, "POST") or self.activate(req)
+        if path == "/provision/download":
+            return self._only(req, "GET") or self.content(req)
+        if path == STACK_ALIAS:
+            if method == "GET":
+                return self.read(req)
+            return self._only(req, "POST") or self.write(req)
+        if path == STACK_RECORD:
+            return self._only(req, "POST") or self.record(req)
+        if path.startswith(STACK_ALIAS + "/"):
+            return self._only(req, "POST") or self.record_alias(req, path[len(STACK_ALIAS) + 1:])
+        return None
+
+    @staticmethod
+    def _only(req: Request, method: str) -> Optional[Response]:
+        if req.method != method:
+            raise HttpError(405, "method not allowed", [("Allow", method)])
+        return None
+
+    # -- helpers -------------------------------------------------------------------------
+    def _pid(self, req: Request) -> str:
+        return self.murano.product_for_host(req.header("Host"))
+
+    def _device(self, req: Request) -> Tuple[str, str]:
+        pid = self._pid(req)
+        return pid, self.murano.authenticate(pid, req.header("X-Exosite-CIK"))
+
+    @staticmethod
+    def _form(req: Request) -> List[Tuple[str, str]]:
+        ctype = (req.header("Content-Type") or "").split(";")[0].strip().lower()
+        if ctype and ctype != "application/x-www-form-urlencoded":
+            raise HttpError(415, "Content-Type must be application/x-www-form-urlencoded")
+        try:
+            return decode_form(req.body())
+        except FormError as exc:
+            raise HttpError(400, "malformed form body: %s" % exc)
+
+    @staticmethod
+    def _aliases(query: str) -> List[str]:
+        try:
+            return decode_alias_query(query)
+        except FormError as exc:
+            raise HttpError(400, "malformed alias list: %s" % exc)
+
+    # -- endpoints -----------------------------------------------------------------------
+    def activate(self, req: Request) -> Response:
+        fields = dict(self._form(req))
+        identity = fields.get("id", fields.get("sn"))
+        if identity is None:
+            raise HttpError(400, "activation needs id=<identity> or vendor, model and sn")
+        check_identity(identity)
+        token = self.murano.activate(self._pid(req), identity)
+        return text(200, token)
+
+    def write(self, req: Request) -> Response:
+        pid, identity = self._device(req)
+        reads = self._aliases(req.query) if req.query else []
+        values = self._form(req)
+        if not values and not reads:
+            raise HttpError(400, "nothing to write")
+        if values:
+            self.murano.write(pid, identity, values)
+        if not reads:
+            return Response(204)
+        return form_response(self.murano.read(pid, identity, reads))
+
+    def read(self, req: Request) -> Response:
+        pid, identity = self._device(req)
+        aliases = self._aliases(req.query)
+        if not aliases:
+            raise HttpError(400, "no alias to read")
+        timeout_ms = parse_request_timeout(req.header("Request-Timeout"))
+        since_us = parse_if_modified_since(req.header("If-Modified-Since"))
+        if timeout_ms is None:
+            return form_response(self.murano.read(pid, identity, aliases))
+        found = self.murano.long_poll(pid, identity, aliases, timeout_ms, since_us)
+        if not found:
+            return Response(304)
+        newest = max(ts for _a, _v, ts in found)
+        return form_response([(a, v) for a, v, _ts in found], [("Last-Modified", http_date(newest))])
+
+    def record(self, req: Request) -> Response:
+        pid, identity = self._device(req)
+        points = []
+        alias = None
+        for key, value in self._form(req):
+            if key == "alias":
+                alias = value
+                continue
+            if alias is None:
+                raise HttpError(400, "record body must start with alias=<alias>")
+            points.append((alias, parse_record_timestamp(key), value))
+        if not points:
+            raise HttpError(400, "nothing to record")
+        self.murano.record(pid, identity, points)
+        return Response(204)
+
+    def record_alias(self, req: Request, raw_alias: str) -> Response:
+        pid, identity = self._device(req)
+        try:
+            alias = decode_alias_query(raw_alias)
+        except FormError:
+            raise HttpError(400, "malformed alias in path")
+        if len(alias) != 1:
+            raise HttpError(400, "malformed alias in path")
+        points = [(alias[0], parse_record_timestamp(k), v) for k, v in self._form(req)]
+        if not points:
+            raise HttpError(400, "nothing to record")
+        self.murano.record(pid, identity, points)
+        return Response(204)
+
+    def content(self, req: Request) -> Response:
+        pid, _identity = self._device(req)
+        try:
+            params = dict(parse_qsl(req.query, keep_blank_values=True, strict_parsing=False, errors="strict"))
+        except (UnicodeDecodeError, ValueError):
+            raise HttpError(400, "malformed query")
+        name = params.get("id")
+        if name is None:
+            names = [c["name"] for c in self.murano.content.list(pid)]
+            return Response(200, "".join(n + "\n" for n in names).encode("utf-8"), "text/csv; charset=utf-8")
+        if params.get("info", "").lower() == "true":
+            info = self.murano.content.info(pid, name)
+            line = "%s,%d,%d,%s" % (info["type"], info["size"], info["updated"], info["meta"])
+            return text(200, line)
+        return self._download(req, pid, name)
+
+    def _download(self, req: Request, pid: str, name: str) -> Response:
+        info, blob = self.murano.content.open(pid, name)
+        if blob is None:
+            raise HttpError(404, "content not found")
+        size = info["size"]
+        headers = [("Accept-Ranges", "bytes")]
+        byte_range = parse_range(req.header("Range"), size)
+        if byte_range is None:
+            return Response(200, content_type=info["type"], headers=headers, file=blob, offset=0, length=size)
+        if byte_range == "unsatisfiable":
+            blob.close()
+            raise HttpError(416, "range not satisfiable", [("Content-Range", "bytes */%d" % size)])
+        start, end = byte_range
+        headers.append(("Content-Range", "bytes %d-%d/%d" % (start, end, size)))
+        return Response(206, content_type=info["type"], headers=headers, file=blob, offset=start,
+                        length=end - start + 1)
+
+
+def parse_range(header: Optional[str], size: int):
+    """One ``bytes=`` range as ``(start, end)`` inclusive, ``"unsatisfiable"``, or None (serve it all).
+
+    Malformed or multi-part ranges are ignored, as RFC 7233 allows.
+    """
+    if not header:
+        return None
+    header = header.strip()
+    if not header.lower().startswith("bytes=") or "," in header:
+        return None
+    spec = header[6:].strip()
+    first, sep, last = spec.partition("-")
+    if not sep:
+        return None
+    try:
+        if first == "":
+            suffix = int(last)
+            if suffix <= 0:
+                return "unsatisfiable"
+            return (max(size - suffix, 0), size - 1) if size else "unsatisfiable"
+        start = int(first)
+        end = int(last) if last != "" else size - 1
+    except ValueError:
+        return None
+    if start < 0 or end < start:
+        return None
+    if start >= size:
+        return "unsatisfiable"
+    return start, min(end, size - 1)

@@ -1,0 +1,163 @@
+"""The HTTP/1.1 server: one daemon thread per connection, keep-alive, bounded requests, error mapping."""
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, List, Optional
+
+from device_client.form import FormError
+
+from . import __version__
+from .admin import AdminApi
+from .content import ContentError
+from .http_api import DeviceApi
+from .service import Invalid, Murano, TooLarge, Unauthorized
+from .store import Conflict, NotFound
+from .wire import HttpError, Request, Response, text
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT_S = 330.0  # longer than the longest long poll
+THREAD_STACK = 512 * 1024
+
+
+class MuranoHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+    allow_reuse_address = True
+
+    def __init__(self, address, murano: Murano) -> None:
+        self.murano = murano
+        self.front_ends: List[Callable[[Request], Optional[Response]]] = [
+            DeviceApi(murano).handle, AdminApi(murano).handle]
+        super().__init__(address, Handler)
+
+
+def _error_for(exc: BaseException) -> Optional[HttpError]:
+    if isinstance(exc, HttpError):
+        return exc
+    if isinstance(exc, (Invalid, FormError, ContentError)):
+        return HttpError(400, str(exc))
+    if isinstance(exc, TooLarge):
+        return HttpError(413, str(exc))
+    if isinstance(exc, Unauthorized):
+        return HttpError(401, str(exc))
+    if isinstance(exc, NotFound):
+        return HttpError(404, str(exc))
+    if isinstance(exc, Conflict):
+        return HttpError(409, "")
+    return None
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "murano-local/" + __version__
+    timeout = IDLE_TIMEOUT_S
+    server: MuranoHTTPServer
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+        """Malformed request lines and headers (caught by http.server) get a plain-text reason too."""
+        self.close_connection = True
+        self._send(text(code, message or self.responses.get(code, ("error",))[0]))
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_GET
+
+    def _serve(self) -> None:
+        req = None
+        try:
+            req = self._request()
+            response = None
+            for front_end in self.server.front_ends:
+                response = front_end(req)
+                if response is not None:
+                    break
+            if response is None:
+                response = text(404, "no such endpoint")
+        except Exception as exc:
+            error = _error_for(exc)
+            if error is None:
+                log.exception("internal error on %s %s", self.command, self.path)
+                error = HttpError(500, "internal server error")
+            response = text(error.status, error.message)
+            response.headers.extend(error.headers)
+        if req is None or (req.length and not req.consumed):
+            self.close_connection = True  # the unread body would be taken for the next request
+        self._send(response)
+
+    def _request(self) -> Request:
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise HttpError(411, "chunked bodies are not supported; send Content-Length")
+        raw_length = self.headers.get("Content-Length")
+        length = 0
+        if raw_length is not None:
+            if not raw_length.strip().isdigit():
+                raise HttpError(400, "bad Content-Length")
+            length = int(raw_length)
+        target = self.path
+        if "://" in target.split("?", 1)[0]:
+            target = "/" + target.split("://", 1)[1].partition("/")[2]
+        path, _, query = target.partition("?")
+        return Request(self.command, path, query, self.headers, self.client_address[0], length, self.rfile)
+
+    def _send(self, response: Response) -> None:
+        try:
+            self.send_response(response.status)
+            if response.content_type:
+                self.send_header("Content-Type", response.content_type)
+            for name, value in response.headers:
+                self.send_header(name, value)
+            length = response.length if response.file is not None else len(response.body)
+            if response.status != 304:
+                self.send_header("Content-Length", str(length))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command == "HEAD" or response.status in (204, 304):
+                return
+            if response.file is not None:
+                self.connection.sendfile(response.file, response.offset, response.length)
+            else:
+                self.wfile.write(response.body)
+        except (ConnectionError, socket.timeout) as exc:
+            log.debug("client went away: %s", exc)
+            self.close_connection = True
+        finally:
+            if response.file is not None:
+                response.file.close()
+
+
+def serve(murano: Murano, host: str = "127.0.0.1", port: int = 8080,
+          ready: Optional[Callable[[MuranoHTTPServer], None]] = None) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    threading.stack_size(THREAD_STACK)
+    server = MuranoHTTPServer((host, port), murano)
+
+    def stop(_signum, _frame) -> None:
+        murano.hub.close()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+    log.info("murano-local serving http://%s:%d (default product %s)", host, server.server_address[1],
+             murano.default_pid)
+    if ready:
+        ready(server)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()
+        murano.close()

@@ -1,0 +1,161 @@
+"""Murano's device-side semantics over the store: products, activation, set/reported, long-poll waits.
+
+Front ends (the HTTP Device API, the admin API, later MQTT) call this and nothing below it.
+"""
+from __future__ import annotations
+
+import re
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .content import ContentArea
+from .events import Change, ChangeHub
+from .store import NotFound, Store, database_path
+
+MAX_VALUE_BYTES = 1024 * 1024
+MAX_LONG_POLL_MS = 300000
+_HOST_PID = re.compile(r"^([a-z0-9]+)\.(?:devmode-)?m2\.", re.IGNORECASE)
+_ALIAS = re.compile(r"^[^.$]+$")
+MAX_IDENTITY = 256
+
+
+class Invalid(ValueError):
+    """A request the Device API refuses as malformed (400)."""
+
+
+class TooLarge(ValueError):
+    """A value over Murano's 1 MiB limit (413)."""
+
+
+class Unauthorized(Exception):
+    """Missing or unknown token (401)."""
+
+
+def check_alias(alias: str) -> str:
+    if not _ALIAS.match(alias) or len(alias) > 256 or any(ord(c) < 32 for c in alias):
+        raise Invalid("invalid alias %r" % alias[:40])
+    return alias
+
+
+def check_identity(identity: str) -> str:
+    if not identity or len(identity) > MAX_IDENTITY or any(ord(c) < 32 or ord(c) == 127 for c in identity):
+        raise Invalid("invalid identity")
+    return identity
+
+
+def check_value(value: str) -> str:
+    if len(value.encode("utf-8")) > MAX_VALUE_BYTES:
+        raise TooLarge("value larger than %d bytes" % MAX_VALUE_BYTES)
+    return value
+
+
+class Murano:
+    """One local Murano: a default product plus any product named by a request's Host."""
+
+    def __init__(self, data_dir: str, default_pid: str = "localproduct", allow_self_register: bool = False) -> None:
+        self.data_dir = data_dir
+        self.default_pid = default_pid.lower()
+        self.allow_self_register = allow_self_register
+        self.store = Store(database_path(data_dir))
+        self.store.ensure_product(self.default_pid, allow_self_register=allow_self_register)
+        self.content = ContentArea(data_dir, self.store)
+        self.hub = ChangeHub()
+
+    def close(self) -> None:
+        self.hub.close()
+        self.store.close()
+
+    # -- products ---------------------------------------------------------------------
+    def product_for_host(self, host: Optional[str]) -> str:
+        """``<pid>.m2.<domain>`` names the product; any other Host means the default one."""
+        if host:
+            match = _HOST_PID.match(host.strip())
+            if match:
+                return match.group(1).lower()
+        return self.default_pid
+
+    def product(self, pid: str) -> dict:
+        info = self.store.product(pid)
+        if info is None:
+            return {"pid": pid, "allow_self_register": self.allow_self_register, "created_us": None}
+        return info
+
+    def set_self_register(self, pid: str, allowed: bool) -> None:
+        self.store.ensure_product(pid, allow_self_register=allowed)
+
+    # -- devices ------------------------------------------------------------------------
+    def add_device(self, pid: str, identity: str) -> bool:
+        check_identity(identity)
+        self.store.ensure_product(pid, default_self_register=self.allow_self_register)
+        return self.store.add_device(pid, identity)
+
+    def activate(self, pid: str, identity: str) -> str:
+        check_identity(identity)
+        return self.store.activate(pid, identity, self.product(pid)["allow_self_register"])
+
+    def authenticate(self, pid: str, token: Optional[str]) -> str:
+        """The identity owning ``token`` in product ``pid``."""
+        if not token:
+            raise Unauthorized("missing X-Exosite-CIK")
+        owner = self.store.device_by_token(token.strip())
+        if owner is None or owner[0] != pid:
+            raise Unauthorized("invalid token")
+        return owner[1]
+
+    # -- data ---------------------------------------------------------------------------
+    def write(self, pid: str, identity: str, values: Sequence[Tuple[str, str]]) -> int:
+        for alias, value in values:
+            check_alias(alias)
+            check_value(value)
+        ts = self.store.device_write(pid, identity, values)
+        self.hub.publish(Change("write", pid, identity, tuple(values), ts))
+        return ts
+
+    def record(self, pid: str, identity: str, points: Sequence[Tuple[str, int, str]]) -> None:
+        for alias, _ts, value in points:
+            check_alias(alias)
+            check_value(value)
+        self.store.device_record(pid, identity, points)
+        self.hub.publish(Change("record", pid, identity, tuple((a, v) for a, _t, v in points),
+                                max((t for _a, t, _v in points), default=0)))
+
+    def operator_set(self, pid: str, identity: str, values: Sequence[Tuple[str, str]]) -> int:
+        for alias, value in values:
+            check_alias(alias)
+            check_value(value)
+        ts = self.store.operator_set(pid, identity, values)
+        self.hub.publish(Change("set", pid, identity, tuple(values), ts))
+        return ts
+
+    def read(self, pid: str, identity: str, aliases: Sequence[str]) -> List[Tuple[str, str]]:
+        """What a device read returns: the ``set`` value (the pending one, if any) per alias."""
+        state = self.store.state(pid, identity, aliases)
+        return [(a, state[a]["set"]) for a in aliases if a in state and state[a]["set"] is not None]
+
+    def long_poll(self, pid: str, identity: str, aliases: Sequence[str], timeout_ms: int,
+                  since_us: Optional[int]) -> List[Tuple[str, str, int]]:
+        """Pending cloud-set values newer than ``since_us``, waiting up to ``timeout_ms`` for one.
+
+        Returns ``[(alias, value, timestamp_us)]``, empty on timeout. Holds no CPU while waiting.
+        """
+        deadline = time.monotonic() + min(timeout_ms, MAX_LONG_POLL_MS) / 1000.0
+        key = (pid, identity)
+        while True:
+            seen = self.hub.version(key)
+            found = self.store.pending(pid, identity, aliases, since_us)
+            if found:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.hub.closed:
+                return []
+            self.hub.wait_change(key, seen, remaining)
+
+    def state(self, pid: str, identity: str, aliases: Optional[Sequence[str]] = None) -> Dict[str, dict]:
+        if self.store.device(pid, identity) is None:
+            raise NotFound("no such device")
+        return self.store.state(pid, identity, aliases)
+
+    def history(self, pid: str, identity: str, alias: str, limit: int) -> List[dict]:
+        if self.store.device(pid, identity) is None:
+            raise NotFound("no such device")
+        return self.store.history(pid, identity, alias, limit)

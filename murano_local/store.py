@@ -1,0 +1,339 @@
+"""Everything murano_local keeps, in one sqlite database: products, devices, state, history, content.
+
+One connection behind a lock: sqlite serialises writers anyway, and every commit is
+``synchronous=FULL`` so what a request acknowledges survives kill -9. Content bytes live
+as files beside the database (see :mod:`murano_local.content`); only their metadata is here.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+import string
+import threading
+import time
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from atomic_config import connect_sqlite
+
+TOKEN_ALPHABET = string.ascii_letters + string.digits
+TOKEN_LENGTH = 40
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS products (
+    pid TEXT PRIMARY KEY,
+    allow_self_register INTEGER NOT NULL DEFAULT 0,
+    created_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    pid TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    token TEXT UNIQUE,
+    reprovision INTEGER NOT NULL DEFAULT 0,
+    created_us INTEGER NOT NULL,
+    activated_us INTEGER,
+    PRIMARY KEY (pid, identity)
+);
+CREATE TABLE IF NOT EXISTS state (
+    pid TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    reported TEXT,
+    set_value TEXT,
+    timestamp INTEGER NOT NULL,
+    pending INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (pid, identity, alias)
+);
+CREATE TABLE IF NOT EXISTS points (
+    pid TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    timestamp INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (pid, identity, alias, timestamp)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS content (
+    pid TEXT NOT NULL,
+    name TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    meta TEXT NOT NULL DEFAULT '',
+    file TEXT NOT NULL,
+    PRIMARY KEY (pid, name)
+);
+"""
+
+
+class StoreError(Exception):
+    """Base of the store's refusals; each maps to one HTTP status."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    pass
+
+
+def new_token() -> str:
+    """A 40-character ``[A-Za-z0-9]`` token, as Murano issues (and murano-client checks)."""
+    return "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH))
+
+
+class Clock:
+    """Microsecond timestamps that never repeat or go backwards within this process."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def now_us(self) -> int:
+        with self._lock:
+            now = max(int(time.time() * 1_000_000), self._last + 1)
+            self._last = now
+            return now
+
+
+class Store:
+    """The sqlite database under the data directory."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn = connect_sqlite(path, check_same_thread=False)
+        self._lock = threading.RLock()
+        self.clock = Clock()
+        with self._lock:
+            self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- plumbing -------------------------------------------------------------------
+    def _query(self, sql: str, args: Sequence = ()) -> List[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    def _transaction(self, work):
+        """Run ``work(conn)`` inside BEGIN IMMEDIATE / COMMIT; roll back on any error."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            return result
+
+    # -- products -------------------------------------------------------------------
+    def ensure_product(self, pid: str, allow_self_register: Optional[bool] = None,
+                       default_self_register: bool = False) -> None:
+        """Create ``pid`` if absent; set its self-registration flag when one is given."""
+        def work(conn: sqlite3.Connection) -> None:
+            flag = default_self_register if allow_self_register is None else allow_self_register
+            conn.execute("INSERT OR IGNORE INTO products (pid, allow_self_register, created_us) VALUES (?, ?, ?)",
+                         (pid, int(flag), self.clock.now_us()))
+            if allow_self_register is not None:
+                conn.execute("UPDATE products SET allow_self_register = ? WHERE pid = ?",
+                             (int(allow_self_register), pid))
+        self._transaction(work)
+
+    def product(self, pid: str) -> Optional[dict]:
+        rows = self._query("SELECT allow_self_register, created_us FROM products WHERE pid = ?", (pid,))
+        if not rows:
+            return None
+        return {"pid": pid, "allow_self_register": bool(rows[0][0]), "created_us": rows[0][1]}
+
+    # -- devices --------------------------------------------------------------------
+    def add_device(self, pid: str, identity: str) -> bool:
+        """Whitelist ``identity``; True when it was new."""
+        def work(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("INSERT OR IGNORE INTO devices (pid, identity, created_us) VALUES (?, ?, ?)",
+                               (pid, identity, self.clock.now_us()))
+            return cur.rowcount == 1
+        return self._transaction(work)
+
+    def remove_device(self, pid: str, identity: str) -> None:
+        """Forget the device with its token, state, and history."""
+        def work(conn: sqlite3.Connection) -> None:
+            cur = conn.execute("DELETE FROM devices WHERE pid = ? AND identity = ?", (pid, identity))
+            if cur.rowcount == 0:
+                raise NotFound("no such device")
+            conn.execute("DELETE FROM state WHERE pid = ? AND identity = ?", (pid, identity))
+            conn.execute("DELETE FROM points WHERE pid = ? AND identity = ?", (pid, identity))
+        self._transaction(work)
+
+    def set_reprovision(self, pid: str, identity: str, reprovision: bool) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            cur = conn.execute("UPDATE devices SET reprovision = ? WHERE pid = ? AND identity = ?",
+                               (int(reprovision), pid, identity))
+            if cur.rowcount == 0:
+                raise NotFound("no such device")
+        self._transaction(work)
+
+    def device(self, pid: str, identity: str) -> Optional[dict]:
+        rows = self._query("SELECT identity, token, reprovision, created_us, activated_us FROM devices "
+                           "WHERE pid = ? AND identity = ?", (pid, identity))
+        return _device_row(rows[0]) if rows else None
+
+    def devices(self, pid: str) -> List[dict]:
+        rows = self._query("SELECT identity, token, reprovision, created_us, activated_us FROM devices "
+                           "WHERE pid = ? ORDER BY identity", (pid,))
+        return [_device_row(r) for r in rows]
+
+    def activate(self, pid: str, identity: str, self_register: bool) -> str:
+        """Issue the device's token: once, or again when reprovisioning was allowed.
+
+        Raises NotFound for an identity that is not whitelisted (unless ``self_register``)
+        and Conflict for one that is already activated.
+        """
+        def work(conn: sqlite3.Connection) -> str:
+            now = self.clock.now_us()
+            row = conn.execute("SELECT token, reprovision FROM devices WHERE pid = ? AND identity = ?",
+                               (pid, identity)).fetchone()
+            if row is None:
+                if not self_register:
+                    raise NotFound("identity not whitelisted")
+                conn.execute("INSERT INTO devices (pid, identity, created_us) VALUES (?, ?, ?)",
+                             (pid, identity, now))
+            elif row[0] is not None and not row[1]:
+                raise Conflict("already activated")
+            token = new_token()
+            conn.execute("UPDATE devices SET token = ?, reprovision = 0, activated_us = ? "
+                         "WHERE pid = ? AND identity = ?", (token, now, pid, identity))
+            return token
+        return self._transaction(work)
+
+    def device_by_token(self, token: str) -> Optional[Tuple[str, str]]:
+        rows = self._query("SELECT pid, identity FROM devices WHERE token = ?", (token,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    # -- state and history --------------------------------------------------------------
+    def device_write(self, pid: str, identity: str, values: Sequence[Tuple[str, str]]) -> int:
+        """A device write: ``reported`` and ``set`` both take the value; one timestamp for all."""
+        def work(conn: sqlite3.Connection) -> int:
+            ts = self.clock.now_us()
+            for alias, value in values:
+                _upsert_reported(conn, pid, identity, alias, value, ts)
+                conn.execute("INSERT OR REPLACE INTO points (pid, identity, alias, timestamp, value) "
+                             "VALUES (?, ?, ?, ?, ?)", (pid, identity, alias, ts, value))
+            return ts
+        return self._transaction(work)
+
+    def device_record(self, pid: str, identity: str, points: Iterable[Tuple[str, int, str]]) -> None:
+        """Historical points ``(alias, timestamp_us, value)``; the newest one also becomes the state
+        when it is newer than what the state holds. A repeated (alias, timestamp) replaces the
+        earlier value, so a forwarder that retries after a crash leaves no duplicates."""
+        def work(conn: sqlite3.Connection) -> None:
+            newest: Dict[str, Tuple[int, str]] = {}
+            for alias, ts, value in points:
+                conn.execute("INSERT OR REPLACE INTO points (pid, identity, alias, timestamp, value) "
+                             "VALUES (?, ?, ?, ?, ?)", (pid, identity, alias, ts, value))
+                if alias not in newest or ts >= newest[alias][0]:
+                    newest[alias] = (ts, value)
+            for alias, (ts, value) in newest.items():
+                row = conn.execute("SELECT timestamp FROM state WHERE pid = ? AND identity = ? AND alias = ?",
+                                   (pid, identity, alias)).fetchone()
+                if row is None or ts >= row[0]:
+                    _upsert_reported(conn, pid, identity, alias, value, ts)
+        self._transaction(work)
+
+    def operator_set(self, pid: str, identity: str, values: Sequence[Tuple[str, str]]) -> int:
+        """The cloud side sets values: only ``set`` changes, ``reported`` stays."""
+        def work(conn: sqlite3.Connection) -> int:
+            if conn.execute("SELECT 1 FROM devices WHERE pid = ? AND identity = ?",
+                            (pid, identity)).fetchone() is None:
+                raise NotFound("no such device")
+            ts = self.clock.now_us()
+            for alias, value in values:
+                conn.execute(
+                    "INSERT INTO state (pid, identity, alias, reported, set_value, timestamp, pending) "
+                    "VALUES (?, ?, ?, NULL, ?, ?, 1) ON CONFLICT (pid, identity, alias) "
+                    "DO UPDATE SET set_value = excluded.set_value, timestamp = excluded.timestamp, pending = 1",
+                    (pid, identity, alias, value, ts))
+            return ts
+        return self._transaction(work)
+
+    def state(self, pid: str, identity: str, aliases: Optional[Sequence[str]] = None) -> Dict[str, dict]:
+        """``{alias: {"reported", "set", "timestamp"}}``, for all aliases or the given ones."""
+        rows = self._query("SELECT alias, reported, set_value, timestamp FROM state "
+                           "WHERE pid = ? AND identity = ? ORDER BY alias", (pid, identity))
+        wanted = None if aliases is None else set(aliases)
+        return {alias: {"reported": reported, "set": set_value, "timestamp": ts}
+                for alias, reported, set_value, ts in rows if wanted is None or alias in wanted}
+
+    def pending(self, pid: str, identity: str, aliases: Sequence[str], since_us: Optional[int]) -> List[Tuple[str, str, int]]:
+        """Cloud-set values the device has not written back yet, newer than ``since_us``:
+        ``[(alias, set, timestamp)]`` in the order of ``aliases``."""
+        rows = self._query("SELECT alias, set_value, timestamp FROM state WHERE pid = ? AND identity = ? "
+                           "AND pending = 1 AND timestamp > ?", (pid, identity, -1 if since_us is None else since_us))
+        found = {alias: (alias, value, ts) for alias, value, ts in rows}
+        return [found[a] for a in aliases if a in found]
+
+    def history(self, pid: str, identity: str, alias: str, limit: int) -> List[dict]:
+        """The newest ``limit`` points of ``alias``, newest first."""
+        rows = self._query("SELECT timestamp, value FROM points WHERE pid = ? AND identity = ? AND alias = ? "
+                           "ORDER BY timestamp DESC LIMIT ?", (pid, identity, alias, limit))
+        return [{"timestamp": ts, "value": value} for ts, value in rows]
+
+    # -- content metadata ---------------------------------------------------------------
+    def content_put(self, pid: str, name: str, content_type: str, size: int, meta: str,
+                    file: str) -> Optional[str]:
+        """Record a blob; returns the file name of the blob it replaced, if any."""
+        def work(conn: sqlite3.Connection) -> Optional[str]:
+            row = conn.execute("SELECT file FROM content WHERE pid = ? AND name = ?", (pid, name)).fetchone()
+            conn.execute("INSERT OR REPLACE INTO content (pid, name, content_type, size, updated, meta, file) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (pid, name, content_type, size, int(time.time()), meta, file))
+            return row[0] if row else None
+        return self._transaction(work)
+
+    def content_delete(self, pid: str, name: str) -> str:
+        """Forget a blob; returns its file name so the caller can remove it."""
+        def work(conn: sqlite3.Connection) -> str:
+            row = conn.execute("SELECT file FROM content WHERE pid = ? AND name = ?", (pid, name)).fetchone()
+            if row is None:
+                raise NotFound("no such content")
+            conn.execute("DELETE FROM content WHERE pid = ? AND name = ?", (pid, name))
+            return row[0]
+        return self._transaction(work)
+
+    def content_info(self, pid: str, name: str) -> Optional[dict]:
+        rows = self._query("SELECT name, content_type, size, updated, meta, file FROM content "
+                           "WHERE pid = ? AND name = ?", (pid, name))
+        return _content_row(rows[0]) if rows else None
+
+    def content_list(self, pid: str) -> List[dict]:
+        rows = self._query("SELECT name, content_type, size, updated, meta, file FROM content "
+                           "WHERE pid = ? ORDER BY name", (pid,))
+        return [_content_row(r) for r in rows]
+
+    def content_files(self) -> List[str]:
+        return [r[0] for r in self._query("SELECT file FROM content")]
+
+
+def _upsert_reported(conn: sqlite3.Connection, pid: str, identity: str, alias: str, value: str, ts: int) -> None:
+    conn.execute(
+        "INSERT INTO state (pid, identity, alias, reported, set_value, timestamp, pending) "
+        "VALUES (?, ?, ?, ?, ?, ?, 0) ON CONFLICT (pid, identity, alias) DO UPDATE SET "
+        "reported = excluded.reported, set_value = excluded.set_value, timestamp = excluded.timestamp, pending = 0",
+        (pid, identity, alias, value, value, ts))
+
+
+def _device_row(row: tuple) -> dict:
+    identity, token, reprovision, created_us, activated_us = row
+    return {"identity": identity, "token": token, "reprovision": bool(reprovision),
+            "created_us": created_us, "activated_us": activated_us,
+            "status": "provisioned" if token else "whitelisted"}
+
+
+def _content_row(row: tuple) -> dict:
+    name, content_type, size, updated, meta, file = row
+    return {"name": name, "type": content_type, "size": size, "updated": updated, "meta": meta, "file": file}
+
+
+def database_path(data_dir: str) -> str:
+    return os.path.join(data_dir, "murano_local.sqlite3")
