@@ -1,5 +1,22 @@
-"""Murano Device API client library for Gateway Engine."""
-from .backoff import Backoff
-from .form import FormError, decode_alias_query, decode_form, decode_form_dict, encode_form
+"""Murano Device API client library for Gateway Engine.
 
-__all__ = ["Backoff", "FormError", "decode_alias_query", "decode_form", "decode_form_dict", "encode_form"]
+``Device`` is the face (activate, write, read, long_poll, record, timestamp, content);
+``errors`` holds every exception it raises; ``usage_report`` summarises the gateway's
+network usage logged by every ``Device``. The form codec and backoff are shared with
+gmq and murano_local.
+"""
+from . import errors
+from .backoff import Backoff
+from .device import Device, Download
+from .errors import (
+    Conflict, ContentMismatch, DeviceAPIError, Forbidden, NetworkError, NotActivated, NotFound, RequestError,
+    ServerError, TLSError,
+)
+from .form import FormError, decode_alias_query, decode_form, decode_form_dict, encode_form
+from .usage import UsageLog, usage_report
+
+__all__ = [
+    "Backoff", "Conflict", "ContentMismatch", "Device", "DeviceAPIError", "Download", "Forbidden", "FormError",
+    "NetworkError", "NotActivated", "NotFound", "RequestError", "ServerError", "TLSError", "UsageLog",
+    "decode_alias_query", "decode_form", "decode_form_dict", "encode_form", "errors", "usage_report",
+]

@@ -1,0 +1,46 @@
+"""What ``Device`` needs from a transport (HTTP today; MQTT behind the same calls later).
+
+Values cross this boundary as text (``Device`` turns numbers, booleans and JSON into
+strings), aliases as lists, and failures as :mod:`device_client.errors` exceptions.
+A transport meters its own requests into the usage log, since only it sees the wire.
+``token`` None means the connection authenticates itself (TLS client certificate).
+"""
+from __future__ import annotations
+
+from typing import Iterator, List, Optional, Protocol, Sequence, Tuple
+
+Pairs = List[Tuple[str, str]]
+
+
+class ContentStream(Protocol):
+    status: int                 # 200 whole file, 206 from ``start``, 416 nothing past the offset asked
+    start: int
+    total: Optional[int]
+
+    def chunks(self) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    def activate(self, pairs: Pairs) -> str: ...
+
+    def write(self, token: Optional[str], pairs: Pairs) -> None: ...
+
+    def read(self, token: Optional[str], aliases: Sequence[str]) -> Pairs: ...
+
+    def long_poll(self, token: Optional[str], aliases: Sequence[str], timeout_ms: int,
+                  since: Optional[str]) -> Tuple[Pairs, Optional[str]]: ...
+
+    def record(self, token: Optional[str], entries: List[Tuple[str, Pairs]]) -> None: ...
+
+    def timestamp(self) -> str: ...
+
+    def list_content(self, token: Optional[str], product_id: Optional[str]) -> str: ...
+
+    def content_info(self, token: Optional[str], product_id: Optional[str], name: str) -> str: ...
+
+    def open_content(self, token: Optional[str], product_id: Optional[str], name: str,
+                     offset: int) -> ContentStream: ...
+
+    def close(self) -> None: ...

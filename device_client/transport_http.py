@@ -1,0 +1,391 @@
+"""The Device API over HTTP(S): one keep-alive ``requests`` session, metered on the wire.
+
+Bytes are counted where http.client meets the socket: every ``send`` of the request
+line, headers and body, and every byte the response parser reads (status line,
+headers, body, chunk framing), so the usage log holds what actually crossed the wire
+at the HTTP layer. The interface is named from the local address of the socket the
+request really used. The counting state of the request in flight lives in a
+thread-local, so a pooled connection needs no knowledge of who is using it.
+"""
+from __future__ import annotations
+
+import http.client
+import logging
+import threading
+import time
+from urllib.parse import quote_plus
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util.retry import Retry
+
+from . import errors
+from .form import FormError, decode_form, encode_form
+from .usage import UsageLog, interfaces
+
+log = logging.getLogger(__name__)
+
+FORM = "application/x-www-form-urlencoded; charset=utf-8"
+LONG_POLL_MARGIN_S = 5.0
+CHUNK = 64 * 1024
+
+Pairs = List[Tuple[str, str]]
+
+_current = threading.local()
+
+
+class _Wire:
+    """Bytes sent and received, and the local address, of one request."""
+
+    __slots__ = ("tx", "rx", "local")
+
+    def __init__(self) -> None:
+        self.tx = 0
+        self.rx = 0
+        self.local: Optional[str] = None
+
+
+def _wire() -> Optional[_Wire]:
+    return getattr(_current, "wire", None)
+
+
+class _CountingReader:
+    """Wraps the socket file http.client parses a response from; counts what it consumes."""
+
+    def __init__(self, fp, wire: _Wire) -> None:
+        self._fp = fp
+        self._wire = wire
+
+    def _count(self, data: bytes) -> bytes:
+        self._wire.rx += len(data)
+        return data
+
+    def read(self, *args):
+        return self._count(self._fp.read(*args))
+
+    def read1(self, *args):
+        return self._count(self._fp.read1(*args))
+
+    def readline(self, *args):
+        return self._count(self._fp.readline(*args))
+
+    def readinto(self, buffer) -> int:
+        n = self._fp.readinto(buffer)
+        if n:
+            self._wire.rx += n
+        return n
+
+    def __getattr__(self, name):  # peek, close, closed, fileno, flush...
+        return getattr(self._fp, name)
+
+
+class _CountingResponse(http.client.HTTPResponse):
+    def __init__(self, sock, *args, **kwargs) -> None:
+        super().__init__(sock, *args, **kwargs)
+        wire = _wire()
+        if wire is not None:
+            self.fp = _CountingReader(self.fp, wire)
+
+
+class _CountingSendMixin:
+    response_class = _CountingResponse
+
+    def send(self, data) -> None:
+        wire = _wire()
+        if wire is not None:
+            if wire.local is None and self.sock is not None:
+                try:
+                    wire.local = self.sock.getsockname()[0]
+                except OSError:
+                    pass
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                wire.tx += len(data)
+        super().send(data)
+
+
+class _MeteredHTTPConnection(_CountingSendMixin, HTTPConnection):
+    pass
+
+
+class _MeteredHTTPSConnection(_CountingSendMixin, HTTPSConnection):
+    pass
+
+
+class _MeteredHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _MeteredHTTPConnection
+
+
+class _MeteredHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _MeteredHTTPSConnection
+
+
+class _MeteredAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _MeteredHTTPPool, "https": _MeteredHTTPSPool}
+
+
+def _retry_policy() -> Retry:
+    """Retry a GET once when a kept-alive connection turns out dead; never re-send a POST."""
+    return Retry(total=1, connect=0, read=1, status=0, other=0, redirect=0, allowed_methods={"GET"},
+                 raise_on_status=False)
+
+
+class ContentStream:
+    """An open content download: ``status``, ``start`` offset, ``total`` size (None if unknown)."""
+
+    def __init__(self, exchange: "_Exchange", start: int, total: Optional[int]) -> None:
+        self._exchange = exchange
+        self.status = exchange.response.status_code
+        self.start = start
+        self.total = total
+
+    def chunks(self) -> Iterator[bytes]:
+        raw = self._exchange.response.raw
+        try:
+            while True:
+                chunk = raw.read(CHUNK, decode_content=False)
+                if not chunk:
+                    return
+                yield chunk
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+            raise errors.NetworkError("content download interrupted: %s" % (exc,)) from exc
+
+    def close(self) -> None:
+        self._exchange.close()
+
+
+class _Exchange:
+    """One request in flight: its response and the bookkeeping that logs it exactly once."""
+
+    def __init__(self, transport: "HttpTransport", kind: str, method: str, aliases: Sequence[str]) -> None:
+        self.transport = transport
+        self.kind = kind
+        self.method = method
+        self.aliases = list(aliases)
+        self.wire = _Wire()
+        self.started = time.monotonic()
+        self.response: Optional[requests.Response] = None
+        self._closed = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.response is not None:
+            self.response.close()
+        self.transport._log(self)
+
+
+class HttpTransport:
+    """Device API calls over one ``requests`` session; each call returns decoded values or raises.
+
+    ``token`` None means no ``X-Exosite-CIK`` header (TLS client-certificate auth).
+    """
+
+    def __init__(self, base_url: str, *, verify: Union[bool, str] = True,
+                 cert: Optional[Tuple[str, str]] = None, connect_timeout: float = 10.0,
+                 read_timeout: float = 60.0, user_agent: str = "", usage: Optional[UsageLog] = None,
+                 identity: str = "") -> None:
+        self.base_url = base_url.rstrip("/")
+        self.verify = verify
+        self.cert = cert
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.usage = usage
+        self.identity = identity
+        self._session = requests.Session()
+        adapter = _MeteredAdapter(pool_connections=1, pool_maxsize=4, max_retries=_retry_policy())
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+        self._session.headers.update({"User-Agent": user_agent, "Accept": FORM})
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _open(self, kind: str, method: str, path: str, *, aliases: Sequence[str] = (),
+              token: Optional[str] = None, body: Optional[str] = None, headers: Optional[dict] = None,
+              read_timeout: Optional[float] = None) -> _Exchange:
+        """Send a request and read the status and headers; the body is left on the wire."""
+        exchange = _Exchange(self, kind, method, aliases)
+        send_headers = dict(headers or {})
+        if token:
+            send_headers["X-Exosite-CIK"] = token
+        data = None
+        if body is not None:
+            send_headers["Content-Type"] = FORM
+            data = body.encode("utf-8")
+        _current.wire = exchange.wire
+        try:
+            exchange.response = self._session.request(
+                method, self.base_url + path, data=data, headers=send_headers, stream=True,
+                allow_redirects=False, verify=self.verify, cert=self.cert,
+                timeout=(self.connect_timeout, read_timeout or self.read_timeout))
+        except BaseException as exc:
+            _current.wire = None
+            exchange.close()
+            raise _network_error(exc, kind) from exc
+        _current.wire = None
+        return exchange
+
+    def _call(self, kind: str, method: str, path: str, expect: Tuple[int, ...], **kwargs) -> Tuple[int, str, dict]:
+        """A whole request: (status, body text, headers); an unexpected status raises."""
+        exchange = self._open(kind, method, path, **kwargs)
+        try:
+            try:
+                content = exchange.response.content
+            except BaseException as exc:
+                raise _network_error(exc, kind) from exc
+        finally:
+            exchange.close()
+        response = exchange.response
+        text = content.decode("utf-8", errors="replace")
+        if response.status_code not in expect:
+            raise errors.error_for_status(response.status_code, text, kind)
+        return response.status_code, text, response.headers
+
+    def _log(self, exchange: _Exchange) -> None:
+        if self.usage is None or exchange.wire.tx == 0:
+            return  # nothing left this host: the connection itself failed
+        try:
+            status = exchange.response.status_code if exchange.response is not None else None
+            self.usage.record(interfaces.resolve(exchange.wire.local), self.identity, exchange.kind,
+                              exchange.method, exchange.aliases, exchange.wire.tx, exchange.wire.rx,
+                              time.monotonic() - exchange.started, status)
+        except Exception as exc:  # usage logging never breaks a request
+            log.debug("usage logging failed: %s", exc)
+
+    # -- Device API -----------------------------------------------------------------------
+
+    def activate(self, pairs: Pairs) -> str:
+        _, text, _ = self._call("actvt", "POST", "/provision/activate", (200,), body=encode_form(pairs))
+        return text.strip()
+
+    def write(self, token: Optional[str], pairs: Pairs) -> None:
+        self._call("write", "POST", "/onep:v1/stack/alias", (200, 204), aliases=[a for a, _ in pairs],
+                   token=token, body=encode_form(pairs))
+
+    def read(self, token: Optional[str], aliases: Sequence[str]) -> Pairs:
+        status, text, _ = self._call("read", "GET", "/onep:v1/stack/alias?" + _alias_query(aliases),
+                                     (200, 204), aliases=aliases, token=token)
+        return _decode(text, "read") if status == 200 else []
+
+    def long_poll(self, token: Optional[str], aliases: Sequence[str], timeout_ms: int,
+                  since: Optional[str]) -> Tuple[Pairs, Optional[str]]:
+        headers = {"Request-Timeout": str(timeout_ms)}
+        if since is not None:
+            headers["If-Modified-Since"] = since
+        status, text, response_headers = self._call(
+            "long_poll", "GET", "/onep:v1/stack/alias?" + _alias_query(aliases), (200, 204, 304),
+            aliases=aliases, token=token, headers=headers,
+            read_timeout=timeout_ms / 1000.0 + LONG_POLL_MARGIN_S)
+        if status != 200:
+            return [], since
+        return _decode(text, "long_poll"), response_headers.get("Last-Modified", since)
+
+    def record(self, token: Optional[str], entries: List[Tuple[str, List[Tuple[str, str]]]]) -> None:
+        pairs: Pairs = []
+        for alias, points in entries:
+            pairs.append(("alias", alias))
+            pairs.extend(points)
+        self._call("record", "POST", "/onep:v1/stack/record", (200, 204), aliases=[a for a, _ in entries],
+                   token=token, body=encode_form(pairs))
+
+    def timestamp(self) -> str:
+        return self._call("get", "GET", "/timestamp", (200,))[1]
+
+    def list_content(self, token: Optional[str], product_id: Optional[str]) -> str:
+        return self._call("list_content", "GET", "/provision/download" + _product_query(product_id, "?"),
+                          (200, 204), token=token)[1]
+
+    def content_info(self, token: Optional[str], product_id: Optional[str], name: str) -> str:
+        query = "?" + encode_form([("id", name), ("info", "true")]) + _product_query(product_id, "&")
+        return self._call("content_info", "GET", "/provision/download" + query, (200,), aliases=[name],
+                          token=token)[1]
+
+    def open_content(self, token: Optional[str], product_id: Optional[str], name: str,
+                     offset: int) -> ContentStream:
+        """Start downloading ``name`` from ``offset`` (a Range request when > 0).
+
+        The caller reads ``chunks()`` and must ``close()``; a 416 (nothing past ``offset``)
+        comes back as a stream with ``status`` 416 and the size the server announced.
+        """
+        headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
+        if offset > 0:
+            headers["Range"] = "bytes=%d-" % offset
+        query = "?" + encode_form([("id", name)]) + _product_query(product_id, "&")
+        exchange = self._open("get_content", "GET", "/provision/download" + query, aliases=[name],
+                              token=token, headers=headers)
+        response = exchange.response
+        try:
+            start, total = _content_extent(response)
+            if response.status_code == 416:
+                return ContentStream(exchange, offset, total)
+            if response.status_code not in (200, 206):
+                text = response.content.decode("utf-8", errors="replace")
+                raise errors.error_for_status(response.status_code, text, "get_content")
+        except BaseException as exc:
+            exchange.close()
+            if isinstance(exc, errors.DeviceAPIError):
+                raise
+            raise _network_error(exc, "get_content") from exc
+        return ContentStream(exchange, start, total)
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def _alias_query(aliases: Sequence[str]) -> str:
+    return "&".join(quote_plus(a) for a in aliases)
+
+
+def _product_query(product_id: Optional[str], lead: str) -> str:
+    if not product_id:
+        return ""
+    return lead + encode_form([("vendor", product_id), ("model", product_id)])
+
+
+def _decode(text: str, what: str) -> Pairs:
+    try:
+        return decode_form(text)
+    except FormError as exc:
+        raise errors.DeviceAPIError("%s: undecodable response body: %s" % (what, exc), 200, text) from exc
+
+
+def _content_extent(response: requests.Response) -> Tuple[int, Optional[int]]:
+    """(first byte offset, total size) from Content-Range / Content-Length."""
+    content_range = response.headers.get("Content-Range", "")
+    if content_range.startswith("bytes "):
+        span, _, total = content_range[6:].partition("/")
+        first = int(span.split("-", 1)[0]) if span not in ("*", "") else 0
+        return first, (int(total) if total.strip().isdigit() else None)
+    length = response.headers.get("Content-Length", "")
+    return 0, (int(length) if response.status_code == 200 and length.isdigit() else None)
+
+
+def _network_error(exc: BaseException, what: str) -> BaseException:
+    """Map a transport failure to our errors; anything else (KeyboardInterrupt...) passes through."""
+    if isinstance(exc, errors.DeviceAPIError):
+        return exc
+    if isinstance(exc, requests.exceptions.SSLError):
+        return errors.TLSError("%s: TLS failure: %s" % (what, _reason(exc)))
+    if isinstance(exc, requests.exceptions.Timeout):
+        return errors.NetworkError("%s: timed out: %s" % (what, _reason(exc)))
+    if isinstance(exc, (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
+                        http.client.HTTPException, OSError)):
+        return errors.NetworkError("%s: network error: %s" % (what, _reason(exc)))
+    return exc
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a requests/urllib3 error, which is the readable one."""
+    seen = exc
+    while True:
+        inner = getattr(seen, "reason", None) or (seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None)
+        if not isinstance(inner, BaseException) or inner is seen:
+            return str(seen)[:200]
+        seen = inner
+
