@@ -34,7 +34,8 @@ class AdminApi:
 
     def handle(self, req: Request) -> Optional[Response]:
         if req.path == "/api:1/info" and req.method == "GET":
-            return json_response(200, {"version": __version__, "default_product": self.murano.default_pid})
+            return json_response(200, {"version": __version__, "default_product": self.murano.default_pid,
+                                        "long_polls_waiting": self.murano.hub.waiting})
         match = _SERVICE.match(req.path)
         if not match:
             return None

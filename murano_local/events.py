@@ -32,6 +32,7 @@ class ChangeHub:
         self._versions: Dict[DeviceKey, int] = {}
         self._subscribers: List[Callable[[Change], None]] = []
         self._closed = False
+        self._waiting = 0
 
     def subscribe(self, callback: Callable[[Change], None]) -> None:
         """Call ``callback(change)`` after every committed change (from the changing thread)."""
@@ -56,7 +57,16 @@ class ChangeHub:
     def wait_change(self, key: DeviceKey, seen: int, timeout: float) -> bool:
         """Block until the cloud sets something on ``key`` after version ``seen``, or ``timeout``."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._closed or self._versions.get(key, 0) != seen, timeout)
+            self._waiting += 1
+            try:
+                return self._cond.wait_for(lambda: self._closed or self._versions.get(key, 0) != seen, timeout)
+            finally:
+                self._waiting -= 1
+
+    @property
+    def waiting(self) -> int:
+        """How many long polls are blocked right now."""
+        return self._waiting
 
     @property
     def closed(self) -> bool:

@@ -67,6 +67,8 @@ class Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
         """Malformed request lines and headers (caught by http.server) get a plain-text reason too."""
         self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # an unparsable request line: answer in HTTP/1.1 anyway
+            self.request_version = self.protocol_version
         self._send(text(code, message or self.responses.get(code, ("error",))[0]))
 
     def do_GET(self) -> None:
@@ -97,6 +99,9 @@ class Handler(BaseHTTPRequestHandler):
         self._send(response)
 
     def _request(self) -> Request:
+        if self.headers.defects:
+            self.close_connection = True
+            raise HttpError(400, "malformed header section")
         if self.headers.get("Transfer-Encoding"):
             self.close_connection = True
             raise HttpError(411, "chunked bodies are not supported; send Content-Length")
@@ -139,15 +144,18 @@ class Handler(BaseHTTPRequestHandler):
                 response.file.close()
 
 
+class _Stop(Exception):
+    """Raised by the signal handler to leave serve_forever at once."""
+
+
 def serve(murano: Murano, host: str = "127.0.0.1", port: int = 8080,
           ready: Optional[Callable[[MuranoHTTPServer], None]] = None) -> None:
-    """Serve until SIGTERM or SIGINT."""
+    """Serve until SIGTERM or SIGINT (from the main thread), or until ``server.shutdown()``."""
     threading.stack_size(THREAD_STACK)
     server = MuranoHTTPServer((host, port), murano)
 
     def stop(_signum, _frame) -> None:
-        murano.hub.close()
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        raise _Stop()
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)
@@ -157,7 +165,10 @@ def serve(murano: Murano, host: str = "127.0.0.1", port: int = 8080,
     if ready:
         ready(server)
     try:
-        server.serve_forever(poll_interval=0.5)
+        server.serve_forever()
+    except _Stop:
+        log.info("murano-local stopping")
     finally:
+        murano.hub.close()
         server.server_close()
         murano.close()

@@ -210,6 +210,12 @@ class MuranoLocal:
         resp.raise_for_status()
         return resp
 
+    def info(self) -> dict:
+        """Server facts: version, default product, how many long polls are blocked now."""
+        resp = requests.get(self.url + "/api:1/info", timeout=10)
+        resp.raise_for_status()
+        return resp.json()
+
     def add_device(self, identity: str) -> None:
         """Whitelist ``identity`` so it can activate."""
         self._admin("PUT", "/identity/%s" % quote(identity, safe=""), json={})

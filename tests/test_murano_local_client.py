@@ -5,6 +5,8 @@ import time
 import pytest
 from murano_client.http import MuranoHTTP
 
+from harness import wait_for
+
 
 @pytest.fixture
 def client(murano):
@@ -52,7 +54,7 @@ def test_long_poll_returns_a_value_the_operator_sets_meanwhile(client, murano):
         client.http_long_poll(["config_io", "data_out"], timeout_ms=20000)))
     started = time.monotonic()
     poller.start()
-    time.sleep(0.3)  # let the poll block first: the point is waking a waiting request
+    wait_for(lambda: murano.info()["long_polls_waiting"] == 1, message="the poll to block")
     murano.set("gw-001", "data_out", "reboot now")
     poller.join(15)
     assert time.monotonic() - started < 10

@@ -1,0 +1,134 @@
+"""murano_local keeps everything in its data directory across kill -9 and restart; the operator CLI."""
+import json
+import threading
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from harness import wait_for
+from murano_local.cli import main
+
+
+def cli(murano, *args):
+    return CliRunner().invoke(main, ["--url", murano.url] + list(args))
+
+
+def activate(murano, identity):
+    murano.add_device(identity)
+    r = requests.post(murano.url + "/provision/activate", data={"id": identity})
+    assert r.status_code == 200
+    return {"X-Exosite-CIK": r.text}
+
+
+def test_state_tokens_history_and_content_survive_kill_9(murano, tmp_path):
+    auth = activate(murano, "gw")
+    assert requests.post(murano.url + "/onep:v1/stack/alias", data="temp=21", headers=auth).status_code == 204
+    assert requests.post(murano.url + "/onep:v1/stack/record", data="alias=log&100=a&200=b",
+                         headers=auth).status_code == 204
+    murano.set("gw", "engine_fetch", '{"install": [{"name": "app.v1.tar.gz"}]}')
+    blob = tmp_path / "app.v1.tar.gz"
+    blob.write_bytes(b"\x1f\x8b" + bytes(range(256)) * 64)
+    assert cli(murano, "content", "upload", str(blob)).exit_code == 0
+    state, history = murano.state("gw"), murano.history("gw", "log")
+
+    murano.kill()
+    murano.start()
+
+    assert murano.state("gw") == state and murano.history("gw", "log") == history
+    r = requests.get(murano.url + "/onep:v1/stack/alias?engine_fetch",
+                     headers=dict(auth, **{"Request-Timeout": "5000"}))
+    assert (r.status_code, r.text) == (200, "engine_fetch=" + requests.utils.quote(
+        '{"install": [{"name": "app.v1.tar.gz"}]}', safe="").replace("%20", "+"))
+    assert requests.get(murano.url + "/provision/download?id=app.v1.tar.gz", headers=auth).content == \
+        blob.read_bytes()
+    assert requests.post(murano.url + "/provision/activate", data={"id": "gw"}).status_code == 409
+
+
+@pytest.mark.slow
+def test_every_acknowledged_write_survives_kill_9_mid_stream(murano):
+    auth = activate(murano, "w")
+    acked = []
+    stop = threading.Event()
+
+    def writer():
+        session = requests.Session()
+        n = 0
+        while not stop.is_set():
+            try:
+                r = session.post(murano.url + "/onep:v1/stack/alias", data="n=%d" % n, headers=auth, timeout=5)
+            except requests.RequestException:
+                return
+            if r.status_code == 204:
+                acked.append(str(n))
+            n += 1
+
+    for _round in range(3):
+        stop.clear()
+        thread = threading.Thread(target=writer)
+        thread.start()
+        wait_for(lambda: len(acked) >= 20 * (_round + 1), 30, message="writes acknowledged")
+        murano.kill()
+        stop.set()
+        thread.join(10)
+        murano.start()
+        stored = {p["value"] for p in murano.history("w", "n", limit=100000)}
+        assert set(acked) <= stored
+
+
+def test_operator_cli_devices_state_history(murano):
+    result = cli(murano, "device", "add", "cli-1")
+    assert result.exit_code == 0 and "cli-1" in result.stdout
+    assert cli(murano, "device", "add", "cli-1").exit_code == 0
+    assert cli(murano, "device", "list").stdout.split() == ["cli-1", "whitelisted"]
+    auth = {"X-Exosite-CIK": requests.post(murano.url + "/provision/activate", data={"id": "cli-1"}).text}
+    listed = json.loads(cli(murano, "device", "list", "--json").stdout)
+    assert [(d["identity"], d["status"]) for d in listed] == [("cli-1", "provisioned")]
+
+    requests.post(murano.url + "/onep:v1/stack/alias", data="a=1&b=2", headers=auth)
+    requests.post(murano.url + "/onep:v1/stack/alias", data="a=3", headers=auth)
+    assert cli(murano, "device", "write", "cli-1", "b", "from-cloud").exit_code == 0
+    state = json.loads(cli(murano, "device", "read", "cli-1", "b").stdout)
+    assert list(state) == ["b"]
+    assert (state["b"]["reported"], state["b"]["set"]) == ("2", "from-cloud")
+    history = json.loads(cli(murano, "device", "history", "cli-1", "a", "--limit", "1").stdout)
+    assert [h["value"] for h in history] == ["3"]
+    assert all(isinstance(h["timestamp"], int) for h in history)
+
+    result = cli(murano, "device", "write", "ghost", "a", "1")
+    assert result.exit_code != 0 and len(result.stderr.strip().splitlines()) == 1 and "404" in result.stderr
+
+
+def test_operator_cli_content(murano, tmp_path):
+    blob = tmp_path / "f.bin"
+    blob.write_bytes(b"x" * 1000)
+    assert cli(murano, "content", "upload", str(blob), "--name", "fw.v2.tar.gz").exit_code == 0
+    assert cli(murano, "content", "list").stdout.split() == ["fw.v2.tar.gz", "1000", "application/octet-stream"]
+    assert cli(murano, "content", "delete", "fw.v2.tar.gz").exit_code == 0
+    assert json.loads(cli(murano, "content", "list", "--json").stdout) == []
+    result = cli(murano, "content", "delete", "fw.v2.tar.gz")
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+
+
+def test_cli_reports_an_unreachable_server_in_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["--url", "http://127.0.0.1:9", "device", "list"])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "cannot reach" in result.stderr
+
+
+def test_content_range_requests(murano, tmp_path):
+    auth = activate(murano, "r")
+    blob = tmp_path / "blob"
+    blob.write_bytes(bytes(range(256)) * 4)
+    assert cli(murano, "content", "upload", str(blob)).exit_code == 0
+    url = murano.url + "/provision/download?id=blob"
+    r = requests.get(url, headers=dict(auth, Range="bytes=10-19"))
+    assert r.status_code == 206 and r.content == bytes(range(10, 20))
+    assert r.headers["Content-Range"] == "bytes 10-19/1024"
+    r = requests.get(url, headers=dict(auth, Range="bytes=1000-"))
+    assert r.status_code == 206 and r.content == bytes(range(232, 256))
+    r = requests.get(url, headers=dict(auth, Range="bytes=-4"))
+    assert r.status_code == 206 and r.content == bytes(range(252, 256))
+    r = requests.get(url, headers=dict(auth, Range="bytes=5000-"))
+    assert r.status_code == 416 and r.headers["Content-Range"] == "bytes */1024"
+    r = requests.get(url, headers=dict(auth, Range="bytes=1-2,5-6"))
+    assert r.status_code == 200 and len(r.content) == 1024
