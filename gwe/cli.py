@@ -7,6 +7,7 @@ more flags and subcommands (``gwe demo``, ``gwe status``) are added the same way
 """
 from __future__ import annotations
 
+import logging
 import sys
 from typing import List, Optional, Sequence
 
@@ -44,17 +45,52 @@ def fail(message: str, code: int = 1) -> None:
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--version", "show_version", is_flag=True, help="Print the gwe version.")
+@click.option("-I", "--install-apps", "install_apps", multiple=True, metavar="APP_TARBALL...",
+              help="Install or update app packages <name>.v<version>.tar.gz now.")
+@click.option("--build-app", "build_buildfile", metavar="BUILDFILE", help="Build an app package from a buildfile.")
+@click.option("--output-dir", type=click.Path(file_okay=False), help="Where --build-app writes the package.")
+@click.option("-z", "--check-tarball", "--check-tarfile", "check_tarball", metavar="TARBALL",
+              help="Check a package without installing it; print what is wrong.")
+@click.option("--sign-tarball", metavar="TARBALL", help="Add a signed manifest to a package (needs --key).")
+@click.option("--key", type=click.Path(dir_okay=False), help="Private key for --sign-tarball or --build-app.")
+@click.option("--gen-key", metavar="KEYFILE", help="Create an ed25519 key pair KEYFILE and KEYFILE.pub.")
+@click.option("--recover", "recover_installs", is_flag=True,
+              help="Finish or undo an install that a crash or power cut interrupted.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (fetch_status JSON).")
 @click.pass_context
-def cli(ctx: click.Context, show_version: bool) -> None:
+def cli(ctx: click.Context, show_version: bool, install_apps: tuple, build_buildfile: Optional[str],
+        output_dir: Optional[str], check_tarball: Optional[str], sign_tarball: Optional[str], key: Optional[str],
+        gen_key: Optional[str], recover_installs: bool, as_json: bool) -> None:
     """Gateway Engine: over-the-air app installs, reports and the local message queue."""
     if ctx.invoked_subcommand is not None:
         return
     if show_version:
         click.echo(__version__)
         return
+    from . import apps_cli
+
+    try:
+        if gen_key:
+            sys.exit(apps_cli.gen_key(gen_key, as_json))
+        if build_buildfile:
+            sys.exit(apps_cli.build_app(build_buildfile, output_dir, key, as_json))
+        if sign_tarball:
+            sys.exit(apps_cli.sign_tarball(sign_tarball, key, as_json))
+        if check_tarball:
+            sys.exit(apps_cli.check_tarball(check_tarball, as_json))
+        if recover_installs:
+            sys.exit(apps_cli.recover_installs(as_json))
+        if install_apps:
+            sys.exit(apps_cli.install_apps(install_apps, as_json))
+    except apps_cli.CliError as exc:
+        fail(str(exc))
+    except Exception as exc:  # one line, never a traceback
+        logging.getLogger(__name__).debug("gwe failed", exc_info=True)
+        fail("%s: %s" % (type(exc).__name__, exc))
     click.echo(ctx.get_help())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    logging.basicConfig(level=logging.ERROR, format="gwe: %(levelname)s %(name)s: %(message)s")
     args = list(sys.argv[1:] if argv is None else argv)
     cli.main(args=expand_install_args(args), prog_name="gwe")

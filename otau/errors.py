@@ -1,0 +1,30 @@
+"""Every error otau raises; ``step`` names the pipeline step for fetch_status."""
+
+
+class OtauError(Exception):
+    step = "install"
+
+
+class PackageError(OtauError):
+    """The package name, layout or supervisor.conf is wrong."""
+    step = "package"
+
+
+class VerifyError(OtauError):
+    """Size, sha256, manifest or signature check failed."""
+    step = "verify"
+
+
+class UnpackError(OtauError):
+    """The archive is corrupt, hostile or over the limits."""
+    step = "unpack"
+
+
+class SupervisorError(OtauError):
+    """supervisord is unreachable or refused a request."""
+    step = "supervisor"
+
+
+class BuildError(OtauError):
+    """A buildfile is invalid or one of its commands failed."""
+    step = "build"

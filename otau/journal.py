@@ -1,0 +1,91 @@
+"""The install journal: which step an install reached, so a restart can finish or undo it.
+
+One install runs at a time (an flock beside the journal), so one journal file suffices.
+It is written through ``atomic_write`` before each step that changes what runs:
+
+- ``unpacking``   staging dir and target may exist; nothing running changed.
+- ``installing``  install.sh / setup.py runs; nothing running changed.
+- ``registering`` the new program file, ``current`` link and supervisord group are being
+                  switched; the previous program file's content is in the journal.
+- ``committed``   the health gate passed; only bookkeeping remains.
+- ``rolling_back`` the previous version is being restored.
+
+Recovery: before ``registering`` the new version is discarded (the old one never stopped);
+``registering`` resumes (re-applies the new program, runs the health gate, then commits or
+rolls back); ``committed`` finishes the bookkeeping; ``rolling_back`` finishes the rollback.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Iterator, Optional
+
+from atomic_config import GwePaths, atomic_write, file_lock, fsync_dir, previous_path, read_recovering
+
+from .settings import otau_dir
+
+UNPACKING = "unpacking"
+INSTALLING = "installing"
+REGISTERING = "registering"
+COMMITTED = "committed"
+ROLLING_BACK = "rolling_back"
+STATES = (UNPACKING, INSTALLING, REGISTERING, COMMITTED, ROLLING_BACK)
+
+
+@dataclass
+class Journal:
+    name: str
+    version: str
+    package: str
+    state: str
+    staging: str
+    previous_version: Optional[str] = None
+    previous_conf: Optional[str] = None
+    new_conf: Optional[str] = None
+    startsecs: float = 1.0
+    autostart: bool = True
+    self_update: bool = False
+    status: Dict = field(default_factory=dict)  # fetch_status fields gathered so far
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+
+
+def journal_path(paths: GwePaths) -> str:
+    return os.path.join(otau_dir(paths), "journal.json")
+
+
+@contextlib.contextmanager
+def install_lock(paths: GwePaths) -> Iterator[None]:
+    """Serialise installs and recoveries across processes (released if the holder dies)."""
+    os.makedirs(otau_dir(paths), exist_ok=True)
+    with file_lock(journal_path(paths)):
+        yield
+
+
+def write_journal(paths: GwePaths, journal: Journal, state: Optional[str] = None) -> None:
+    if state is not None:
+        if state not in STATES:
+            raise ValueError("unknown journal state %r" % state)
+        journal.state = state
+    os.makedirs(otau_dir(paths), exist_ok=True)
+    atomic_write(journal_path(paths), journal.to_json(), mode=0o600)
+
+
+def read_journal(paths: GwePaths) -> Optional[Journal]:
+    doc = read_recovering(journal_path(paths), lambda raw: json.loads(raw.decode("utf-8")))
+    if not doc:
+        return None
+    return Journal(**doc)
+
+
+def clear_journal(paths: GwePaths) -> None:
+    path = journal_path(paths)
+    for target in (path, previous_path(path)):
+        try:
+            os.unlink(target)
+        except FileNotFoundError:
+            pass
+    fsync_dir(os.path.dirname(path))

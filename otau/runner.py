@@ -1,0 +1,116 @@
+"""Run a package's install.sh (``/bin/sh install.sh``) or ``setup.py install`` under limits.
+
+The installer runs in the unpacked directory, in a new session (so it and everything it
+starts form one process group), with stdin from /dev/null and stdout+stderr merged into a
+pipe of which only the last ``output_limit`` bytes are kept. Past ``timeout`` the whole
+group is killed (SIGTERM, then SIGKILL after a short grace). When the installer exits,
+anything it left running in its group is killed too: apps run under supervisord, not as
+leftovers of an install.
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional
+
+from .package import INSTALL_SH
+
+KILL_GRACE_S = 2.0
+DRAIN_AFTER_EXIT_S = 1.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: Optional[int]     # None when killed for the time limit
+    output: str                  # the tail of stdout+stderr
+    output_bytes: int            # everything it printed, kept or not
+    timed_out: bool
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+def install_environment(name: str, version: str, app_dir: str, home: str,
+                        previous_version: Optional[str] = None,
+                        base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The installer's environment: gwe's own (as the original passed it on) plus the GWE_* facts."""
+    env = dict(os.environ if base is None else base)
+    env.pop("GWE_OTAU_CRASH_AT", None)
+    env.setdefault("PATH", os.defpath)
+    env.update({"GWE_APP_NAME": name, "GWE_APP_VERSION": version, "GWE_APP_DIR": app_dir, "GWE_HOME": home,
+                "GWE_APP_PREVIOUS_VERSION": previous_version or ""})
+    return env
+
+
+def installer_argv(installer: str) -> List[str]:
+    if installer == INSTALL_SH:
+        return ["/bin/sh", INSTALL_SH]
+    return [sys.executable, "setup.py", "install"]
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_installer(argv: List[str], cwd: str, env: Mapping[str, str], timeout: float,
+                  output_limit: int) -> RunResult:
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    pgid = proc.pid
+    fd = proc.stdout.fileno()
+    tail = bytearray()
+    total = 0
+    timed_out = False
+    deadline = started + timeout
+    exited_at: Optional[float] = None
+    try:
+        while True:
+            now = time.monotonic()
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and now - exited_at > DRAIN_AFTER_EXIT_S:
+                break
+            if exited_at is None and now >= deadline:
+                timed_out = True
+                _kill_group(pgid, signal.SIGTERM)
+                try:
+                    proc.wait(KILL_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    pass
+                _kill_group(pgid, signal.SIGKILL)
+                proc.wait()
+                break
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                if exited_at is None:
+                    proc.wait(max(0.0, deadline - time.monotonic()) + KILL_GRACE_S)
+                break
+            total += len(chunk)
+            tail += chunk
+            if len(tail) > output_limit:
+                del tail[:len(tail) - output_limit]
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        _kill_group(pgid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    return RunResult(exit_code=None if timed_out else proc.returncode,
+                     output=tail.decode("utf-8", errors="replace"), output_bytes=total,
+                     timed_out=timed_out, seconds=time.monotonic() - started)

@@ -1,0 +1,62 @@
+"""OTAU settings: limits, timeouts and the signature policy, from Engine.config ``[otau]``."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from atomic_config import GwePaths, gwe_paths, read_config
+
+log = logging.getLogger(__name__)
+
+SECTION = "otau"
+
+
+@dataclass(frozen=True)
+class OtauSettings:
+    require_signatures: bool = False
+    keep_versions: int = 3                 # installed versions kept on disk, the current one included
+    install_timeout: float = 600.0         # seconds for install.sh / setup.py, then the group is killed
+    settle_seconds: float = 5.0            # RUNNING this long past startsecs before an install counts
+    health_timeout: float = 60.0           # extra time allowed to reach RUNNING
+    max_package_bytes: int = 1 << 30
+    max_unpacked_bytes: int = 2 << 30
+    max_members: int = 20000
+    output_limit: int = 64 * 1024          # bytes of install output kept (the tail)
+    boot_attempts: int = 3                 # starts of a self-updated gwe/gmq before it is reverted
+
+
+def otau_dir(paths: GwePaths) -> str:
+    """otau's own state: journal, last fetch_status per app, boot guard and its markers."""
+    return os.path.join(paths.var_lib, "otau")
+
+
+def engine_config(paths: GwePaths) -> str:
+    return os.path.join(paths.etc, "Engine.config")
+
+
+def load_settings(paths: Optional[GwePaths] = None) -> OtauSettings:
+    """Defaults overridden by ``[otau]`` in Engine.config; a bad value is logged and ignored."""
+    paths = paths or gwe_paths()
+    cfg = read_config(engine_config(paths))
+    if not cfg.has_section(SECTION):
+        return OtauSettings()
+    values = {}
+    for field in dataclasses.fields(OtauSettings):
+        if not cfg.has_option(SECTION, field.name):
+            continue
+        raw = cfg.get(SECTION, field.name).strip()
+        try:
+            if field.type in ("bool", bool):
+                if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(raw)
+                values[field.name] = raw.lower() in ("1", "true", "yes", "on")
+            elif field.type in ("int", int):
+                values[field.name] = int(raw)
+            else:
+                values[field.name] = float(raw)
+        except ValueError:
+            log.warning("ignoring [otau] %s = %r in %s", field.name, raw, engine_config(paths))
+    return OtauSettings(**values)

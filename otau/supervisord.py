@@ -1,0 +1,154 @@
+"""supervisord control over its unix socket (XML-RPC through supervisor's own transport).
+
+Only the app's own process group is touched: after ``reloadConfig`` the group is
+removed and re-added when its config changed (or added when new, removed when gone);
+every other program keeps running even if its file changed on disk meanwhile.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import xmlrpc.client
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Set
+
+from .errors import SupervisorError
+
+log = logging.getLogger(__name__)
+
+BAD_STATES = ("FATAL", "EXITED", "BACKOFF", "STOPPED", "UNKNOWN")
+POLL_S = 0.1
+
+
+def _fault_text(exc: BaseException) -> str:
+    if isinstance(exc, xmlrpc.client.Fault):
+        return exc.faultString
+    return str(exc) or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Health:
+    healthy: bool
+    state: str
+    detail: str
+
+
+class Supervisor:
+    """A client for one supervisord; every call fails with SupervisorError, never a raw socket error."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+
+    def _proxy(self) -> xmlrpc.client.ServerProxy:
+        from supervisor.xmlrpc import SupervisorTransport
+
+        transport = SupervisorTransport(None, None, serverurl="unix://" + self.socket_path)
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+    def _call(self, method: str, *args):
+        target = self._proxy().supervisor
+        try:
+            return getattr(target, method)(*args)
+        except (xmlrpc.client.Fault, OSError, xmlrpc.client.ProtocolError) as exc:
+            raise SupervisorError("supervisord %s%r failed: %s" % (method, args, _fault_text(exc)))
+
+    def check(self) -> None:
+        try:
+            state = self._call("getState")
+        except SupervisorError as exc:
+            raise SupervisorError("supervisord is not reachable at %s: %s" % (self.socket_path, exc))
+        if state.get("statename") != "RUNNING":
+            raise SupervisorError("supervisord is %s" % state.get("statename"))
+
+    def group_processes(self, group: str) -> List[Dict]:
+        return [p for p in self._call("getAllProcessInfo") if p.get("group") == group]
+
+    def apply_group(self, group: str) -> str:
+        """Make supervisord run ``group`` as its include file now says; returns what was done."""
+        added, changed, removed = self._call("reloadConfig")[0]
+        present = bool(self.group_processes(group))
+        if group in removed or (group in changed):
+            self._remove(group)
+            present = False
+        if group in removed:
+            return "removed"
+        if group in added or group in changed or not present:
+            try:
+                self._call("addProcessGroup", group)
+            except SupervisorError as exc:
+                if "ALREADY_ADDED" not in str(exc):
+                    if "BAD_NAME" in str(exc):
+                        return "absent"
+                    raise
+            return "changed" if group in changed else "added"
+        self._start_if_stopped(group)
+        return "unchanged"
+
+    def _start_if_stopped(self, group: str) -> None:
+        for proc in self.group_processes(group):
+            if proc["statename"] in ("STOPPED", "EXITED", "FATAL"):
+                try:
+                    self._call("startProcess", "%s:%s" % (group, proc["name"]), False)
+                except SupervisorError as exc:
+                    if "ALREADY_STARTED" not in str(exc):
+                        raise
+
+    def _remove(self, group: str) -> None:
+        try:
+            self._call("stopProcessGroup", group, True)
+        except SupervisorError as exc:
+            if "BAD_NAME" not in str(exc):
+                log.warning("stopping %s: %s", group, exc)
+        try:
+            self._call("removeProcessGroup", group)
+        except SupervisorError as exc:
+            if "BAD_NAME" not in str(exc):
+                raise
+
+    def remove_group(self, group: str) -> None:
+        """Stop and forget ``group`` (its include file must already be gone)."""
+        self._call("reloadConfig")
+        self._remove(group)
+
+    def wait_healthy(self, group: str, startsecs: float, settle: float, timeout: float) -> Health:
+        """Wait until every process of ``group`` is RUNNING (supervisord's own ``startsecs`` check)
+        and stays RUNNING with the same pid for ``settle`` more seconds.
+
+        A process that falls to BACKOFF/EXITED/FATAL, or restarts, fails the gate at once.
+        """
+        deadline = time.monotonic() + startsecs + settle + timeout
+        pids: Dict[str, int] = {}
+        running_since: Dict[str, float] = {}
+        started: Set[str] = set()  # a freshly added group is STOPPED until supervisord's next tick
+        last = Health(False, "UNKNOWN", "no process in group %s" % group)
+        while time.monotonic() < deadline:
+            procs = self.group_processes(group)
+            now = time.monotonic()
+            if not procs:
+                last = Health(False, "UNKNOWN", "group %s is not in supervisord" % group)
+            else:
+                ok = True
+                for proc in procs:
+                    state = proc["statename"]
+                    name = proc["name"]
+                    if state != "STOPPED":
+                        started.add(name)
+                    if state in BAD_STATES and (state != "STOPPED" or name in started):
+                        detail = proc.get("spawnerr") or proc.get("description") or ""
+                        return Health(False, state, "%s is %s: %s" % (name, state, detail))
+                    if state == "RUNNING":
+                        if pids.setdefault(name, proc["pid"]) != proc["pid"]:
+                            return Health(False, "RESTARTED", "%s restarted during the health check" % name)
+                        if now - running_since.setdefault(name, now) < settle:
+                            ok = False
+                    else:
+                        ok = False
+                    last = Health(False, state, "%s is %s" % (name, state))
+                if ok:
+                    return Health(True, "RUNNING", "running, settled for %.1fs" % settle)
+            time.sleep(POLL_S)
+        return Health(False, last.state, "not healthy after %.1fs: %s" % (startsecs + settle + timeout, last.detail))
+
+    def state_of(self, group: str) -> Optional[str]:
+        procs = self.group_processes(group)
+        return procs[0]["statename"] if procs else None
