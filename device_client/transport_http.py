@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import re
 import threading
 import time
 from urllib.parse import quote_plus
@@ -208,7 +209,7 @@ class HttpTransport:
 
     def _open(self, kind: str, method: str, path: str, *, aliases: Sequence[str] = (),
               token: Optional[str] = None, body: Optional[str] = None, headers: Optional[dict] = None,
-              read_timeout: Optional[float] = None) -> _Exchange:
+              read_timeout: Optional[float] = None, label: str = "") -> _Exchange:
         """Send a request and read the status and headers; the body is left on the wire."""
         exchange = _Exchange(self, kind, method, aliases)
         send_headers = dict(headers or {})
@@ -227,24 +228,25 @@ class HttpTransport:
         except BaseException as exc:
             _current.wire = None
             exchange.close()
-            raise _network_error(exc, kind) from exc
+            raise _network_error(exc, label or kind) from exc
         _current.wire = None
         return exchange
 
     def _call(self, kind: str, method: str, path: str, expect: Tuple[int, ...], **kwargs) -> Tuple[int, str, dict]:
         """A whole request: (status, body text, headers); an unexpected status raises."""
         exchange = self._open(kind, method, path, **kwargs)
+        label = kwargs.get("label") or kind
         try:
             try:
                 content = exchange.response.content
             except BaseException as exc:
-                raise _network_error(exc, kind) from exc
+                raise _network_error(exc, label) from exc
         finally:
             exchange.close()
         response = exchange.response
         text = content.decode("utf-8", errors="replace")
         if response.status_code not in expect:
-            raise errors.error_for_status(response.status_code, text, kind)
+            raise errors.error_for_status(response.status_code, text, label)
         return response.status_code, text, response.headers
 
     def _log(self, exchange: _Exchange) -> None:
@@ -261,7 +263,8 @@ class HttpTransport:
     # -- Device API -----------------------------------------------------------------------
 
     def activate(self, pairs: Pairs) -> str:
-        _, text, _ = self._call("actvt", "POST", "/provision/activate", (200,), body=encode_form(pairs))
+        _, text, _ = self._call("actvt", "POST", "/provision/activate", (200,), body=encode_form(pairs),
+                                label="activate")
         return text.strip()
 
     def write(self, token: Optional[str], pairs: Pairs) -> None:
@@ -295,7 +298,7 @@ class HttpTransport:
                    token=token, body=encode_form(pairs))
 
     def timestamp(self) -> str:
-        return self._call("get", "GET", "/timestamp", (200,))[1]
+        return self._call("get", "GET", "/timestamp", (200,), label="timestamp")[1]
 
     def list_content(self, token: Optional[str], product_id: Optional[str]) -> str:
         return self._call("list_content", "GET", "/provision/download" + _product_query(product_id, "?"),
@@ -373,7 +376,7 @@ def _network_error(exc: BaseException, what: str) -> BaseException:
     if isinstance(exc, requests.exceptions.SSLError):
         return errors.TLSError("%s: TLS failure: %s" % (what, _reason(exc)))
     if isinstance(exc, requests.exceptions.Timeout):
-        return errors.NetworkError("%s: timed out: %s" % (what, _reason(exc)))
+        return errors.NetworkError("%s: timed out (%s)" % (what, _reason(exc)))
     if isinstance(exc, (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
                         http.client.HTTPException, OSError)):
         return errors.NetworkError("%s: network error: %s" % (what, _reason(exc)))
@@ -381,11 +384,20 @@ def _network_error(exc: BaseException, what: str) -> BaseException:
 
 
 def _reason(exc: BaseException) -> str:
-    """The innermost cause of a requests/urllib3 error, which is the readable one."""
-    seen = exc
-    while True:
-        inner = getattr(seen, "reason", None) or (seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None)
-        if not isinstance(inner, BaseException) or inner is seen:
-            return str(seen)[:200]
-        seen = inner
-
+    """The innermost cause of a requests/urllib3 error (``Connection refused``), which is the readable one."""
+    chain = [exc]
+    while len(chain) < 10:
+        current = chain[-1]
+        inner = getattr(current, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((a for a in current.args if isinstance(a, BaseException)), None)
+        if not isinstance(inner, BaseException):
+            inner = current.__cause__ or current.__context__
+        if not isinstance(inner, BaseException) or inner in chain:
+            break
+        chain.append(inner)
+    for candidate in reversed(chain):
+        if isinstance(candidate, OSError) and candidate.strerror:
+            return candidate.strerror
+    text = str(chain[-1])
+    return re.sub(r"^<?[A-Za-z_.]+(Connection|Pool)[^:]*: ", "", text)[:200]
