@@ -20,5 +20,5 @@ setup(
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2", "murano-client==21.12.22"],
     },
-    entry_points={"console_scripts": ["murano-local = murano_local.cli:main"]},
+    entry_points={"console_scripts": ["murano-local = murano_local.cli:main", "gdc = device_client.cli:main"]},
 )

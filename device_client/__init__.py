@@ -5,6 +5,8 @@
 network usage logged by every ``Device``. The form codec and backoff are shared with
 gmq and murano_local.
 """
+import logging
+
 from . import errors
 from .backoff import Backoff
 from .device import Device, Download
@@ -14,6 +16,8 @@ from .errors import (
 )
 from .form import FormError, decode_alias_query, decode_form, decode_form_dict, encode_form
 from .usage import UsageLog, usage_report
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())  # the application decides where logs go
 
 __all__ = [
     "Backoff", "Conflict", "ContentMismatch", "Device", "DeviceAPIError", "Download", "Forbidden", "FormError",

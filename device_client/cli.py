@@ -5,6 +5,7 @@ Every failure is one line on stderr and an exit code that says what kind it was.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -132,10 +133,15 @@ class _Group(click.Group):
 @click.option("--connect-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1))
 @click.option("--read-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.1))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("-v", "--verbose", count=True, help="Log to stderr (-v info, -vv debug).")
 @click.version_option(version=__version__, prog_name="gdc")
 @click.pass_context
 def main(ctx: click.Context, **options) -> None:
     """Murano Device API client: activate, read, write, poll, record, timestamp, content, usage."""
+    verbose = options.pop("verbose")
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
+                            format="gdc: %(levelname)s %(name)s: %(message)s")
     ctx.obj = Context(options)
     ctx.call_on_close(ctx.obj.close)
 

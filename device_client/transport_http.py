@@ -96,16 +96,17 @@ class _CountingSendMixin:
     response_class = _CountingResponse
 
     def send(self, data) -> None:
+        super().send(data)  # connects on first use, so the socket exists only afterwards
         wire = _wire()
-        if wire is not None:
-            if wire.local is None and self.sock is not None:
-                try:
-                    wire.local = self.sock.getsockname()[0]
-                except OSError:
-                    pass
-            if isinstance(data, (bytes, bytearray, memoryview)):
-                wire.tx += len(data)
-        super().send(data)
+        if wire is None:
+            return
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            wire.tx += len(data)
+        if wire.local is None and self.sock is not None:
+            try:
+                wire.local = self.sock.getsockname()[0]
+            except OSError:
+                pass
 
 
 class _MeteredHTTPConnection(_CountingSendMixin, HTTPConnection):

@@ -1,0 +1,86 @@
+"""The gdc CLI as a real subprocess (``python -m device_client``) against murano_local."""
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import requests
+
+from harness import free_port
+
+
+def gdc(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "device_client", *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def test_gdc_session_against_murano_local(murano, gwe_home, tmp_path):
+    murano.add_device("gw-cli")
+    blob = os.urandom(100_000)
+    requests.put("%s/api:1/service/%s/content/item/app.v2.tar.gz" % (murano.url, murano.product_id),
+                 data=blob, timeout=10).raise_for_status()
+    db = str(tmp_path / "usage.db")
+    base = ["--host", murano.url, "--serial", "gw-cli", "--usage-db", db]
+
+    activated = gdc(*base, "activate")
+    assert activated.returncode == 0, activated.stderr
+    token = activated.stdout.strip()
+    token_file = os.path.join(str(gwe_home), "var", "lib", "gwe", "tokens", "gw-cli.token")
+    assert open(token_file).read().strip() == token and stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+
+    assert gdc(*base, "write", "temp=21", "msg=a b=c").returncode == 0
+    assert murano.state("gw-cli")["msg"]["reported"] == "a b=c"
+    read = gdc(*base, "--json", "read", "temp", "msg")
+    assert json.loads(read.stdout) == {"temp": "21", "msg": "a b=c"}
+    assert gdc(*base, "read", "temp").stdout == "temp=21\n"
+
+    polled = gdc(*base, "poll", "config_io", "--timeout-ms", "300", "--json")
+    assert polled.returncode == 0 and json.loads(polled.stdout) == {"values": {}, "last_modified": None}
+
+    assert gdc(*base, "record", "data_in", "1700000000=1", "1700000001.5=2").returncode == 0
+    assert [p["timestamp"] for p in murano.history("gw-cli", "data_in")] == [1700000001500000, 1700000000000000]
+
+    assert abs(int(gdc(*base, "timestamp").stdout) - time.time()) < 5
+    assert gdc(*base, "content", "list").stdout.split() == ["app.v2.tar.gz"]
+    info = json.loads(gdc(*base, "content", "info", "app.v2.tar.gz", "--json").stdout)
+    assert info["size"] == len(blob)
+    dest = str(tmp_path / "got.tgz")
+    got = gdc(*base, "content", "get", "app.v2.tar.gz", dest, "--sha256", hashlib.sha256(blob).hexdigest())
+    assert got.returncode == 0, got.stderr
+    assert open(dest, "rb").read() == blob
+
+    bad = gdc(*base, "content", "get", "app.v2.tar.gz", str(tmp_path / "bad.tgz"), "--sha256", "0" * 64)
+    assert bad.returncode == 8 and bad.stderr.count("\n") == 1 and "sha256" in bad.stderr
+    assert not os.path.exists(str(tmp_path / "bad.tgz"))
+
+    usage = json.loads(gdc("--usage-db", db, "usage", "--json").stdout)
+    assert usage["lo"]["top_consumer"] == "gdc"
+    assert usage["lo"]["gdc"]["write:['temp', 'msg']"]["num"] == 1
+    assert usage["lo"]["gdc"]["read:['temp', 'msg']"]["num"] == 1
+    assert usage["lo"]["gdc"]["read:['temp']"]["num"] == 1
+    flushed = json.loads(gdc("--usage-db", db, "usage", "--flush").stdout)
+    assert flushed == usage
+    assert json.loads(gdc("--usage-db", db, "usage").stdout) == {}
+
+
+def test_gdc_failures_are_one_line_and_an_exit_code(murano, gwe_home):
+    down = "http://127.0.0.1:%d" % free_port()
+    cases = [
+        (["--host", down, "--token", "t" * 40, "--no-usage", "read", "a"], 6, "refused"),
+        (["--host", murano.url, "--serial", "nobody", "--no-usage", "activate"], 4, "404"),
+        (["--host", murano.url, "--serial", "not-yet", "--no-usage", "read", "a"], 3, "activate"),
+        (["--host", murano.url, "--token", "t" * 40, "--no-usage", "read", "a"], 3, "401"),
+        (["--host", murano.url, "--no-usage", "write", "novalue"], 2, "ALIAS=VALUE"),
+        (["--host", "ftp://x", "--no-usage", "timestamp"], 2, "host"),
+        (["--no-usage", "timestamp"], 2, "--host"),
+        (["nosuchcommand"], 2, "nosuchcommand"),
+    ]
+    for args, code, text in cases:
+        result = gdc(*args)
+        assert result.returncode == code, (args, result.returncode, result.stderr)
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("gdc: error: "), (args, result.stderr)
+        assert text in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
