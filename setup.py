@@ -16,9 +16,14 @@ setup(
         "psutil>=5.8",
         "click>=8.0",
         "pyyaml>=5.4",
+        "cryptography>=3.4",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2", "murano-client==21.12.22"],
     },
-    entry_points={"console_scripts": ["murano-local = murano_local.cli:main", "gdc = device_client.cli:main"]},
+    entry_points={"console_scripts": [
+        "murano-local = murano_local.cli:main",
+        "gdc = device_client.cli:main",
+        "gwe = gwe.cli:main",
+    ]},
 )

@@ -213,7 +213,7 @@ class Installer:
         if not result.ok:
             self.store.remove_version(name, version)
             clear_journal(self.paths)
-            what = ("timed out after %.0fs (process group killed)" % self.settings.install_timeout
+            what = ("timed out after %gs (process group killed)" % self.settings.install_timeout
                     if result.timed_out else "exited with status %s" % result.exit_code)
             status.error = "%s %s; previous version kept" % (prepared.unpacked.layout.installer, what)
             status.step = "install"

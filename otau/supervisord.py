@@ -134,7 +134,10 @@ class Supervisor:
                     if state != "STOPPED":
                         started.add(name)
                     if state in BAD_STATES and (state != "STOPPED" or name in started):
-                        detail = proc.get("spawnerr") or proc.get("description") or ""
+                        if state == "EXITED":
+                            detail = "exited with status %s" % proc.get("exitstatus")
+                        else:
+                            detail = proc.get("spawnerr") or proc.get("description") or ""
                         return Health(False, state, "%s is %s: %s" % (name, state, detail))
                     if state == "RUNNING":
                         if pids.setdefault(name, proc["pid"]) != proc["pid"]:

@@ -48,7 +48,8 @@ def clean_member_name(name: str) -> Optional[str]:
     return "/".join(parts) or None
 
 
-def _check_no_symlinked_parent(root: str, rel: str) -> None:
+def _check_no_symlinked_parent(root: str, rel: str, member: str) -> None:
+    """Refuse ``member`` when a directory on the way to ``rel`` is a symlink or a file."""
     path = root
     for part in rel.split("/")[:-1]:
         path = os.path.join(path, part)
@@ -57,9 +58,9 @@ def _check_no_symlinked_parent(root: str, rel: str) -> None:
         except FileNotFoundError:
             return
         if stat.S_ISLNK(st.st_mode):
-            raise UnpackError("member %r would be written through the symlink %r" % (rel, part))
+            raise UnpackError("member %r would be written through the symlink %r" % (member, part))
         if not stat.S_ISDIR(st.st_mode):
-            raise UnpackError("member %r is below the file %r" % (rel, part))
+            raise UnpackError("member %r is below the file %r" % (member, part))
 
 
 def safe_mode(mode: int, is_dir: bool = False) -> int:
@@ -78,10 +79,10 @@ class _Extractor:
         self.total = 0
         self.count = 0
 
-    def _makedirs(self, rel: str) -> None:
+    def _makedirs(self, rel: str, member: str) -> None:
         if not rel:
             return
-        _check_no_symlinked_parent(self.root, rel + "/x")
+        _check_no_symlinked_parent(self.root, rel + "/", member)
         path = os.path.join(self.root, rel)
         os.makedirs(path, mode=0o755, exist_ok=True)
         self.dirs.add(rel)
@@ -94,13 +95,13 @@ class _Extractor:
         if rel is None:
             return
         if member.isdir():
-            self._makedirs(rel)
+            self._makedirs(rel, rel)
             os.chmod(os.path.join(self.root, rel), safe_mode(member.mode, True))
             return
         if rel in self.entries or rel in self.dirs:
             raise UnpackError("duplicate member %r" % rel)
-        self._makedirs(os.path.dirname(rel))
-        _check_no_symlinked_parent(self.root, rel)
+        self._makedirs(os.path.dirname(rel), rel)
+        _check_no_symlinked_parent(self.root, rel, rel)
         if member.issparse():
             raise UnpackError("sparse file %r in archive" % rel)
         if member.isreg():

@@ -1,0 +1,4 @@
+"""``python -m gwe`` runs the gwe CLI."""
+from .cli import main
+
+main()
