@@ -1,8 +1,8 @@
 """Change notification: wakes long polls and tells subscribers (a future MQTT front end) about changes.
 
-Waiters block on one condition variable and hold no CPU while idle; a per-device version
-counter makes wake-ups race-free (take the version, check the store, wait for the
-version to move).
+Waiters block on a condition variable of their device and hold no CPU while idle; a
+per-device version counter makes wake-ups race-free (take the version, check the store,
+wait for the version to move).
 """
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ class Change:
 
 class ChangeHub:
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._versions: Dict[DeviceKey, int] = {}
+        self._conditions: Dict[DeviceKey, List] = {}  # key -> [Condition, number of waiters]
         self._subscribers: List[Callable[[Change], None]] = []
         self._closed = False
         self._waiting = 0
@@ -39,15 +40,17 @@ class ChangeHub:
         self._subscribers.append(callback)
 
     def version(self, key: DeviceKey) -> int:
-        with self._cond:
+        with self._lock:
             return self._versions.get(key, 0)
 
     def publish(self, change: Change) -> None:
         key = (change.pid, change.identity)
         if change.kind == "set":
-            with self._cond:
+            with self._lock:
                 self._versions[key] = self._versions.get(key, 0) + 1
-                self._cond.notify_all()
+                entry = self._conditions.get(key)
+                if entry is not None:
+                    entry[0].notify_all()  # only this device's waiters: no thundering herd
         for callback in list(self._subscribers):
             try:
                 callback(change)
@@ -56,12 +59,19 @@ class ChangeHub:
 
     def wait_change(self, key: DeviceKey, seen: int, timeout: float) -> bool:
         """Block until the cloud sets something on ``key`` after version ``seen``, or ``timeout``."""
-        with self._cond:
+        with self._lock:
+            entry = self._conditions.get(key)
+            if entry is None:
+                entry = self._conditions[key] = [threading.Condition(self._lock), 0]
+            entry[1] += 1
             self._waiting += 1
             try:
-                return self._cond.wait_for(lambda: self._closed or self._versions.get(key, 0) != seen, timeout)
+                return entry[0].wait_for(lambda: self._closed or self._versions.get(key, 0) != seen, timeout)
             finally:
                 self._waiting -= 1
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._conditions[key]
 
     @property
     def waiting(self) -> int:
@@ -74,6 +84,7 @@ class ChangeHub:
 
     def close(self) -> None:
         """Release every waiter for shutdown."""
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+            for condition, _count in self._conditions.values():
+                condition.notify_all()

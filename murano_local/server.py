@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, List, Optional
@@ -35,6 +36,12 @@ class MuranoHTTPServer(ThreadingHTTPServer):
             DeviceApi(murano).handle, AdminApi(murano).handle]
         super().__init__(address, Handler)
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that resets its connection is routine; anything else is logged with its traceback."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, socket.timeout)):
+            return
+        log.exception("error serving %s", client_address[0])
+
 
 def _error_for(exc: BaseException) -> Optional[HttpError]:
     if isinstance(exc, HttpError):
@@ -60,6 +67,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
         log.debug("%s %s", self.address_string(), format % args)
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def version_string(self) -> str:
         return self.server_version
@@ -129,13 +140,14 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", str(length))
             if self.close_connection:
                 self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command == "HEAD" or response.status in (204, 304):
+            with_body = self.command != "HEAD" and response.status not in (204, 304)
+            if with_body and response.file is None:
+                self._headers_buffer.append(b"\r\n" + response.body)  # headers and body in one send
+                self.flush_headers()
                 return
-            if response.file is not None:
+            self.end_headers()
+            if with_body:
                 self.connection.sendfile(response.file, response.offset, response.length)
-            else:
-                self.wfile.write(response.body)
         except (ConnectionError, socket.timeout) as exc:
             log.debug("client went away: %s", exc)
             self.close_connection = True
