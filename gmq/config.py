@@ -1,0 +1,166 @@
+"""gmq.cfg: typed settings with defaults, read through atomic_config; reread without restart."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+from atomic_config import AtomicConfigParser, GwePaths, edit_config, read_config
+
+from .queue import POLICIES, Limits
+
+
+class ConfigError(ValueError):
+    """A gmq.cfg value that cannot be used."""
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("not a boolean")
+
+
+def _policy(text: str) -> str:
+    if text not in POLICIES:
+        raise ValueError("one of " + ", ".join(POLICIES))
+    return text
+
+
+def _level(text: str) -> str:
+    up = text.strip().upper()
+    if up not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("a logging level")
+    return up
+
+
+# (section, option): (type, default, applied by reread?, what it is)
+KEYS: Dict[Tuple[str, str], Tuple[Callable[[str], object], str, bool, str]] = {
+    ("server", "host"): (str, "127.0.0.1", False, "address to listen on (loopback by default)"),
+    ("server", "port"): (int, "8090", False, "TCP port"),
+    ("server", "max_body_bytes"): (int, "1048576", True, "largest request body (413 above)"),
+    ("server", "request_timeout"): (float, "10", True, "seconds a connection may sit idle or trickle a request"),
+    ("server", "max_connections"): (int, "512", True, "open connections at once (503 above)"),
+    ("queue", "max_bytes"): (int, "67108864", True, "queued alias+value bytes at most"),
+    ("queue", "min_free_disk"): (int, "16777216", True, "free bytes to leave on the queue's filesystem (507)"),
+    ("queue", "policy"): (_policy, "drop_oldest", True, "when full: drop_oldest or reject_new (507)"),
+    ("queue", "max_value_bytes"): (int, "65536", True, "largest alias+value (413 above)"),
+    ("queue", "ttl"): (float, "0", True, "seconds a value may wait before it expires; 0 = never"),
+    ("upstream", "host"): (str, "", True, "Murano base URL; empty = Gateway.cfg [device] host"),
+    ("upstream", "batch_size"): (int, "500", True, "values per record request"),
+    ("upstream", "backoff_initial"): (float, "1", True, "first retry delay, seconds"),
+    ("upstream", "backoff_max"): (float, "300", True, "longest retry delay, seconds"),
+    ("upstream", "timeout"): (float, "30", True, "upstream connect/read timeout, seconds"),
+    ("upstream", "verify"): (_bool, "true", True, "verify TLS certificates"),
+    ("upstream", "ca_file"): (str, "", True, "CA bundle for TLS verification; empty = system"),
+    ("log", "level"): (_level, "INFO", True, "logging level"),
+}
+
+
+@dataclass
+class GmqConfig:
+    host: str
+    port: int
+    max_body_bytes: int
+    request_timeout: float
+    max_connections: int
+    limits: Limits
+    upstream: Optional[str]
+    batch_size: int
+    backoff_initial: float
+    backoff_max: float
+    upstream_timeout: float
+    verify: bool
+    ca_file: Optional[str]
+    log_level: str
+
+
+def parse_value(section: str, option: str, text: str) -> object:
+    """Check one value against its key; raises ConfigError naming the key."""
+    spec = KEYS.get((section, option))
+    if spec is None:
+        raise ConfigError("unknown key [%s] %s" % (section, option))
+    try:
+        return spec[0](text.strip())
+    except ValueError as exc:
+        raise ConfigError("[%s] %s = %r: %s" % (section, option, text, exc or "bad value")) from None
+
+
+def _values(cfg: AtomicConfigParser) -> Dict[Tuple[str, str], object]:
+    out = {}
+    for (section, option), spec in KEYS.items():
+        text = cfg.get(section, option, fallback=spec[1])
+        if not text.strip() and spec[0] is not str:
+            text = spec[1]
+        out[(section, option)] = parse_value(section, option, text)
+    return out
+
+
+def upstream_from_gateway(paths: GwePaths) -> Optional[str]:
+    """Gateway.cfg [device] host, or https://<product id>.m2.exosite.io, or None."""
+    cfg = read_config(paths.gateway_cfg)
+    host = cfg.get("device", "host", fallback="").strip().strip("'\"")
+    if host:
+        return host
+    pid = cfg.get("device", "model", fallback="").strip().strip("'\"")
+    return "https://%s.m2.exosite.io" % pid if pid else None
+
+
+def load(paths: GwePaths) -> GmqConfig:
+    """Read gmq.cfg (defaults for what is missing) and resolve the upstream URL."""
+    return _build(_values(read_config(paths.gmq_cfg)), paths)
+
+
+def _build(v: Dict[Tuple[str, str], object], paths: GwePaths) -> GmqConfig:
+    limits = Limits(max_bytes=v["queue", "max_bytes"], min_free_disk=v["queue", "min_free_disk"],
+                    policy=v["queue", "policy"], max_value_bytes=v["queue", "max_value_bytes"],
+                    ttl=v["queue", "ttl"])
+    try:
+        limits.validate()
+    except ValueError as exc:
+        raise ConfigError("[queue] %s" % exc) from None
+    if v["upstream", "backoff_initial"] <= 0 or v["upstream", "backoff_max"] < v["upstream", "backoff_initial"]:
+        raise ConfigError("[upstream] backoff_initial must be > 0 and <= backoff_max")
+    if v["upstream", "batch_size"] < 1:
+        raise ConfigError("[upstream] batch_size must be at least 1")
+    upstream = (v["upstream", "host"] or "").strip() or upstream_from_gateway(paths)
+    return GmqConfig(
+        host=v["server", "host"], port=v["server", "port"], max_body_bytes=v["server", "max_body_bytes"],
+        request_timeout=v["server", "request_timeout"], max_connections=v["server", "max_connections"],
+        limits=limits, upstream=upstream.rstrip("/") if upstream else None,
+        batch_size=v["upstream", "batch_size"], backoff_initial=v["upstream", "backoff_initial"],
+        backoff_max=v["upstream", "backoff_max"], upstream_timeout=v["upstream", "timeout"],
+        verify=v["upstream", "verify"], ca_file=v["upstream", "ca_file"] or None, log_level=v["log", "level"])
+
+
+def get(paths: GwePaths, section: str, option: str) -> str:
+    """The effective value of one key (the default when unset)."""
+    if (section, option) not in KEYS:
+        raise ConfigError("unknown key [%s] %s" % (section, option))
+    return _text(_values(read_config(paths.gmq_cfg))[(section, option)])
+
+
+def set_value(paths: GwePaths, section: str, option: str, value: str) -> None:
+    """Check and store one key in gmq.cfg (atomically, under the file lock)."""
+    parse_value(section, option, value)
+    paths.ensure()
+    with edit_config(paths.gmq_cfg) as cfg:
+        if not cfg.has_section(section):
+            cfg.add_section(section)
+        cfg.set(section, option, value)
+        _build(_values(cfg), paths)  # the file as a whole must still make sense, or nothing is written
+
+
+def effective(paths: GwePaths) -> Dict[str, Dict[str, str]]:
+    """Every key with its effective value, by section."""
+    out: Dict[str, Dict[str, str]] = {}
+    for (section, option), value in _values(read_config(paths.gmq_cfg)).items():
+        out.setdefault(section, {})[option] = _text(value)
+    return out
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,303 @@
+"""The forwarder: one thread that delivers queued values upstream, oldest first, per client.
+
+For each client it takes the oldest values (a prefix of its queue, so per-alias order
+holds), sends them as one record request with their original timestamps, and deletes
+them only after Murano answered 2xx. Failures:
+
+- network error or 5xx: the values stay; that client waits (exponential backoff with
+  jitter between the configured initial and maximum delay);
+- 401: the upstream token is dropped and the client re-provisions at once;
+- 409 naming timestamps: those values go to the dead-letter table, the rest are resent;
+- any other 4xx: the batch is halved until the value that fails alone is found, and that
+  value goes to the dead-letter table, so one bad value never blocks the queue;
+- activation refused (403/404/409): the client's values stay queued and it backs off.
+
+``device_client`` (and with it ``requests``) is imported here, in the forwarder thread,
+so a gmq that has nothing to forward stays small.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Dict, List, Optional
+
+from device_client.backoff import Backoff
+
+from .clients import Client, ClientRegistry
+from .queue import DurableQueue, QueuedValue
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 0.2
+
+
+@dataclass
+class UpstreamSettings:
+    url: Optional[str]
+    batch_size: int = 500
+    backoff_initial: float = 1.0
+    backoff_max: float = 300.0
+    timeout: float = 30.0
+    verify: bool = True
+    ca_file: Optional[str] = None
+
+
+@dataclass
+class _ClientState:
+    backoff: Backoff
+    limit: int
+    next_try: float = 0.0
+    state: str = "idle"
+    last_error: Optional[str] = None
+    last_delivery: Optional[float] = None
+    device: object = None
+
+
+@dataclass
+class ForwarderStats:
+    requests: int = 0
+    failures: int = 0
+    recent_delays: Deque[float] = field(default_factory=lambda: deque(maxlen=50))
+
+
+class Forwarder(threading.Thread):
+    """Delivers the queue upstream through ``device_client.Device``; see the module docstring."""
+
+    def __init__(self, queue: DurableQueue, clients: ClientRegistry, settings: UpstreamSettings,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(name="gmq-forwarder", daemon=True)
+        self.queue = queue
+        self.clients = clients
+        self.settings = settings
+        self.clock = clock
+        self.stats = ForwarderStats()
+        self._states: Dict[int, _ClientState] = {}
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._errors = None  # device_client.errors, imported in the thread
+
+    # -- control ----------------------------------------------------------------------------
+    def configure(self, settings: UpstreamSettings) -> None:
+        """New upstream settings (from a reread): clients reconnect and their backoff restarts."""
+        with self._lock:
+            self.settings = settings
+            for st in self._states.values():
+                self._close(st)
+                st.backoff = self._backoff()
+                st.limit = settings.batch_size
+                st.next_try = 0.0
+        self.wake()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    # -- loop ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        from device_client import errors  # noqa: E402  (lazy: pulls in requests)
+        self._errors = errors
+        while not self._stopping.is_set():
+            try:
+                worked = self._round()
+            except Exception:
+                log.exception("forwarder round failed")
+                worked = False
+            if not worked:
+                self._wake.wait(self._idle_wait())
+                self._wake.clear()
+        with self._lock:
+            for st in self._states.values():
+                self._close(st)
+
+    def _idle_wait(self) -> float:
+        now = self.clock()
+        waits = [st.next_try - now for st in self._states.values() if st.next_try > now]
+        return max(0.01, min([IDLE_POLL_S] + waits))
+
+    def _round(self) -> bool:
+        with self._lock:
+            settings = self.settings
+        if not settings.url:
+            return False
+        worked = False
+        for client in self.clients.all():
+            if self._stopping.is_set():
+                break
+            st = self._state(client)
+            if st.next_try > self.clock():
+                continue
+            worked |= self._serve(client, st, settings)
+        return worked
+
+    def _state(self, client: Client) -> _ClientState:
+        st = self._states.get(client.id)
+        if st is None:
+            with self._lock:
+                st = self._states[client.id] = _ClientState(self._backoff(), self.settings.batch_size)
+        return st
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self.settings.backoff_initial, self.settings.backoff_max)
+
+    # -- one client -----------------------------------------------------------------------------
+    def _device(self, client: Client, st: _ClientState, settings: UpstreamSettings):
+        if st.device is None:
+            from device_client import Device  # noqa: E402  (lazy: pulls in requests)
+            st.device = Device(host=settings.url, product_id=client.vendor or None, serial=client.serial,
+                               token=client.upstream_token, identity="gmq", ca_file=settings.ca_file,
+                               verify=settings.verify, connect_timeout=settings.timeout,
+                               read_timeout=settings.timeout)
+        return st.device
+
+    @staticmethod
+    def _close(st: _ClientState) -> None:
+        if st.device is not None:
+            try:
+                st.device.close()
+            except Exception:
+                log.debug("closing a device failed", exc_info=True)
+            st.device = None
+
+    def _serve(self, client: Client, st: _ClientState, settings: UpstreamSettings) -> bool:
+        """One step for one client; True if it did something worth an immediate next round."""
+        errors = self._errors
+        dev = self._device(client, st, settings)
+        try:
+            if not dev.activated:
+                return self._activate(client, st, dev)
+            values = self.queue.take(client.id, st.limit)
+            if not values:
+                st.state = "idle"
+                return False
+            st.state = "sending"
+            self.stats.requests += 1
+            dev.record(_payload(values))
+        except errors.NotActivated:
+            if client.can_provision:
+                self.clients.set_upstream_token(client.id, None)
+                st.last_error = "401: token rejected; re-provisioning"
+            else:
+                self._close(st)
+                st.last_error = "401: token rejected and the client has no serial to re-provision"
+                self.queue.dead_letter(values, 401, st.last_error)
+            log.warning("client %s: %s", client.name, st.last_error)
+            return True
+        except errors.Conflict as exc:
+            return self._conflict(client, st, values, exc)
+        except (errors.ServerError, errors.NetworkError) as exc:
+            self._retry_later(client, st, "%s: %s" % (exc.status or "network", exc))
+            return False
+        except (errors.Forbidden, errors.NotFound) as exc:
+            self._retry_later(client, st, "%s: upstream refuses this client: %s" % (exc.status, exc))
+            return False
+        except errors.DeviceAPIError as exc:
+            return self._bad_batch(client, st, values, exc.status, str(exc) or "status %s" % exc.status)
+        self.queue.ack([v.id for v in values])
+        st.backoff.reset()
+        st.limit = settings.batch_size
+        st.last_delivery = time.time()
+        st.last_error = None
+        return True
+
+    def _activate(self, client: Client, st: _ClientState, dev) -> bool:
+        errors = self._errors
+        if not client.can_provision:
+            st.state = "no_token"
+            return False
+        st.state = "activating"
+        try:
+            token = dev.activate()
+        except (errors.ServerError, errors.NetworkError) as exc:
+            self._retry_later(client, st, "activation: %s: %s" % (exc.status or "network", exc))
+            return False
+        except errors.DeviceAPIError as exc:
+            self._retry_later(client, st, "activation refused: %s %s" % (exc.status, exc))
+            return False
+        self.clients.set_upstream_token(client.id, token)
+        st.backoff.reset()
+        st.last_error = None
+        log.info("client %s activated upstream", client.name)
+        return True
+
+    def _retry_later(self, client: Client, st: _ClientState, why: str) -> None:
+        delay = st.backoff.next_delay()
+        st.next_try = self.clock() + delay
+        st.state = "backoff"
+        st.last_error = why
+        self.stats.failures += 1
+        self.stats.recent_delays.append(round(delay, 3))
+        self.queue.note_retry()
+        log.warning("client %s: %s; next try in %.1fs", client.name, why, delay)
+
+    def _conflict(self, client: Client, st: _ClientState, values: List[QueuedValue], exc) -> bool:
+        named = {(alias, float(ts)) for alias, stamps in (getattr(exc, "conflicts", None) or {}).items()
+                 for ts in stamps if _is_number(ts)}
+        clash = [v for v in values if (v.alias, round(v.ts, 6)) in {(a, round(t, 6)) for a, t in named}]
+        if not clash:
+            return self._bad_batch(client, st, values, 409, "record conflict")
+        self.queue.dead_letter(clash, 409, "record conflict: upstream already has a value at this timestamp")
+        return True
+
+    def _bad_batch(self, client: Client, st: _ClientState, values: List[QueuedValue], status: Optional[int],
+                   why: str) -> bool:
+        """A 4xx that retrying will not fix: narrow down to the value at fault, then dead-letter it."""
+        if len(values) > 1:
+            st.limit = max(1, len(values) // 2)
+            log.info("client %s: %s on %d values; retrying with %d", client.name, why, len(values), st.limit)
+        else:
+            self.queue.dead_letter(values, status, why)
+            st.limit = self.settings.batch_size
+        st.last_error = "%s: %s" % (status, why)
+        return True
+
+    # -- observation ------------------------------------------------------------------------------
+    def status(self) -> dict:
+        now = self.clock()
+        with self._lock:
+            settings = self.settings
+            states = dict(self._states)
+        clients = []
+        for c in self.clients.all():
+            st = states.get(c.id)
+            clients.append({
+                "id": c.id,
+                "client": c.name,
+                "activated": c.upstream_token is not None,
+                "state": st.state if st else "idle",
+                "last_error": st.last_error if st else None,
+                "last_delivery": st.last_delivery if st else None,
+                "retry_in": round(max(0.0, st.next_try - now), 3) if st else 0.0,
+            })
+        return {
+            "upstream": settings.url,
+            "state": "no_upstream" if not settings.url else "running",
+            "batch_size": settings.batch_size,
+            "backoff": [settings.backoff_initial, settings.backoff_max],
+            "requests": self.stats.requests,
+            "failures": self.stats.failures,
+            "recent_delays": list(self.stats.recent_delays),
+            "clients": clients,
+        }
+
+
+def _is_number(text: object) -> bool:
+    try:
+        float(text)  # type: ignore[arg-type]
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _payload(values: List[QueuedValue]) -> Dict[str, list]:
+    """``{alias: [(ts, value), ...]}`` in queue order (dicts keep insertion order)."""
+    out: Dict[str, list] = {}
+    for v in values:
+        out.setdefault(v.alias, []).append((round(v.ts, 6), v.value))
+    return out

@@ -1,0 +1,594 @@
+"""DurableQueue: values on disk (sqlite, WAL, synchronous=FULL) before anyone is told "stored".
+
+``append`` returns only after the values are committed and fsynced. Concurrent callers
+are group-committed: the first caller to find the database idle becomes the leader and
+commits everything that is pending (its own values and those of every caller that
+arrived meanwhile) in one transaction, then wakes the others. With one producer there
+is no hand-off to another thread at all; with many, one fsync covers many requests.
+
+Every other write (ack, dead-letter, drops, expiry) takes the same turn, so the
+database has exactly one writer and never waits in sqlite's busy handler.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from collections import deque
+from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from atomic_config import connect_sqlite, fsync_dir
+
+from . import salvage
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("drop_oldest", "reject_new")
+COUNTERS = ("accepted", "rejected", "dropped", "expired", "delivered", "dead_lettered", "retried")
+SCAN = 500
+DELETE_CHUNK = 500
+ROWS_PER_INSERT = 5000  # 6 parameters a row, under sqlite's 32766
+FREE_DISK_TTL_S = 0.05
+BACKSTOP_CHECKPOINT_PAGES = 8192
+INSERT_HEAD = "INSERT INTO queue (client, alias, ts, value, arrived, size) VALUES "
+INSERT_ROW = "(?,?,?,?,?,?)"
+
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY AUTOINCREMENT, client INTEGER NOT NULL, "
+    "alias TEXT NOT NULL, ts REAL NOT NULL, value TEXT NOT NULL, arrived REAL NOT NULL, size INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS dead_letter (id INTEGER PRIMARY KEY, client INTEGER NOT NULL, alias TEXT NOT NULL, "
+    "ts REAL NOT NULL, value TEXT NOT NULL, arrived REAL NOT NULL, status INTEGER, reason TEXT NOT NULL, "
+    "moved REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS alarms (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, time REAL NOT NULL, "
+    "detail TEXT NOT NULL)",
+]
+INDEXES = ["CREATE INDEX IF NOT EXISTS queue_by_client ON queue (client, id)"]
+
+
+class Rejected(Exception):
+    """Values not stored; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class Limits:
+    max_bytes: int = 64 * 1024 * 1024
+    min_free_disk: int = 16 * 1024 * 1024
+    policy: str = "drop_oldest"
+    max_value_bytes: int = 64 * 1024
+    ttl: float = 0.0
+
+    def validate(self) -> "Limits":
+        if self.policy not in POLICIES:
+            raise ValueError("policy must be one of %s" % ", ".join(POLICIES))
+        if self.max_bytes <= 0 or self.max_value_bytes <= 0 or self.min_free_disk < 0 or self.ttl < 0:
+            raise ValueError("queue limits must be positive")
+        if self.max_value_bytes > self.max_bytes:
+            raise ValueError("max_value_bytes is larger than max_bytes")
+        return self
+
+
+@dataclass
+class QueuedValue:
+    id: int
+    client: int
+    alias: str
+    ts: float
+    value: str
+    arrived: float
+
+
+@dataclass
+class _Entry:
+    rows: List[tuple]
+    size: int
+    status: int = 0
+    reason: str = ""
+
+
+def _held_lock() -> threading.Lock:
+    """A lock already held: another thread's release() is the cheapest wake-up Python has."""
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
+class _Claim:
+    """A writer waiting for its turn: ``turn.acquire()`` returns when it is given."""
+
+    __slots__ = ("turn",)
+
+    def __init__(self) -> None:
+        self.turn = _held_lock()
+
+
+class _Batch(_Claim):
+    """Appends that arrived while another commit ran; the first of them (the heir) commits them all."""
+
+    __slots__ = ("entries", "waiters")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: List[_Entry] = []
+        self.waiters: List[threading.Lock] = []
+
+
+@dataclass
+class _State:
+    depth: int = 0
+    bytes: int = 0
+    counters: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+
+
+def value_size(alias: str, value: str) -> int:
+    """The bytes a value counts against the queue bound: its alias and value in UTF-8."""
+    return len(alias.encode("utf-8")) + len(value.encode("utf-8"))
+
+
+class DurableQueue:
+    """The queue database: group-committed appends, ordered takes, acks, dead letters, bounds."""
+
+    def __init__(self, path: str, limits: Optional[Limits] = None, clock: Callable[[], float] = time.time,
+                 other_tables: Sequence[str] = ()) -> None:
+        """Open (checking, and salvaging if damaged) the database at ``path``.
+
+        ``other_tables``: CREATE statements of tables other modules keep in the same file,
+        so that a salvage carries their rows over too.
+        """
+        self.path = os.path.abspath(path)
+        self.limits = (limits or Limits()).validate()
+        self.clock = clock
+        self.directory = os.path.dirname(self.path)
+        os.makedirs(self.directory, exist_ok=True)
+        self.salvage_report: Optional[salvage.SalvageReport] = None
+        problem = salvage.check(self.path)
+        if problem is not None:
+            self.salvage_report = salvage.salvage(self.path, problem, SCHEMA + list(other_tables))
+        created = not os.path.exists(self.path)
+        self._conn = connect_sqlite(self.path, synchronous="FULL", check_same_thread=False)
+        if created:
+            os.chmod(self.path, 0o600)  # it holds upstream tokens
+        self._conn.execute("PRAGMA journal_size_limit=%d" % (16 * 1024 * 1024))
+        # checkpoint() does the work beside the writer; this is only the backstop if nobody calls it
+        self._conn.execute("PRAGMA wal_autocheckpoint=%d" % BACKSTOP_CHECKPOINT_PAGES)
+        self._conn.execute("BEGIN")
+        for stmt in SCHEMA + INDEXES:
+            self._conn.execute(stmt)
+        if self.salvage_report is not None:
+            r = self.salvage_report
+            self._conn.execute("INSERT INTO alarms (kind, time, detail) VALUES ('db_corrupt', ?, ?)",
+                               (r.time, "moved to %s (%s); salvaged %s" % (r.moved_to, r.reason, r.salvaged)))
+        self._conn.execute("COMMIT")
+        fsync_dir(self.directory)  # the WAL file's directory entry must survive a power cut too
+        self._rconn = connect_sqlite(self.path, synchronous="FULL", check_same_thread=False)
+        self._rlock = threading.Lock()
+        self._ckpt = connect_sqlite(self.path, synchronous="FULL", check_same_thread=False)
+        self._ckpt_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._busy = False
+        self._open: Optional[_Batch] = None
+        self._waiting: Deque[Union[_Batch, _Claim]] = deque()
+        self._free, self._free_at, self._free_used = 0, float("-inf"), 0
+        self._state = self._load_state()
+        self._dirty: set = set()
+        last = self._conn.execute("SELECT max(arrived) FROM queue").fetchone()[0]
+        self._last_us = int(last * 1e6) if last else 0
+
+    # -- start-up -------------------------------------------------------------------------
+    def _load_state(self) -> _State:
+        st = _State()
+        depth, size = self._conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM queue").fetchone()
+        st.depth, st.bytes = depth, size
+        for name, value in self._conn.execute("SELECT name, value FROM counters"):
+            st.counters[name] = value
+        seq = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'queue'").fetchone()
+        st.counters["accepted"] = seq[0] if seq else 0  # every accepted value took the next id
+        return st
+
+    # -- the single-writer turn -----------------------------------------------------------
+    def _release(self) -> None:
+        """Pass the writer's turn to the next claimant (FIFO), or mark the database idle."""
+        with self._lock:
+            if not self._waiting:
+                self._busy = False
+                return
+            nxt = self._waiting.popleft()
+        nxt.turn.release()
+
+    def _claim(self) -> None:
+        with self._lock:
+            if not self._busy:
+                self._busy = True
+                return
+            claim = _Claim()
+            self._waiting.append(claim)
+        claim.turn.acquire()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN..COMMIT in the writer's turn; in-memory state is restored if it fails."""
+        self._claim()
+        try:
+            conn = self._conn
+            saved = self._save()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                self._flush_counters(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rollback(conn)
+                self._restore(saved)
+                raise
+        finally:
+            self._release()
+
+    def _save(self) -> tuple:
+        return self._state.depth, self._state.bytes, dict(self._state.counters), set(self._dirty)
+
+    def _restore(self, saved: tuple) -> None:
+        self._state.depth, self._state.bytes, self._state.counters, self._dirty = saved
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # sqlite already rolled back (e.g. after SQLITE_FULL)
+
+    def _count(self, name: str, n: int) -> None:
+        if n:
+            self._state.counters[name] += n
+            if name != "accepted":  # derived from the id sequence, see _load_state
+                self._dirty.add(name)
+
+    def _flush_counters(self, conn: sqlite3.Connection) -> None:
+        if self._dirty:
+            conn.executemany("INSERT INTO counters (name, value) VALUES (?, ?) "
+                             "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                             [(n, self._state.counters[n]) for n in self._dirty])
+            self._dirty = set()
+
+    # -- append -----------------------------------------------------------------------------
+    def append(self, client: int, values: Sequence[Tuple[str, Optional[float], str]]) -> int:
+        """Store ``(alias, ts, value)`` triples durably (ts None = arrival time, unique per value); all or none.
+
+        Returns the number stored once they are fsynced; raises ``Rejected`` (413, 507, 500)
+        when none were stored.
+        """
+        limits = self.limits
+        rows = []
+        size = 0
+        for alias, ts, value in values:
+            n = value_size(alias, value)
+            if n > limits.max_value_bytes:
+                raise Rejected(413, "value of %r is %d bytes; the limit is %d" % (alias, n, limits.max_value_bytes))
+            rows.append((client, alias, ts, value, n))
+            size += n
+        if not rows:
+            return 0
+        if size > limits.max_bytes:
+            raise Rejected(507, "request needs %d bytes; the whole queue holds %d" % (size, limits.max_bytes))
+        entry = _Entry(rows, size)
+        wake = None
+        with self._lock:
+            if not self._busy:
+                self._busy = True
+                batch = None
+            else:
+                batch = self._open
+                heir = batch is None
+                if heir:
+                    batch = self._open = _Batch()
+                    self._waiting.append(batch)
+                else:
+                    wake = _held_lock()
+                    batch.waiters.append(wake)
+                batch.entries.append(entry)
+        if batch is None:  # the database was idle: commit alone, no hand-off
+            try:
+                self._commit([entry])
+            finally:
+                self._release()
+        elif heir:  # first to wait: commit everyone who queued behind the current commit
+            batch.turn.acquire()
+            with self._lock:
+                if self._open is batch:
+                    self._open = None
+            try:
+                self._commit(batch.entries)
+            finally:
+                for lock in batch.waiters:
+                    lock.release()
+                self._release()
+        else:
+            wake.acquire()
+        if entry.status:
+            raise Rejected(entry.status, entry.reason)
+        return len(rows)
+
+    def _commit(self, batch: List[_Entry]) -> None:
+        """One transaction for a group of appends; sets each entry's status (0 = stored)."""
+        conn = self._conn
+        st = self._state
+        limits = self.limits
+        saved = self._save()
+        free = self._free_estimate()
+        accepted: List[_Entry] = []
+        total = 0
+        for e in batch:
+            if free - total - e.size < limits.min_free_disk:
+                e.status, e.reason = 507, "free disk below the reserve of %d bytes" % limits.min_free_disk
+            elif limits.policy == "reject_new" and st.bytes + total + e.size > limits.max_bytes:
+                e.status, e.reason = 507, "queue full (%d of %d bytes)" % (st.bytes + total, limits.max_bytes)
+            else:
+                accepted.append(e)
+                total += e.size
+                continue
+            self._count("rejected", len(e.rows))
+        if not accepted:
+            return
+        rows = self._stamp([r for e in accepted for r in e.rows])
+        overflow = st.bytes + total - limits.max_bytes
+        try:
+            if overflow <= 0 and len(rows) <= ROWS_PER_INSERT:
+                self._insert(conn, rows)  # one statement in autocommit: one GIL release, one fsync
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+                if overflow > 0:
+                    self._drop_oldest(conn, overflow)
+                for i in range(0, len(rows), ROWS_PER_INSERT):
+                    self._insert(conn, rows[i:i + ROWS_PER_INSERT])
+                self._flush_counters(conn)
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            self._restore(saved)
+            full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+            log.error("commit of %d requests failed: %s", len(accepted), exc)
+            for e in accepted:
+                e.status, e.reason = (507, "disk full") if full else (500, "storage error: %s" % exc)
+            self._count("rejected", len(rows))
+            return
+        except BaseException as exc:
+            self._rollback(conn)
+            self._restore(saved)
+            for e in accepted:
+                e.status, e.reason = 500, "storage error: %s" % exc
+            raise
+        st.depth += len(rows)
+        st.bytes += total
+        self._free_used += total
+        self._count("accepted", len(rows))
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, rows: List[tuple]) -> None:
+        sql = INSERT_HEAD + ",".join([INSERT_ROW] * len(rows))
+        conn.execute(sql, [x for r in rows for x in r])
+
+    def _free_estimate(self) -> int:
+        """Free bytes on the queue's filesystem: statvfs at most every 50 ms, minus what we wrote since."""
+        now = time.monotonic()
+        if now - self._free_at > FREE_DISK_TTL_S:
+            s = os.statvfs(self.directory)
+            self._free, self._free_at, self._free_used = s.f_bavail * s.f_frsize, now, 0
+        return self._free - self._free_used
+
+    def _stamp(self, rows: List[tuple]) -> List[tuple]:
+        """Give each row its arrival time; a value without a timestamp takes a unique one.
+
+        Unique to the microsecond and increasing in commit order, so two writes of one
+        alias never collide upstream (Murano keys history by alias and timestamp).
+        """
+        now_us = int(self.clock() * 1e6)
+        if now_us <= self._last_us:
+            now_us = self._last_us + 1
+        out = []
+        for client, alias, ts, value, size in rows:
+            if ts is None:
+                ts = now_us / 1e6
+                now_us += 1
+            out.append((client, alias, ts, value, now_us / 1e6, size))
+        self._last_us = now_us
+        return out
+
+    def _free_disk(self) -> int:
+        s = os.statvfs(self.directory)
+        return s.f_bavail * s.f_frsize
+
+    def _drop_oldest(self, conn: sqlite3.Connection, need: int) -> None:
+        freed = 0
+        last = None
+        dropped = 0
+        while freed < need:
+            rows = conn.execute("SELECT id, size FROM queue WHERE id > ? ORDER BY id LIMIT ?",
+                                (last if last is not None else -1, SCAN)).fetchall()
+            if not rows:
+                break
+            for rid, size in rows:
+                last = rid
+                freed += size
+                dropped += 1
+                if freed >= need:
+                    break
+        if last is not None:
+            conn.execute("DELETE FROM queue WHERE id <= ?", (last,))
+            self._state.depth -= dropped
+            self._state.bytes -= freed
+            self._count("dropped", dropped)
+            log.warning("queue full: dropped the %d oldest values (%d bytes)", dropped, freed)
+
+    # -- forwarding side --------------------------------------------------------------------
+    def take(self, client: int, limit: int) -> List[QueuedValue]:
+        """The oldest ``limit`` values of ``client``, in arrival order (they stay queued until acked)."""
+        with self._rlock:
+            rows = self._rconn.execute("SELECT id, client, alias, ts, value, arrived FROM queue "
+                                       "WHERE client = ? ORDER BY id LIMIT ?", (client, limit)).fetchall()
+        return [QueuedValue(*r) for r in rows]
+
+    def _delete(self, conn: sqlite3.Connection, ids: Sequence[int]) -> Tuple[int, int]:
+        """Delete ``ids`` (those still there); returns (rows, bytes) removed."""
+        n = size = 0
+        for i in range(0, len(ids), DELETE_CHUNK):
+            chunk = list(ids[i:i + DELETE_CHUNK])
+            marks = ",".join("?" * len(chunk))
+            sizes = conn.execute("DELETE FROM queue WHERE id IN (%s) RETURNING size" % marks, chunk).fetchall()
+            n += len(sizes)
+            size += sum(s[0] for s in sizes)
+        self._state.depth -= n
+        self._state.bytes -= size
+        return n, size
+
+    def ack(self, ids: Sequence[int]) -> int:
+        """Upstream has these values: delete them (durably). Returns how many were still queued."""
+        if not ids:
+            return 0
+        with self._transaction() as conn:
+            n, _ = self._delete(conn, ids)
+            self._count("delivered", len(ids))
+        return n
+
+    def dead_letter(self, values: Iterable[QueuedValue], status: Optional[int], reason: str) -> int:
+        """Move values that can never be delivered out of the queue, keeping them for inspection."""
+        values = list(values)
+        if not values:
+            return 0
+        now = self.clock()
+        with self._transaction() as conn:
+            conn.executemany("INSERT OR REPLACE INTO dead_letter (id, client, alias, ts, value, arrived, status, "
+                             "reason, moved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             [(v.id, v.client, v.alias, v.ts, v.value, v.arrived, status, reason[:500], now)
+                              for v in values])
+            self._delete(conn, [v.id for v in values])
+            self._count("dead_lettered", len(values))
+        log.warning("dead-lettered %d values (status %s): %s", len(values), status, reason)
+        return len(values)
+
+    def note_retry(self, n: int = 1) -> None:
+        """Count failed delivery attempts (persisted with the next transaction)."""
+        with self._transaction():
+            self._count("retried", n)
+
+    # -- housekeeping -------------------------------------------------------------------------
+    def expire(self) -> int:
+        """Drop values older than the TTL (by arrival time); returns how many."""
+        ttl = self.limits.ttl
+        if ttl <= 0:
+            return 0
+        cutoff = self.clock() - ttl
+        with self._rlock:
+            rows = self._rconn.execute("SELECT id, arrived FROM queue ORDER BY id LIMIT ?", (SCAN,)).fetchall()
+        last = None
+        for rid, arrived in rows:
+            if arrived >= cutoff:
+                break
+            last = rid
+        if last is None:
+            return 0
+        with self._transaction() as conn:
+            sizes = conn.execute("DELETE FROM queue WHERE id <= ? RETURNING size", (last,)).fetchall()
+            self._state.depth -= len(sizes)
+            self._state.bytes -= sum(s[0] for s in sizes)
+            self._count("expired", len(sizes))
+        log.info("expired %d values older than %gs", len(sizes), ttl)
+        return len(sizes) + self.expire() if len(rows) == SCAN else len(sizes)
+
+    def checkpoint(self) -> int:
+        """Copy the WAL into the database without stalling appends; returns the frames copied.
+
+        The bulk is copied beside the writer; the last few frames are copied in the
+        writer's turn so the checkpoint completes and the next commit restarts the WAL
+        from its beginning. (A WAL that keeps growing costs a metadata journal commit on
+        every fsync, about half the commit rate; sqlite's automatic checkpoint instead
+        runs inside a commit and stalls every waiting producer for its duration.)
+        """
+        with self._ckpt_lock:
+            try:
+                _, frames, _ = self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if frames <= 0:
+                    return 0
+                self._claim()
+                try:
+                    _, frames, _ = self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                finally:
+                    self._release()
+                return frames
+            except sqlite3.Error as exc:
+                log.warning("checkpoint failed: %s", exc)
+                return 0
+
+    def maintain(self) -> None:
+        """Periodic work: checkpoint and expiry; call it every ~0.1 s from one thread."""
+        self.checkpoint()
+        try:
+            self.expire()
+        except sqlite3.Error as exc:
+            log.warning("expiry failed: %s", exc)
+
+    def set_limits(self, limits: Limits) -> None:
+        self.limits = limits.validate()
+
+    # -- observation ------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return self._state.depth
+
+    @property
+    def bytes(self) -> int:
+        return self._state.bytes
+
+    def counters(self) -> Dict[str, int]:
+        return dict(self._state.counters)
+
+    def stats(self) -> dict:
+        """Depth, bytes, oldest age, counters, dead letters and alarms, for status reports."""
+        with self._rlock:
+            c = self._rconn
+            oldest = c.execute("SELECT arrived FROM queue ORDER BY id LIMIT 1").fetchone()
+            dead = c.execute("SELECT count(*) FROM dead_letter").fetchone()[0]
+            alarms = [{"kind": k, "time": t, "detail": d}
+                      for k, t, d in c.execute("SELECT kind, time, detail FROM alarms ORDER BY id")]
+        free = self._free_disk()
+        return {
+            "depth": self._state.depth,
+            "bytes": self._state.bytes,
+            "oldest_age": round(self.clock() - oldest[0], 3) if oldest else None,
+            "max_bytes": self.limits.max_bytes,
+            "policy": self.limits.policy,
+            "max_value_bytes": self.limits.max_value_bytes,
+            "ttl": self.limits.ttl,
+            "free_disk": free,
+            "min_free_disk": self.limits.min_free_disk,
+            "dead_letter": dead,
+            "counters": self.counters(),
+            "alarms": alarms,
+        }
+
+    def depth_by_client(self) -> Dict[int, int]:
+        with self._rlock:
+            return dict(self._rconn.execute("SELECT client, count(*) FROM queue GROUP BY client"))
+
+    def dead_letters(self, limit: int = 100) -> List[dict]:
+        with self._rlock:
+            rows = self._rconn.execute("SELECT id, client, alias, ts, value, status, reason, moved FROM dead_letter "
+                                       "ORDER BY id LIMIT ?", (limit,)).fetchall()
+        keys = ("id", "client", "alias", "ts", "value", "status", "reason", "moved")
+        return [dict(zip(keys, r)) for r in rows]
+
+    def clear_alarms(self) -> int:
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM alarms").rowcount
+
+    def close(self) -> None:
+        self._claim()
+        for conn in (self._rconn, self._ckpt, self._conn):
+            conn.close()

@@ -1,0 +1,120 @@
+"""The running gmq: queue, clients, forwarder and HTTP front end composed, with reread and status."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Optional
+
+from atomic_config import GwePaths, gwe_paths
+
+from . import __version__, clients as clients_mod, config
+from .clients import ClientRegistry
+from .forwarder import Forwarder, UpstreamSettings
+from .http_api import GmqHTTPServer
+from .queue import DurableQueue
+
+log = logging.getLogger(__name__)
+
+MAINTAIN_EVERY_S = 0.1
+
+
+def upstream_settings(cfg: config.GmqConfig) -> UpstreamSettings:
+    return UpstreamSettings(url=cfg.upstream, batch_size=cfg.batch_size, backoff_initial=cfg.backoff_initial,
+                            backoff_max=cfg.backoff_max, timeout=cfg.upstream_timeout, verify=cfg.verify,
+                            ca_file=cfg.ca_file)
+
+
+class Gmq:
+    """Everything one gmq process runs; ``serve_forever()`` until SIGTERM/SIGINT."""
+
+    def __init__(self, paths: Optional[GwePaths] = None, port: Optional[int] = None) -> None:
+        self.paths = (paths or gwe_paths()).ensure()
+        self.cfg = config.load(self.paths)
+        logging.getLogger().setLevel(self.cfg.log_level)
+        self.started = time.time()
+        self.queue = DurableQueue(self.paths.gmq_db, self.cfg.limits, other_tables=clients_mod.SCHEMA)
+        self.clients = ClientRegistry(self.paths.gmq_db)
+        self.forwarder = Forwarder(self.queue, self.clients, upstream_settings(self.cfg))
+        self.clients.on_new = lambda client: self.forwarder.wake()
+        self._apply_server_settings(self.cfg)
+        self.httpd = GmqHTTPServer((self.cfg.host, self.cfg.port if port is None else port), self)
+        self._stop = threading.Event()
+
+    def _apply_server_settings(self, cfg: config.GmqConfig) -> None:
+        self.max_body_bytes = cfg.max_body_bytes
+        self.request_timeout = cfg.request_timeout
+        self.max_connections = cfg.max_connections
+
+    @property
+    def address(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return "%s:%d" % (host, port)
+
+    # -- the App protocol of http_api -------------------------------------------------------
+    def reread(self) -> dict:
+        """Reload gmq.cfg and apply it (listen address and port need a restart)."""
+        cfg = config.load(self.paths)
+        self.queue.set_limits(cfg.limits)
+        self._apply_server_settings(cfg)
+        self.forwarder.configure(upstream_settings(cfg))
+        logging.getLogger().setLevel(cfg.log_level)
+        restart = [k for k in ("host", "port") if getattr(cfg, k) != getattr(self.cfg, k)]
+        self.cfg = cfg
+        log.info("gmq.cfg reread%s", "; restart needed for %s" % ", ".join(restart) if restart else "")
+        return {"applied": True, "restart_needed_for": restart, "upstream": cfg.upstream}
+
+    def status(self) -> dict:
+        q = self.queue.stats()
+        fwd = self.forwarder.status()
+        depths = self.queue.depth_by_client()
+        for c in fwd["clients"]:
+            c["queued"] = depths.get(c.pop("id"), 0)
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": round(time.time() - self.started, 3),
+            "listen": self.address,
+            "connections": self.httpd.open_connections,
+            "counters": q.pop("counters"),
+            "alarms": q.pop("alarms"),
+            "queue": q,
+            "forwarder": fwd,
+        }
+
+    # -- running ------------------------------------------------------------------------------
+    def _maintain(self) -> None:
+        while not self._stop.wait(MAINTAIN_EVERY_S):
+            try:
+                self.queue.maintain()
+            except Exception:
+                log.exception("queue maintenance failed")
+
+    def serve_forever(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: threading.Thread(target=self.httpd.shutdown, daemon=True).start())
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=self._reread_logged, daemon=True).start())
+        threading.Thread(target=self._maintain, name="gmq-maintain", daemon=True).start()
+        self.forwarder.start()
+        log.info("gmq %s listening on %s; queue %s (%d values); upstream %s", __version__, self.address,
+                 self.paths.gmq_db, self.queue.depth, self.cfg.upstream or "(none configured)")
+        try:
+            self.httpd.serve_forever(poll_interval=0.5)
+        finally:
+            self.close()
+
+    def _reread_logged(self) -> None:
+        try:
+            self.reread()
+        except ValueError as exc:
+            log.error("gmq.cfg not applied: %s", exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.forwarder.stop()
+        self.httpd.server_close()
+        self.forwarder.join(timeout=10)
+        self.clients.close()
+        self.queue.close()
