@@ -40,6 +40,8 @@ class AdminApi:
         if not match:
             return None
         pid = path_segment(match.group(1)).lower()
+        if not (pid.isascii() and pid.isalnum()):
+            raise HttpError(400, "product id must be letters and digits")
         rest = [path_segment(p) for p in (match.group(3) or "").split("/")[1:]]
         if match.group(2) == "device2":
             return self._device2(req, pid, rest)
@@ -56,7 +58,8 @@ class AdminApi:
                                                             "presenter_identity": product["allow_self_register"]}})
             if m == "PATCH":
                 body = req.json()
-                flag = body.get("provisioning", {}).get("presenter_identity") if isinstance(body, dict) else None
+                provisioning = body.get("provisioning") if isinstance(body, dict) else None
+                flag = provisioning.get("presenter_identity") if isinstance(provisioning, dict) else None
                 if not isinstance(flag, bool):
                     raise HttpError(400, 'expected {"provisioning": {"presenter_identity": true|false}}')
                 self.murano.set_self_register(pid, flag)

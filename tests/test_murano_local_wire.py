@@ -240,3 +240,34 @@ def test_request_body_shorter_than_content_length_changes_nothing(device):
         reply = sock.recv(65536)
     assert reply.startswith(b"HTTP/1.1 400")
     assert_unchanged(murano, before)
+
+
+@pytest.mark.parametrize("method,path,body,status", [
+    ("PATCH", "/identity/bad/state", b"not json", 400),
+    ("PATCH", "/identity/bad/state", b"[1, 2]", 400),
+    ("PATCH", "/identity/bad/state", b"{}", 400),
+    ("PATCH", "/identity/bad/state", b'{"a.b": "1"}', 400),
+    ("PATCH", "/identity/ghost/state", b'{"keep": "9"}', 404),
+    ("PATCH", "/identity/bad", b'{"reprovision": "yes"}', 400),
+    ("GET", "/identity/bad/history/keep?limit=abc", None, 400),
+    ("GET", "/identity/bad/history/keep?limit=0", None, 400),
+    ("GET", "/identity/ghost", None, 404),
+    ("DELETE", "/identity/ghost", None, 404),
+    ("POST", "/identity/bad/state", b"{}", 405),
+    ("GET", "/identity/%ff", None, 400),
+])
+def test_bad_admin_requests_get_4xx_and_change_nothing(device, method, path, body, status):
+    murano, _token = device
+    before = murano.state("bad")
+    r = requests.request(method, murano.url + "/api:1/service/localproduct/device2" + path, data=body, timeout=10)
+    assert r.status_code == status, r.text
+    assert r.headers["Content-Type"].startswith("text/plain") and r.text
+    assert_unchanged(murano, before)
+
+
+def test_bad_product_and_content_names(device):
+    murano, _token = device
+    assert requests.get(murano.url + "/api:1/service/bad%20pid/device2/identity/").status_code == 400
+    r = requests.put(murano.url + "/api:1/service/localproduct/content/item/a%2Cb", data=b"x")
+    assert r.status_code == 400
+    assert requests.get(murano.url + "/api:1/service/localproduct/content/item").json() == []
