@@ -29,9 +29,11 @@ from atomic_config import connect_sqlite, gwe_paths
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_ROWS = 100_000
+DEFAULT_MAX_ROWS = 50_000   # ~3 MB; a report-and-flush of a full log holds the write lock ~0.1 s
 TRIM_EVERY = 16           # the cap is checked when a row id is a multiple of this
 REOPEN_AFTER_S = 30.0     # after a failure to open the database, wait this long before trying again
+LOG_BUSY_MS = 2000        # a logger gives up (and counts a failure) rather than hold a request longer
+REPORT_BUSY_MS = 10000
 UNKNOWN_IFACE = "unknown"
 TOP_CONSUMER = "top_consumer"
 DROPPED = "dropped"
@@ -74,11 +76,12 @@ class InterfaceResolver:
     def resolve(self, address: Optional[str]) -> str:
         if not address:
             return UNKNOWN_IFACE
-        address = _normalise(address)
-        name = self._by_addr.get(address)
+        name = self._by_addr.get(address)  # the common case: a known address as the socket gives it
+        if name is None:
+            name = self._by_addr.get(_normalise(address))
         if name is None and time.monotonic() - self._refreshed > self.REFRESH_AFTER_S:
             self._refresh()
-            name = self._by_addr.get(address)
+            name = self._by_addr.get(_normalise(address))
         return name or UNKNOWN_IFACE
 
     def _refresh(self) -> None:
@@ -110,11 +113,13 @@ interfaces = InterfaceResolver()
 class UsageLog:
     """The shared request log in ``path`` (default: ``gwe_paths().usage_db``), capped at ``max_rows``."""
 
-    def __init__(self, path: Optional[str] = None, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+    def __init__(self, path: Optional[str] = None, max_rows: int = DEFAULT_MAX_ROWS,
+                 busy_timeout_ms: int = LOG_BUSY_MS) -> None:
         if max_rows < TRIM_EVERY:
             raise ValueError("max_rows must be at least %d" % TRIM_EVERY)
         self.path = os.path.abspath(path or gwe_paths().usage_db)
         self.max_rows = max_rows
+        self.busy_timeout_ms = busy_timeout_ms
         self.failures = 0
         self._conn = None
         self._pid = 0
@@ -129,7 +134,8 @@ class UsageLog:
         try:
             # NORMAL: a usage log is statistics; losing the last rows to a power cut is fine,
             # an fsync per request is not.
-            conn = connect_sqlite(self.path, synchronous="NORMAL", check_same_thread=False)
+            conn = connect_sqlite(self.path, synchronous="NORMAL", busy_timeout_ms=self.busy_timeout_ms,
+                                  check_same_thread=False)
             for statement in _SCHEMA:
                 conn.execute(statement)
         except Exception as exc:
@@ -223,7 +229,7 @@ def build_report(rows: Iterable[tuple], dropped: int = 0) -> dict:
 
 def usage_report(path: Optional[str] = None, flush: bool = False) -> dict:
     """The current usage_report of the gateway's usage log; with ``flush``, also empty it."""
-    usage = UsageLog(path)
+    usage = UsageLog(path, busy_timeout_ms=REPORT_BUSY_MS)
     try:
         return usage.report(flush=flush)
     finally:

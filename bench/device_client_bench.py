@@ -1,0 +1,181 @@
+"""device_client benchmark: usage-logger overhead per request, write/read requests/s on loopback.
+
+Starts a real murano_local on a free loopback port and measures, interleaved, for each
+operation (write, read):
+
+- ``device``: ``Device`` with the usage log on (what every process on the gateway runs);
+- ``nolog``: ``Device(usage_db=False)`` (metered transport, nothing logged);
+- ``plain``: a bare ``requests.Session`` making the same HTTP request: the anchor,
+  re-measured in the same run, because this machine drifts.
+
+The logger overhead is timed directly around the logging step of every ``device``
+request (interface lookup + sqlite insert + periodic cap check), median and p99.
+
+    python3 bench/device_client_bench.py [--seconds 2] [--runs 3] [--json out.json] [--baseline old.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from device_client import Device  # noqa: E402
+from device_client.transport_http import FORM, HttpTransport  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_murano(workdir: str):
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.Popen([sys.executable, "-m", "murano_local", "serve", "--port", str(port), "--data",
+                             os.path.join(workdir, "data"), "--log-level", "WARNING"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = "http://127.0.0.1:%d" % port
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if requests.get(url + "/timestamp", timeout=1).status_code == 200:
+                return proc, url
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("murano_local did not start")
+        time.sleep(0.05)
+
+
+class LogTimer:
+    """Times HttpTransport._log (the whole logging step of a request)."""
+
+    def __init__(self) -> None:
+        self.samples = []
+        self._original = HttpTransport._log
+        timer = self
+
+        def timed(transport, exchange):
+            started = time.perf_counter()
+            timer._original(transport, exchange)
+            if transport.usage is not None:
+                timer.samples.append(time.perf_counter() - started)
+
+        HttpTransport._log = timed
+
+
+def rate(call, seconds: float) -> float:
+    call()  # warm the connection
+    count = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    while True:
+        call()
+        count += 1
+        now = time.perf_counter()
+        if now >= deadline:
+            return count / (now - started)
+
+
+def percentile(samples, fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="duration of each measurement")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", dest="json_out", help="write the results to this file")
+    parser.add_argument("--baseline", help="compare with results written earlier by --json")
+    parser.add_argument("--usage-dir", help="directory for the usage database (default: beside the server data)")
+    args = parser.parse_args()
+
+    timer = LogTimer()
+    with tempfile.TemporaryDirectory(prefix="gdc-bench-", dir=os.path.expanduser("~")) as workdir:
+        proc, url = start_murano(workdir)
+        try:
+            requests.put(url + "/api:1/service/localproduct/device2/identity/bench", json={},
+                         timeout=10).raise_for_status()
+            device = Device(url, serial="bench", identity="bench", usage_db=os.path.join(args.usage_dir or workdir, "usage.db"))
+            token = device.activate()
+            nolog = Device(url, token=token, usage_db=False)
+            plain = requests.Session()
+            headers = {"X-Exosite-CIK": token, "Accept": FORM}
+            post_headers = dict(headers, **{"Content-Type": FORM})
+            alias_url = url + "/onep:v1/stack/alias"
+            counter = iter(range(10 ** 9))
+            arms = {
+                "write": {
+                    "device": lambda: device.write("temp", next(counter)),
+                    "nolog": lambda: nolog.write("temp", next(counter)),
+                    "plain": lambda: plain.post(alias_url, data="temp=%d" % next(counter), headers=post_headers,
+                                                timeout=10).raise_for_status(),
+                },
+                "read": {
+                    "device": lambda: device.read("temp"),
+                    "nolog": lambda: nolog.read("temp"),
+                    "plain": lambda: plain.get(alias_url + "?temp", headers=headers, timeout=10).raise_for_status(),
+                },
+            }
+            rates = {op: {arm: [] for arm in arms[op]} for op in arms}
+            for run in range(args.runs):
+                for op, calls in arms.items():
+                    order = list(calls)
+                    order = order[run % len(order):] + order[:run % len(order)]  # no arm always goes first
+                    for arm in order:
+                        rates[op][arm].append(rate(calls[arm], args.seconds))
+            device.close()
+            nolog.close()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    results = {
+        "log_overhead_us_median": statistics.median(timer.samples) * 1e6,
+        "log_overhead_us_p99": percentile(timer.samples, 0.99) * 1e6,
+        "log_samples": len(timer.samples),
+    }
+    for op in arms:
+        for arm in arms[op]:
+            results["%s_rps_%s" % (op, arm)] = statistics.median(rates[op][arm])
+            results["%s_rps_%s_min_max" % (op, arm)] = [min(rates[op][arm]), max(rates[op][arm])]
+        results["%s_ratio_device_to_plain" % op] = results["%s_rps_device" % op] / results["%s_rps_plain" % op]
+        results["%s_ratio_device_to_nolog" % op] = results["%s_rps_device" % op] / results["%s_rps_nolog" % op]
+
+    print("usage logger overhead per request: median %.1f us, p99 %.1f us (%d requests)"
+          % (results["log_overhead_us_median"], results["log_overhead_us_p99"], results["log_samples"]))
+    for op in arms:
+        print("%-5s req/s (median of %d x %.0fs): device %.0f | nolog %.0f | plain requests %.0f"
+              "  -> device/plain %.2f, device/nolog %.2f"
+              % (op, args.runs, args.seconds, results["%s_rps_device" % op], results["%s_rps_nolog" % op],
+                 results["%s_rps_plain" % op], results["%s_ratio_device_to_plain" % op],
+                 results["%s_ratio_device_to_nolog" % op]))
+    if args.baseline:
+        with open(args.baseline) as f:
+            baseline = json.load(f)
+        for key in ("log_overhead_us_median", "log_overhead_us_p99", "write_ratio_device_to_plain",
+                    "read_ratio_device_to_plain"):
+            if key in baseline:
+                print("%-30s now %10.3f  baseline %10.3f  (x%.2f)" % (key, results[key], baseline[key],
+                                                                     results[key] / baseline[key]))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(results, f, indent=2, sort_keys=True)
+
+
+if __name__ == "__main__":
+    main()
