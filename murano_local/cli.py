@@ -88,10 +88,15 @@ def _admin(ctx: click.Context) -> Admin:
               help="Product used when the Host header names none.")
 @click.option("--allow-self-register", is_flag=True,
               help="Let unknown identities activate themselves in the default product.")
+@click.option("--max-connections", default=1000, show_default=True, type=click.IntRange(1, 100000),
+              help="Open connections served at once (one thread each); more get 503.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def serve(host: str, port: int, data_dir: str, product_id: str, allow_self_register: bool, log_level: str) -> None:
+def serve(host: str, port: int, data_dir: str, product_id: str, allow_self_register: bool,
+          max_connections: int, log_level: str) -> None:
     """Serve the Device API and the admin API until SIGTERM or Ctrl-C."""
+    import sqlite3
+
     from .server import serve as run
     from .service import Murano
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
@@ -101,10 +106,10 @@ def serve(host: str, port: int, data_dir: str, product_id: str, allow_self_regis
     try:
         os.makedirs(data_dir, exist_ok=True)
         murano = Murano(data_dir, default_pid=product_id, allow_self_register=allow_self_register)
-    except OSError as exc:
-        raise CliError("cannot use data directory %s: %s" % (data_dir, exc.strerror or exc))
+    except (OSError, sqlite3.Error) as exc:
+        raise CliError("cannot use data directory %s: %s" % (data_dir, getattr(exc, "strerror", None) or exc))
     try:
-        run(murano, host, port)
+        run(murano, host, port, max_connections=max_connections)
     except OSError as exc:
         raise CliError("cannot serve on %s:%d: %s" % (host, port, exc.strerror or exc))
 

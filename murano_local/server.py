@@ -1,6 +1,7 @@
 """The HTTP/1.1 server: one daemon thread per connection, keep-alive, bounded requests, error mapping."""
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import socket
@@ -25,16 +26,54 @@ IDLE_TIMEOUT_S = 330.0  # longer than the longest long poll
 THREAD_STACK = 512 * 1024
 
 
+DEFAULT_MAX_CONNECTIONS = 1000
+_FULL_BODY = b"too many connections"
+_FULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+         b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_FULL_BODY), _FULL_BODY))
+
+
 class MuranoHTTPServer(ThreadingHTTPServer):
+    """One thread per connection, at most ``max_connections`` at a time (the rest get 503)."""
     daemon_threads = True
     request_queue_size = 256
     allow_reuse_address = True
 
-    def __init__(self, address, murano: Murano) -> None:
+    def __init__(self, address, murano: Murano, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
         self.murano = murano
         self.front_ends: List[Callable[[Request], Optional[Response]]] = [
             DeviceApi(murano).handle, AdminApi(murano).handle]
+        self.max_connections = max_connections
+        self._connections = 0
+        self._connections_lock = threading.Lock()
         super().__init__(address, Handler)
+
+    def process_request(self, request, client_address) -> None:
+        with self._connections_lock:
+            full = self._connections >= self.max_connections
+            if not full:
+                self._connections += 1
+        if full:
+            try:
+                request.sendall(_FULL)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._connections_lock:
+            self._connections -= 1
 
     def handle_error(self, request, client_address) -> None:
         """A client that resets its connection is routine; anything else is logged with its traceback."""
@@ -56,6 +95,8 @@ def _error_for(exc: BaseException) -> Optional[HttpError]:
         return HttpError(404, str(exc))
     if isinstance(exc, Conflict):
         return HttpError(409, "")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return HttpError(507, "no space left on the server")
     return None
 
 
@@ -161,10 +202,11 @@ class _Stop(Exception):
 
 
 def serve(murano: Murano, host: str = "127.0.0.1", port: int = 8080,
-          ready: Optional[Callable[[MuranoHTTPServer], None]] = None) -> None:
+          ready: Optional[Callable[[MuranoHTTPServer], None]] = None,
+          max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
     """Serve until SIGTERM or SIGINT (from the main thread), or until ``server.shutdown()``."""
     threading.stack_size(THREAD_STACK)
-    server = MuranoHTTPServer((host, port), murano)
+    server = MuranoHTTPServer((host, port), murano, max_connections)
 
     def stop(_signum, _frame) -> None:
         raise _Stop()

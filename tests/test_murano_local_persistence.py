@@ -1,12 +1,15 @@
 """murano_local keeps everything in its data directory across kill -9 and restart; the operator CLI."""
 import json
+import socket
+import subprocess
+import sys
 import threading
 
 import pytest
 import requests
 from click.testing import CliRunner
 
-from harness import wait_for
+from harness import free_port, port_open, stop_process, wait_for
 from murano_local.cli import main
 
 
@@ -132,3 +135,45 @@ def test_content_range_requests(murano, tmp_path):
     assert r.status_code == 416 and r.headers["Content-Range"] == "bytes */1024"
     r = requests.get(url, headers=dict(auth, Range="bytes=1-2,5-6"))
     assert r.status_code == 200 and len(r.content) == 1024
+
+
+def run_serve(*args, timeout=20):
+    return subprocess.run([sys.executable, "-m", "murano_local", "serve"] + list(args),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_serve_refuses_a_taken_port_and_a_bad_data_dir_in_one_line(murano, tmp_path):
+    result = run_serve("--port", str(murano.port), "--data", str(tmp_path / "other"), "--log-level", "ERROR")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "cannot serve" in result.stderr
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    result = run_serve("--port", "0", "--data", str(not_a_dir / "sub"))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "data directory" in result.stderr
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "murano_local.sqlite3").write_bytes(b"this is not a database" * 100)
+    result = run_serve("--port", "0", "--data", str(garbage))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "data directory" in result.stderr
+
+
+def test_connections_over_the_cap_get_503(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "murano_local", "serve", "--port", str(port), "--data",
+                             str(tmp_path / "d"), "--max-connections", "3"], stderr=subprocess.DEVNULL)
+    held = []
+    try:
+        wait_for(lambda: port_open(port), 15)
+        for _ in range(3):
+            held.append(socket.create_connection(("127.0.0.1", port)))
+        wait_for(lambda: _status(port) == 503, 10, message="a 503 beyond the cap")
+        for s in held:
+            s.close()
+        wait_for(lambda: _status(port) == 200, 10, message="service once connections are released")
+    finally:
+        stop_process(proc)
+
+
+def _status(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /timestamp HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return int(s.recv(100).split(b" ")[1])
