@@ -62,6 +62,7 @@ class Device:
         self.serial = serial or None
         self.identity = _check_identity(identity)
         self.cert = tuple(cert) if isinstance(cert, (list, tuple)) else cert
+        token = token or None
         if token is not None and not valid_token(token):
             raise ValueError("token must be printable ASCII without spaces")
         if ca_file is not None and not os.path.isfile(ca_file):

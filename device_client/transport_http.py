@@ -125,10 +125,21 @@ class _MeteredHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _MeteredHTTPSConnection
 
 
+_METERED_POOLS = {"http": _MeteredHTTPPool, "https": _MeteredHTTPSPool}
+
+
 class _MeteredAdapter(HTTPAdapter):
+    """Every pool it opens, direct or through an HTTP proxy, uses the metered connections."""
+
     def init_poolmanager(self, *args, **kwargs) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _MeteredHTTPPool, "https": _MeteredHTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = dict(_METERED_POOLS)
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if isinstance(manager, urllib3.ProxyManager):
+            manager.pool_classes_by_scheme = dict(_METERED_POOLS)
+        return manager
 
 
 def _retry_policy() -> Retry:

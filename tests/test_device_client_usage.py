@@ -210,3 +210,24 @@ def test_interfaces_are_named_from_local_addresses():
                 assert resolver.resolve(snic.address) in (iface, *psutil.net_if_addrs()), snic.address
     assert resolver.resolve("192.0.2.123") == "unknown"
     assert resolver.resolve(None) == "unknown"
+
+
+def test_requests_through_an_http_proxy_are_metered_too(murano, tmp_path, monkeypatch):
+    db = str(tmp_path / "usage.db")
+    murano.add_device("gw-p")
+    proxy = CountingRelay(murano.port)  # murano_local accepts absolute-URI requests, as from a proxy
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:%d" % proxy.port)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        with Device(murano.url, serial="gw-p", identity="proxied", usage_db=db) as dev:
+            dev.activate()
+            dev.write("a", 1)
+            assert dev.read("a") == {"a": "1"}
+    finally:
+        proxy.close()
+    lo = usage_report(db)["lo"]
+    assert {key: m["num"] for key, m in lo["proxied"].items()} == {"actvt:[]": 1, "write:['a']": 1, "read:['a']": 1}
+    assert proxy.to_server > 0
+    assert totals(lo["proxied"], "tot_tx") == proxy.to_server
+    assert totals(lo["proxied"], "tot_rx") == proxy.to_client
