@@ -160,7 +160,7 @@ class Handler(BaseHTTPRequestHandler):
         raw_length = self.headers.get("Content-Length")
         length = 0
         if raw_length is not None:
-            if not raw_length.strip().isdigit():
+            if not (raw_length.strip().isascii() and raw_length.strip().isdigit()):
                 raise HttpError(400, "bad Content-Length")
             length = int(raw_length)
         target = self.path

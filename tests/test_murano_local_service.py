@@ -4,7 +4,8 @@ import threading
 import pytest
 import requests
 
-from murano_local import Murano
+from harness import MuranoLocal, wait_for
+from murano_local import Murano, serve
 from murano_local.events import Change
 from murano_local.http_api import parse_if_modified_since, parse_range, parse_record_timestamp
 from murano_local.service import Unauthorized
@@ -116,7 +117,6 @@ def test_self_registration_flag_through_the_admin_api(murano_server_self_registe
 
 @pytest.fixture
 def murano_server_self_register(tmp_path):
-    from harness import MuranoLocal
     server = MuranoLocal(str(tmp_path / "ml"), allow_self_register=True).start()
     yield server
     server.stop()
@@ -152,3 +152,16 @@ def test_if_modified_since_forms():
 ])
 def test_ranges(header, result):
     assert parse_range(header, 100) == result
+
+
+def test_embedded_in_a_thread_and_shut_down(tmp_path):
+    ready = []
+    m = Murano(str(tmp_path / "emb"))
+    thread = threading.Thread(target=serve, args=(m, "127.0.0.1", 0), kwargs={"ready": ready.append}, daemon=True)
+    thread.start()
+    server = wait_for(lambda: ready and ready[0], 10)
+    url = "http://127.0.0.1:%d" % server.server_address[1]
+    assert requests.get(url + "/timestamp").status_code == 200
+    server.shutdown()
+    thread.join(10)
+    assert not thread.is_alive()
