@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 FORM = "application/x-www-form-urlencoded; charset=utf-8"
 LONG_POLL_MARGIN_S = 5.0
 CHUNK = 64 * 1024
+MAX_BODY = 16 * 1024 * 1024  # a read answer beyond this is refused (resources hold at most 1 MiB each)
 
 Pairs = List[Tuple[str, str]]
 
@@ -166,7 +167,7 @@ class ContentStream:
                     return
                 yield chunk
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
-            raise errors.NetworkError("content download interrupted: %s" % (exc,)) from exc
+            raise errors.NetworkError("content download interrupted: %s" % _reason(exc)) from exc
 
     def close(self) -> None:
         self._exchange.close()
@@ -232,16 +233,22 @@ class HttpTransport:
             send_headers["Content-Type"] = FORM
             data = body.encode("utf-8")
         _current.wire = exchange.wire
+        sent = False
         try:
             exchange.response = self._session.request(
                 method, self.base_url + path, data=data, headers=send_headers, stream=True,
                 allow_redirects=False, verify=self.verify, cert=self.cert,
                 timeout=(self.connect_timeout, read_timeout or self.read_timeout))
-        except BaseException as exc:
+            sent = True
+        except Exception as exc:
+            mapped = _network_error(exc, label or kind)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        finally:
             _current.wire = None
-            exchange.close()
-            raise _network_error(exc, label or kind) from exc
-        _current.wire = None
+            if not sent:
+                exchange.close()
         return exchange
 
     def _call(self, kind: str, method: str, path: str, expect: Tuple[int, ...], **kwargs) -> Tuple[int, str, dict]:
@@ -249,10 +256,7 @@ class HttpTransport:
         exchange = self._open(kind, method, path, **kwargs)
         label = kwargs.get("label") or kind
         try:
-            try:
-                content = exchange.response.content
-            except BaseException as exc:
-                raise _network_error(exc, label) from exc
+            content = _read_body(exchange.response, label)
         finally:
             exchange.close()
         response = exchange.response
@@ -340,13 +344,11 @@ class HttpTransport:
             if response.status_code == 416:
                 return ContentStream(exchange, offset, total)
             if response.status_code not in (200, 206):
-                text = response.content.decode("utf-8", errors="replace")
+                text = _read_body(response, "get_content").decode("utf-8", errors="replace")
                 raise errors.error_for_status(response.status_code, text, "get_content")
-        except BaseException as exc:
+        except BaseException:
             exchange.close()
-            if isinstance(exc, errors.DeviceAPIError):
-                raise
-            raise _network_error(exc, "get_content") from exc
+            raise
         return ContentStream(exchange, start, total)
 
     def close(self) -> None:
@@ -370,21 +372,42 @@ def _decode(text: str, what: str) -> Pairs:
         raise errors.DeviceAPIError("%s: undecodable response body: %s" % (what, exc), 200, text) from exc
 
 
+def _read_body(response: requests.Response, what: str, limit: int = MAX_BODY) -> bytes:
+    """The whole body of a (non-download) answer, refusing more than ``limit`` bytes."""
+    body = bytearray()
+    try:
+        for chunk in response.iter_content(CHUNK):
+            body += chunk
+            if len(body) > limit:
+                raise errors.DeviceAPIError("%s: response body over %d bytes" % (what, limit),
+                                            response.status_code, "")
+    except errors.DeviceAPIError:
+        raise
+    except Exception as exc:
+        mapped = _network_error(exc, what)
+        if mapped is None:
+            raise
+        raise mapped from exc
+    return bytes(body)
+
+
 def _content_extent(response: requests.Response) -> Tuple[int, Optional[int]]:
     """(first byte offset, total size) from Content-Range / Content-Length."""
     content_range = response.headers.get("Content-Range", "")
     if content_range.startswith("bytes "):
         span, _, total = content_range[6:].partition("/")
-        first = int(span.split("-", 1)[0]) if span not in ("*", "") else 0
+        try:
+            first = int(span.split("-", 1)[0]) if span.strip() not in ("*", "") else 0
+        except ValueError:
+            raise errors.DeviceAPIError("get_content: bad Content-Range %r" % content_range[:80],
+                                        response.status_code, "") from None
         return first, (int(total) if total.strip().isdigit() else None)
     length = response.headers.get("Content-Length", "")
     return 0, (int(length) if response.status_code == 200 and length.isdigit() else None)
 
 
-def _network_error(exc: BaseException, what: str) -> BaseException:
-    """Map a transport failure to our errors; anything else (KeyboardInterrupt...) passes through."""
-    if isinstance(exc, errors.DeviceAPIError):
-        return exc
+def _network_error(exc: BaseException, what: str) -> Optional[errors.DeviceAPIError]:
+    """The error for a transport failure; None for anything else (a bug, KeyboardInterrupt...)."""
     if isinstance(exc, requests.exceptions.SSLError):
         return errors.TLSError("%s: TLS failure: %s" % (what, _reason(exc)))
     if isinstance(exc, requests.exceptions.Timeout):
@@ -392,7 +415,7 @@ def _network_error(exc: BaseException, what: str) -> BaseException:
     if isinstance(exc, (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
                         http.client.HTTPException, OSError)):
         return errors.NetworkError("%s: network error: %s" % (what, _reason(exc)))
-    return exc
+    return None
 
 
 def _reason(exc: BaseException) -> str:

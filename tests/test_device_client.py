@@ -348,3 +348,57 @@ def test_tls_client_certificate_auth_sends_no_token(pki, usage_db):
         server.shutdown()
         server.server_close()
     assert server.seen == [(None, "client")]
+
+
+class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every request with the server's next scripted (status, body, headers)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _answer(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        status, body, headers = self.server.script.pop(0)
+        self.server.paths.append(self.path)
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+
+def test_http_failures_map_to_error_types_with_status_and_body(usage_db):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedHandler)
+    server.daemon_threads = True
+    server.script = [
+        (403, b"Device Not in Murano", []),
+        (400, b"bad alias", []),
+        (500, b"database on fire", []),
+        (503, b"", []),
+        (302, b"", [("Location", "http://127.0.0.1:1/steal-the-token")]),
+        (200, b"x" * (17 * 1024 * 1024), []),
+        (200, b"no-equals-sign", []),
+    ]
+    server.paths = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with Device("http://127.0.0.1:%d" % server.server_address[1], token="t" * 40, usage_db=usage_db) as dev:
+            expected = [(errors.Forbidden, 403, "Device Not in Murano"), (errors.RequestError, 400, "bad alias"),
+                        (errors.ServerError, 500, "database on fire"), (errors.ServerError, 503, ""),
+                        (errors.DeviceAPIError, 302, ""), (errors.DeviceAPIError, 200, ""),
+                        (errors.DeviceAPIError, 200, "no-equals-sign")]
+            for kind, status, body in expected:
+                with pytest.raises(kind) as caught:
+                    dev.read("a")
+                assert (caught.value.status, caught.value.body) == (status, body)
+                assert not isinstance(caught.value, errors.NetworkError)
+            assert dev.activated  # only a 401 drops the token
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.paths == ["/onep:v1/stack/alias?a"] * 7  # the redirect was not followed
