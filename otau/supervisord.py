@@ -17,6 +17,7 @@ from .errors import SupervisorError
 log = logging.getLogger(__name__)
 
 BAD_STATES = ("FATAL", "EXITED", "BACKOFF", "STOPPED", "UNKNOWN")
+STOPPED_STATES = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")  # supervisor.states.STOPPED_STATES
 POLL_S = 0.1
 
 
@@ -93,17 +94,28 @@ class Supervisor:
                     if "ALREADY_STARTED" not in str(exc):
                         raise
 
-    def _remove(self, group: str) -> None:
-        try:
-            self._call("stopProcessGroup", group, True)
-        except SupervisorError as exc:
-            if "BAD_NAME" not in str(exc):
+    def _remove(self, group: str, stop_timeout: float = 60.0) -> None:
+        """Stop the group, then remove it; a crash-looping process that autorestarts in between is
+        stopped again. Stopping is polled here: supervisord's own ``wait`` answers only on its 1 s tick."""
+        deadline = time.monotonic() + stop_timeout
+        while True:
+            try:
+                self._call("stopProcessGroup", group, False)
+            except SupervisorError as exc:
+                if "BAD_NAME" in str(exc):
+                    return
                 log.warning("stopping %s: %s", group, exc)
-        try:
-            self._call("removeProcessGroup", group)
-        except SupervisorError as exc:
-            if "BAD_NAME" not in str(exc):
-                raise
+            while time.monotonic() < deadline and any(
+                    p["statename"] not in STOPPED_STATES for p in self.group_processes(group)):
+                time.sleep(POLL_S / 2)
+            try:
+                self._call("removeProcessGroup", group)
+                return
+            except SupervisorError as exc:
+                if "BAD_NAME" in str(exc):
+                    return
+                if "STILL_RUNNING" not in str(exc) or time.monotonic() >= deadline:
+                    raise
 
     def remove_group(self, group: str) -> None:
         """Stop and forget ``group`` (its include file must already be gone)."""
