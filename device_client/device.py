@@ -16,7 +16,7 @@ import re
 from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
-from atomic_config import fsync_dir
+from atomic_config import atomic_write, fsync_dir
 
 from . import errors
 from .token_store import TokenStore, valid_token
@@ -225,7 +225,7 @@ class Device:
         """Download content ``name`` to ``dest`` in constant memory.
 
         Bytes go to ``dest + ".part"``; an existing part file is resumed with a Range
-        request. ``dest`` appears (atomically) only once the size matches what the
+        request if the server's copy has not changed since (size and update time). ``dest`` appears (atomically) only once the size matches what the
         server announced and ``sha256`` (if given) matches. ``progress(done, total)`` is
         called as bytes arrive. A cut transfer raises :class:`~errors.NetworkError` and
         keeps the part file for the next call; a size or checksum mismatch raises
@@ -237,13 +237,39 @@ class Device:
             raise ValueError("sha256 must be 64 hex digits")
         dest = os.path.abspath(dest)
         part = dest + ".part"
+        source = part + ".source"
+        self._match_part_to_source(name, part, source)
         for attempt in range(2):
             result = self._download_once(name, dest, part, expected, progress, max_bytes)
             if result is not None:
+                _remove(source)
                 return result
             log.warning("content %s: partial file does not fit the server's copy; starting over", name)
             _remove(part)
         raise errors.ContentMismatch("content %s: server does not honour the resume range" % name)
+
+    def _match_part_to_source(self, name: str, part: str, source: str) -> None:
+        """Resume a part file only if the server's copy is still the one it came from.
+
+        A content file replaced between a cut and the resume would otherwise be spliced
+        from two versions. The copy is known by its size and update time (content_info),
+        kept beside the part file; a server without content info is resumed unchecked.
+        """
+        try:
+            info = self.content_info(name)
+            marker = "%d,%d" % (info["size"], info["updated"])
+        except errors.RequestError:
+            return
+        try:
+            with open(source) as f:
+                kept = f.read().strip()
+        except FileNotFoundError:
+            kept = None
+        if kept != marker:
+            if os.path.exists(part):
+                log.warning("content %s changed on the server; discarding the partial download", name)
+            _remove(part)
+            atomic_write(source, marker + "\n", keep_previous=False)
 
     def _download_once(self, name: str, dest: str, part: str, expected: Optional[str],
                        progress: Optional[ProgressCallback], max_bytes: Optional[int]) -> Optional[Download]:

@@ -196,18 +196,34 @@ def test_sha256_mismatch_leaves_no_file(device, murano, tmp_path):
     assert not os.path.exists(dest) and not os.path.exists(dest + ".part")
 
 
-def test_a_partial_file_resumes_with_a_range_from_murano_local(device, murano, tmp_path):
-    blob = os.urandom(300_000)
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_at(limit):
+    """A progress callback that stops the download once ``limit`` bytes are on disk (a killed process)."""
+    def progress(done, total):
+        if done >= limit:
+            raise Interrupted()
+    return progress
+
+
+def test_an_interrupted_download_resumes_with_a_range_from_murano_local(device, murano, tmp_path):
+    blob = os.urandom(1_000_000)
     upload(murano, CONTENT_NAME, blob)
     dest = str(tmp_path / "app.tgz")
-    with open(dest + ".part", "wb") as f:
-        f.write(blob[:123_456])
+    with pytest.raises(Interrupted):
+        device.download_content(CONTENT_NAME, dest, progress=interrupt_at(300_000))
+    kept = os.path.getsize(dest + ".part")
+    assert 300_000 <= kept < len(blob) and not os.path.exists(dest)
     result = device.download_content(CONTENT_NAME, dest, sha256=hashlib.sha256(blob).hexdigest())
-    assert result.resumed_from == 123_456 and open(dest, "rb").read() == blob
-    # A part file that is already complete: the server answers 416 and the file is verified as is.
-    with open(dest + ".part", "wb") as f:
-        f.write(blob)
-    assert device.download_content(CONTENT_NAME, dest).resumed_from == len(blob)
+    assert result.resumed_from == kept and open(dest, "rb").read() == blob
+    # Interrupted after the last byte: the server answers the resume with 416 and the part is verified as is.
+    with pytest.raises(Interrupted):
+        device.download_content(CONTENT_NAME, dest, progress=interrupt_at(len(blob)))
+    assert os.path.getsize(dest + ".part") == len(blob)
+    result = device.download_content(CONTENT_NAME, dest, sha256=hashlib.sha256(blob).hexdigest())
+    assert result.resumed_from == len(blob) and not os.path.exists(dest + ".part")
 
 
 class CuttingContentServer(http.server.ThreadingHTTPServer):
@@ -216,9 +232,12 @@ class CuttingContentServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, blob: bytes, cut_at: int) -> None:
-        self.blob, self.cut_at = blob, cut_at
+        self.blob, self.cut_at, self.updated = blob, cut_at, 1700000000
         self.ranges = []
         super().__init__(("127.0.0.1", 0), _CuttingHandler)
+
+    def replace(self, blob: bytes) -> None:
+        self.blob, self.updated = blob, self.updated + 60
 
 
 class _CuttingHandler(http.server.BaseHTTPRequestHandler):
@@ -229,6 +248,13 @@ class _CuttingHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         server = self.server
+        if "info=true" in self.path:
+            info = ("application/gzip,%d,%d," % (len(server.blob), server.updated)).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(info)))
+            self.end_headers()
+            self.wfile.write(info)
+            return
         byte_range = self.headers.get("Range")
         server.ranges.append(byte_range)
         if byte_range is None:
@@ -266,7 +292,27 @@ def test_a_download_cut_mid_transfer_resumes_with_range(tmp_path, usage_db):
         server.server_close()
     assert server.ranges == [None, "bytes=%d-" % kept]
     assert result.resumed_from == kept and open(dest, "rb").read() == blob
-    assert not os.path.exists(dest + ".part")
+    assert not os.path.exists(dest + ".part") and not os.path.exists(dest + ".part.source")
+
+
+def test_a_partial_download_is_not_resumed_once_the_content_changed(tmp_path, usage_db):
+    old, new = os.urandom(500_000), os.urandom(500_000)
+    server = CuttingContentServer(old, cut_at=200_000)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dest = str(tmp_path / "app.tgz")
+    try:
+        with Device("http://127.0.0.1:%d" % server.server_address[1], token="t" * 40, usage_db=usage_db) as dev:
+            with pytest.raises(errors.NetworkError):
+                dev.download_content(CONTENT_NAME, dest)
+            assert os.path.getsize(dest + ".part") > 0
+            server.replace(new)  # same size, other bytes: a resume would splice two versions
+            server.cut_at = len(new)
+            result = dev.download_content(CONTENT_NAME, dest)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.ranges == [None, None]
+    assert result.resumed_from == 0 and open(dest, "rb").read() == new
 
 
 # -- TLS -----------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def test_usage_report_matches_what_the_server_received(murano, tmp_path):
         "record:['h']": "post", "get:[]": "get"}
     assert {key: m["num"] for key, m in lo["app1"].items()} == {
         "actvt:[]": 1, "write:['x', 'y']": 1, "read:['x', 'y']": 1, "list_content:[]": 1,
-        "content_info:['app.v1.tar.gz']": 1, "get_content:['app.v1.tar.gz']": 1}
+        "content_info:['app.v1.tar.gz']": 2, "get_content:['app.v1.tar.gz']": 1}  # a download checks the info
     for per_identity in (lo["gwe"], lo["app1"]):
         for metrics in per_identity.values():
             assert set(metrics) == METRICS
