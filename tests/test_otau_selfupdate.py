@@ -1,0 +1,105 @@
+"""Self-update: a package named gwe goes through the same path, behind the boot guard.
+
+The installing gwe dies when its own program is replaced (simulated by SIGKILL at ``applied``,
+as the daemon's install would be killed by supervisord). A new gwe that crash-loops is then
+reverted by the boot guard on its next starts, with no installer alive; the old gwe's
+``recover()`` on start reports ``rolled_back``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from atomic_config import gwe_paths, set_option
+from harness import wait_for
+from otau_helpers import make_app
+
+import otau
+from otau.install import marker_path
+
+CRASH = "python3 -c 'import sys; sys.exit(1)'"
+
+
+def gwe_cli(*args, crash_at=None):
+    env = dict(os.environ)
+    env.pop("GWE_OTAU_CRASH_AT", None)
+    if crash_at:
+        env["GWE_OTAU_CRASH_AT"] = crash_at
+    return subprocess.run([sys.executable, "-m", "gwe", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def gwe_v1(supervisord, gwe_home, tmp_path):
+    paths = gwe_paths(str(gwe_home)).ensure()
+    engine = os.path.join(paths.etc, "Engine.config")
+    set_option(engine, "otau", "settle_seconds", "0.3")
+    set_option(engine, "otau", "boot_attempts", "2")
+    assert gwe_cli("-I", make_app(str(tmp_path), "gwe", "1")).returncode == 0
+    return paths, supervisord, tmp_path
+
+
+def running_dir(sup, name="gwe"):
+    info = sup.rpc().supervisor.getProcessInfo(name)
+    return info["statename"] == "RUNNING" and psutil.Process(info["pid"]).cwd()
+
+
+def app_version(sup, name="gwe"):
+    return psutil.Process(sup.rpc().supervisor.getProcessInfo(name)["pid"]).environ().get("GWE_APP_VERSION")
+
+
+def test_crash_looping_gwe_is_reverted_by_the_boot_guard(gwe_v1):
+    paths, sup, tmp = gwe_v1
+    root = os.path.join(paths.apps, "gwe")
+    conf_path = os.path.join(paths.supervisor_include, "gwe.conf")
+    with open(conf_path) as f:
+        v1_conf = f.read()
+    assert "boot_guard.py" in v1_conf and "startretries = 3" in v1_conf
+
+    killed = gwe_cli("-I", make_app(str(tmp), "gwe", "2", command=CRASH), crash_at="applied")
+    assert killed.returncode == -signal.SIGKILL
+
+    # No installer is alive: supervisord restarts gwe 2, the guard counts, then reverts to 1.
+    wait_for(lambda: running_dir(sup) == os.path.join(root, "1"), 30, message="gwe 1 running again")
+    with open(marker_path(paths, "gwe")) as f:
+        marker = json.load(f)
+    assert marker["state"] == "reverted" and marker["attempts"] == 3
+    assert os.readlink(os.path.join(root, "current")) == "1"
+    assert app_version(sup) == "1"  # the guard exec'd the previous command with its environment
+    with open(conf_path) as f:
+        assert f.read() == v1_conf
+
+    # The old gwe, starting, calls recover(): supervisord gets the restored program, status is rolled_back.
+    statuses = otau.recover(paths)
+    assert [(s.version, s.status) for s in statuses] == [("2", "rolled_back")]
+    assert "boot guard" in statuses[0].error
+    assert not os.path.exists(marker_path(paths, "gwe"))
+    assert not os.path.exists(os.path.join(root, "2"))
+    wait_for(lambda: running_dir(sup) == os.path.join(root, "1"), 15, message="gwe 1 under its own config")
+    assert app_version(sup) == "1"
+    assert otau.recover(paths) == []
+
+
+def test_healthy_gwe_update_is_confirmed_by_recover(gwe_v1):
+    """The daemon case that works: killed at ``applied``, the new gwe's recover() confirms itself."""
+    paths, sup, tmp = gwe_v1
+    killed = gwe_cli("-I", make_app(str(tmp), "gwe", "2"), crash_at="applied")
+    assert killed.returncode == -signal.SIGKILL
+    statuses = otau.recover(paths)
+    assert [(s.version, s.status) for s in statuses] == [("2", "installed")]
+    assert not os.path.exists(marker_path(paths, "gwe"))
+    assert running_dir(sup) == os.path.join(paths.apps, "gwe", "2")
+
+
+def test_failed_gwe_update_rolls_back_while_installer_lives(gwe_v1):
+    paths, sup, tmp = gwe_v1
+    done = gwe_cli("-I", make_app(str(tmp), "gwe", "2", command=CRASH), "--json")
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["status"] == "rolled_back"
+    wait_for(lambda: running_dir(sup) == os.path.join(paths.apps, "gwe", "1"), 15)
+    assert not os.path.exists(marker_path(paths, "gwe"))
