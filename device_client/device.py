@@ -162,6 +162,14 @@ class Device:
         names = _alias_list(aliases)
         return dict(self._call(lambda token: self.transport.read(token, names)))  # type: ignore[arg-type]
 
+    def read_write(self, values: Mapping[str, object], *aliases: Union[str, Sequence[str]]) -> Dict[str, str]:
+        """Write ``values`` and read ``aliases`` in one request (the writes are applied first)."""
+        pairs = [(_check_alias(alias), to_text(v)) for alias, v in values.items()]
+        names = _alias_list(aliases)
+        if not pairs:
+            raise ValueError("nothing to write")
+        return dict(self._call(lambda token: self.transport.read_write(token, pairs, names)))  # type: ignore[arg-type]
+
     def long_poll(self, aliases: Union[str, Sequence[str]], timeout_ms: int = 30_000,
                   since: Union[None, str, int, float] = None) -> Tuple[Dict[str, str], Optional[str]]:
         """Wait up to ``timeout_ms`` for a new value of ``aliases``.

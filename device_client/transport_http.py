@@ -287,6 +287,12 @@ class HttpTransport:
         self._call("write", "POST", "/onep:v1/stack/alias", (200, 204), aliases=[a for a, _ in pairs],
                    token=token, body=encode_form(pairs))
 
+    def read_write(self, token: Optional[str], pairs: Pairs, aliases: Sequence[str]) -> Pairs:
+        names = list(dict.fromkeys([a for a, _ in pairs] + list(aliases)))
+        status, text, _ = self._call("readwrite", "POST", "/onep:v1/stack/alias?" + _alias_query(aliases),
+                                     (200, 204), aliases=names, token=token, body=encode_form(pairs))
+        return _decode(text, "readwrite") if status == 200 else []
+
     def read(self, token: Optional[str], aliases: Sequence[str]) -> Pairs:
         status, text, _ = self._call("read", "GET", "/onep:v1/stack/alias?" + _alias_query(aliases),
                                      (200, 204), aliases=aliases, token=token)

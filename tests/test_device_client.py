@@ -91,6 +91,12 @@ def test_write_one_and_many_then_read(device, murano):
     assert device.read("never_written") == {}
 
 
+def test_read_write_writes_then_reads_in_one_request(device, murano):
+    assert device.read_write({"cmd": "go", "n": 2}, "cmd", "missing") == {"cmd": "go"}
+    assert murano.state("gw-1")["n"]["reported"] == "2"
+    assert device.read_write({"x": 1}, "missing") == {}
+
+
 def test_bad_input_is_refused_before_any_request(device):
     for call in (lambda: device.write({}), lambda: device.write("a", None), lambda: device.write("", 1),
                  lambda: device.long_poll("a", timeout_ms=0), lambda: device.long_poll("a", timeout_ms=300001),

@@ -81,6 +81,7 @@ def test_usage_report_matches_what_the_server_received(murano, tmp_path):
             gwe.write({"a": 1})
             gwe.write("a", 2)
             gwe.read("a")
+            gwe.read_write({"b": 1}, "a")
             gwe.long_poll("engine_fetch", timeout_ms=300)
             gwe.record({"h": [(1700000000, 1), (1700000001, 2)]})
             gwe.timestamp()
@@ -100,11 +101,11 @@ def test_usage_report_matches_what_the_server_received(murano, tmp_path):
     lo = report["lo"]
     assert set(lo) == {"gwe", "app1", "top_consumer"} and lo["top_consumer"] == "app1"
     assert {key: m["num"] for key, m in lo["gwe"].items()} == {
-        "actvt:[]": 1, "write:['a']": 2, "read:['a']": 1, "long_poll:['engine_fetch']": 1, "record:['h']": 1,
-        "get:[]": 1}
+        "actvt:[]": 1, "write:['a']": 2, "read:['a']": 1, "readwrite:['b', 'a']": 1, "long_poll:['engine_fetch']": 1,
+        "record:['h']": 1, "get:[]": 1}
     assert {key: m["type"] for key, m in lo["gwe"].items()} == {
-        "actvt:[]": "post", "write:['a']": "post", "read:['a']": "get", "long_poll:['engine_fetch']": "get",
-        "record:['h']": "post", "get:[]": "get"}
+        "actvt:[]": "post", "write:['a']": "post", "read:['a']": "get", "readwrite:['b', 'a']": "post",
+        "long_poll:['engine_fetch']": "get", "record:['h']": "post", "get:[]": "get"}
     assert {key: m["num"] for key, m in lo["app1"].items()} == {
         "actvt:[]": 1, "write:['x', 'y']": 1, "read:['x', 'y']": 1, "list_content:[]": 1,
         "content_info:['app.v1.tar.gz']": 2, "get_content:['app.v1.tar.gz']": 1}  # a download checks the info
