@@ -115,7 +115,7 @@ class AdminApi:
     def _identity(self, pid: str, device: dict) -> dict:
         return {"identity": device["identity"], "status": device["status"],
                 "auth": {"type": "token"}, "locked": False, "reprovision": device["reprovision"],
-                "devmode": False, "online": False, "lastseen": device["activated_us"],
+                "devmode": False, "online": False, "lastseen": self.murano.last_seen(pid, device["identity"]) or device["activated_us"],
                 "state": self.murano.store.state(pid, device["identity"])}
 
     @staticmethod

@@ -60,6 +60,7 @@ class Murano:
         self.store.ensure_product(self.default_pid, allow_self_register=allow_self_register)
         self.content = ContentArea(data_dir, self.store)
         self.hub = ChangeHub()
+        self._last_seen: Dict[Tuple[str, str], int] = {}
 
     def close(self) -> None:
         self.hub.close()
@@ -100,7 +101,12 @@ class Murano:
         owner = self.store.device_by_token(token.strip())
         if owner is None or owner[0] != pid:
             raise Unauthorized("invalid token")
+        self._last_seen[owner] = self.store.clock.now_us()
         return owner[1]
+
+    def last_seen(self, pid: str, identity: str) -> Optional[int]:
+        """When the device last made an authenticated request (µs; kept in memory only)."""
+        return self._last_seen.get((pid, identity))
 
     # -- data ---------------------------------------------------------------------------
     def write(self, pid: str, identity: str, values: Sequence[Tuple[str, str]]) -> int:

@@ -271,3 +271,15 @@ def test_bad_product_and_content_names(device):
     r = requests.put(murano.url + "/api:1/service/localproduct/content/item/a%2Cb", data=b"x")
     assert r.status_code == 400
     assert requests.get(murano.url + "/api:1/service/localproduct/content/item").json() == []
+
+
+def test_identity_record_and_removal(device):
+    murano, token = device
+    base = murano.url + "/api:1/service/localproduct/device2/identity/bad"
+    record = requests.get(base).json()
+    assert (record["identity"], record["status"], record["auth"]) == ("bad", "provisioned", {"type": "token"})
+    assert isinstance(record["lastseen"], int) and record["state"]["keep"]["reported"] == "1"
+    assert requests.delete(base).status_code == 204
+    r = requests.get(murano.url + "/onep:v1/stack/alias?keep", headers={"X-Exosite-CIK": token})
+    assert r.status_code == 401
+    assert requests.get(base).status_code == 404
