@@ -1,39 +1,44 @@
-"""gmq's local HTTP front end: the Device API's activate, write and record, plus status and reread.
+"""gmq's local HTTP front end: one event-loop thread, HTTP/1.1 keep-alive, group commit by design.
 
-Threaded, HTTP/1.1 keep-alive, a deep listen backlog. Every request is bounded: body size,
-a deadline for trickling bodies, an idle/read timeout on the socket, a cap on open
-connections. Errors are a status and one short plain-text line; nothing is queued for a
-request that gets anything but 204.
+Why not a thread per connection: with the GIL, every producer thread that blocks for a
+commit and wakes again costs more CPU than the request itself (measured: 0.5x the plain
+ThreadingHTTPServer at 8 producers). Nor a separate committer thread: it waits for the
+GIL after every fsync while the loop parses (measured: slower still). Here one thread
+reads every ready connection, parses the requests, commits all their values in one
+transaction, then answers them all; what arrives during a commit is the next group.
+
+Bounded everywhere: header bytes, body bytes, a deadline for a request to arrive in
+full (slow senders get 408), an idle timeout for keep-alive connections, a cap on open
+connections (503 above it), a deep listen backlog. Errors are a status and one short
+plain-text line.
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
-import threading
+import os
+import selectors
+import socket
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, List, Optional, Protocol, Tuple
-from urllib.parse import unquote
+from typing import Dict, List, Optional, Protocol, Set, Tuple
 
-from device_client.form import FormError, decode_form
-
-from .clients import BadIdentity, Client
 from .queue import Rejected
+from .routes import Reply, Request, Store, route, text
 
 log = logging.getLogger(__name__)
 
-ALIAS_PATH = "/onep:v1/stack/alias"
-RECORD_PATH = "/onep:v1/stack/record"
-ACTIVATE_PATH = "/provision/activate"
-MAX_HEADER_LINE = 8192
+MAX_HEAD_BYTES = 16384
 MAX_HEADERS = 64
-MAX_TS = 1e11  # Unix seconds; larger looks like milliseconds or microseconds
-REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-           405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required", 413: "Payload Too Large",
-           414: "URI Too Long", 422: "Unprocessable Entity", 431: "Request Header Fields Too Large",
+RECV_BYTES = 65536
+LISTEN_BACKLOG = 1024
+TICK_S = 0.25
+GATHER_PASSES = 2  # extra non-blocking polls before a commit, to pick up requests just arriving
+REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
+           404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
+           413: "Payload Too Large", 422: "Unprocessable Entity", 431: "Request Header Fields Too Large",
            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
            505: "HTTP Version Not Supported", 507: "Insufficient Storage"}
+NO_CONTENT = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 
 
 class App(Protocol):
@@ -50,300 +55,332 @@ class App(Protocol):
     def reread(self) -> dict: ...
 
 
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str, close: bool = False) -> None:
+class _Conn:
+    __slots__ = ("sock", "inbuf", "out", "busy", "closing", "seen", "started", "head", "keep", "writing")
+
+    def __init__(self, sock: socket.socket, now: float) -> None:
+        self.sock = sock
+        self.inbuf = bytearray()
+        self.out = bytearray()
+        self.busy = False          # a Store of this connection is waiting for the commit
+        self.closing = False       # close once ``out`` is sent
+        self.seen = now            # last byte received (idle timeout)
+        self.started: Optional[float] = None  # first byte of the request being received
+        self.head: Optional[Tuple[str, str, str, Dict[str, str], int]] = None
+        self.keep = True
+        self.writing = False
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-        self.close = close
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "gmq"
-    server: "GmqHTTPServer"
-
-    def setup(self) -> None:
-        self.timeout = self.server.app.request_timeout
-        super().setup()
-
-    def parse_request(self) -> bool:
-        """Request line and headers, bounded; headers become a dict keyed by lower-case name.
-
-        Leaner than the standard library's email-based parser, which costs more than the
-        rest of a gmq request together.
-        """
-        self.close_connection = True
-        self.command = None
-        self.request_version = "HTTP/1.0"
-        line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-        self.requestline = line
-        words = line.split()
-        if len(words) != 3:
-            self.send_error(400, "bad request line")
-            return False
-        command, path, version = words
-        if version not in ("HTTP/1.1", "HTTP/1.0"):
-            self.send_error(505, "HTTP/1.0 or HTTP/1.1 only")
-            return False
-        self.command, self.path, self.request_version = command, path, version
-        headers: Dict[str, str] = {}
-        while True:
-            raw = self.rfile.readline(MAX_HEADER_LINE + 1)
-            if raw in (b"\r\n", b"\n"):
-                break
-            if not raw:
-                return False  # the client went away mid-headers
-            if len(raw) > MAX_HEADER_LINE or len(headers) >= MAX_HEADERS:
-                self.send_error(431, "request headers too large")
-                return False
-            name, sep, value = raw.decode("iso-8859-1").partition(":")
-            name = name.strip().lower()
-            if not sep or not name or " " in name:
-                self.send_error(400, "bad header line")
-                return False
-            value = value.strip()
-            if name == "content-length" and headers.get(name, value) != value:
-                self.send_error(400, "conflicting Content-Length headers")
-                return False
-            headers[name] = value
-        self.headers = headers  # type: ignore[assignment]
-        conn = headers.get("connection", "").lower()
-        self.close_connection = conn != "keep-alive" if version == "HTTP/1.0" else conn == "close"
-        if headers.get("expect", "").lower() == "100-continue":
-            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        return True
-
-    # -- plumbing ---------------------------------------------------------------------------
-    def _reply(self, status: int, body: bytes = b"", ctype: str = "text/plain; charset=utf-8") -> None:
-        head = "HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "Error"))
-        if status != 204 or body:
-            head += "Content-Type: %s\r\n" % ctype
-        head += "Content-Length: %d\r\n" % len(body)
-        if self.close_connection:
-            head += "Connection: close\r\n"
-        self.wfile.write(head.encode("latin-1") + b"\r\n" + body)
-
-    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
-        """Plain-text errors (also for the request-line and header errors found by the base class)."""
-        self.close_connection = True
-        self._reply(code, ((message or REASONS.get(code, "error")) + "\n").encode("utf-8", "replace"))
-
-    def log_message(self, fmt: str, *args: object) -> None:
-        log.debug("%s - %s", self.address_string(), fmt % args)
-
-    def _body(self) -> bytes:
-        headers = self.headers
-        if headers.get("transfer-encoding"):
-            raise HTTPError(411, "chunked bodies are not supported; send Content-Length", close=True)
-        text = headers.get("content-length")
-        if text is None:
-            raise HTTPError(411, "Content-Length required", close=True)
-        try:
-            length = int(text)
-        except ValueError:
-            raise HTTPError(400, "bad Content-Length", close=True) from None
-        if length < 0:
-            raise HTTPError(400, "bad Content-Length", close=True)
-        limit = self.server.app.max_body_bytes
-        if length > limit:
-            raise HTTPError(413, "body of %d bytes; the limit is %d" % (length, limit), close=True)
-        deadline = time.monotonic() + self.server.app.request_timeout
-        chunks: List[bytes] = []
-        left = length
-        while left > 0:
-            chunk = self.rfile.read1(min(left, 65536))
-            if not chunk:
-                raise HTTPError(400, "body shorter than Content-Length", close=True)
-            chunks.append(chunk)
-            left -= len(chunk)
-            if left and time.monotonic() > deadline:
-                raise HTTPError(408, "body not received in time", close=True)
-        return b"".join(chunks)
-
-    def _client(self) -> Client:
-        clients = self.server.app.clients
-        cik = self.headers.get("x-exosite-cik")
-        vms = self.headers.get("x-exosite-vms")
-        try:
-            if cik is not None:
-                return clients.by_token(cik.strip())
-            if vms is not None:
-                parts = vms.split()
-                if len(parts) != 3:
-                    raise HTTPError(400, "X-Exosite-VMS must be '<vendor> <model> <serial>'")
-                return clients.by_serial(parts[2], parts[0], parts[1])
-        except BadIdentity as exc:
-            raise HTTPError(401 if cik is not None else 400, str(exc)) from None
-        raise HTTPError(401, "X-Exosite-CIK or X-Exosite-VMS required")
-
-    def _dispatch(self, method: str) -> None:
-        try:
-            path, _, query = self.path.partition("?")
-            if method == "POST":
-                self._post(path, query)
-            elif path == "/status":
-                self._reply(200, json.dumps(self.server.app.status(), sort_keys=True).encode() + b"\n",
-                            "application/json")
-            elif path == "/timestamp":
-                self._reply(200, str(int(time.time())).encode())
-            elif path.startswith(ALIAS_PATH) or path in (RECORD_PATH, ACTIVATE_PATH, "/reread"):
-                raise HTTPError(405, "gmq serves writes only: use POST")
-            else:
-                raise HTTPError(404, "no such path")
-        except HTTPError as exc:
-            if exc.close:
-                self.close_connection = True
-            self._reply(exc.status, (exc.message + "\n").encode("utf-8", "replace"))
-        except Rejected as exc:
-            self._reply(exc.status, (exc.reason + "\n").encode("utf-8", "replace"))
-        except Exception:
-            log.exception("request %s %s failed", method, self.path[:100])
-            self.close_connection = True
-            self._reply(500, b"internal error; nothing was stored\n")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    # -- the API ------------------------------------------------------------------------------
-    def _post(self, path: str, query: str) -> None:
-        if path == ALIAS_PATH:
-            if query:
-                raise HTTPError(400, "gmq does not serve reads; POST writes without a query")
-            self._store(self._client(), _write_values(self._form()))
-        elif path.startswith(ALIAS_PATH + "/"):
-            alias = _alias(path[len(ALIAS_PATH) + 1:])
-            self._store(self._client(), _timed_values(alias, self._form()))
-        elif path == RECORD_PATH:
-            self._store(self._client(), _record_values(self._form()))
-        elif path == ACTIVATE_PATH:
-            self._activate(dict(self._form()))
-        elif path == "/reread":
-            self._body()
-            try:
-                result = self.server.app.reread()
-            except ValueError as exc:
-                raise HTTPError(422, "gmq.cfg not applied: %s" % exc) from None
-            self._reply(200, json.dumps(result, sort_keys=True).encode() + b"\n", "application/json")
-        else:
-            raise HTTPError(404, "no such path")
-
-    def _form(self) -> List[Tuple[str, str]]:
-        body = self._body()
-        try:
-            return decode_form(body)
-        except FormError as exc:
-            raise HTTPError(400, "bad form: %s" % exc) from None
-
-    def _store(self, client: Client, values: List[Tuple[str, Optional[float], str]]) -> None:
-        if not values:
-            raise HTTPError(400, "no values in the body")
-        self.server.app.queue.append(client.id, values)
-        self._reply(204)
-
-    def _activate(self, form: dict) -> None:
-        serial = form.get("sn", form.get("id"))
-        if not serial:
-            raise HTTPError(400, "activate needs id=<serial> or vendor=&model=&sn=")
-        try:
-            client = self.server.app.clients.by_serial(serial, form.get("vendor") or None, form.get("model") or None)
-        except BadIdentity as exc:
-            raise HTTPError(400, str(exc)) from None
-        self._reply(200, client.local_token.encode())
-
-
-def _alias(text: str) -> str:
-    try:
-        alias = unquote(text, errors="strict")
-    except UnicodeDecodeError:
-        raise HTTPError(400, "alias is not UTF-8") from None
-    return _check_alias(alias)
-
-
-def _check_alias(alias: str) -> str:
-    if not alias or len(alias) > 256 or any(ord(c) < 32 for c in alias) or "/" in alias:
-        raise HTTPError(400, "bad alias %r" % alias[:40])
-    return alias
-
-
-def _ts(text: str) -> float:
-    try:
-        ts = float(text)
-    except ValueError:
-        raise HTTPError(400, "bad timestamp %r: Unix seconds expected" % text[:40]) from None
-    if not math.isfinite(ts) or ts < 0 or ts >= MAX_TS:
-        raise HTTPError(400, "bad timestamp %r: Unix seconds expected" % text[:40])
-    return ts
-
-
-def _write_values(pairs: List[Tuple[str, str]]) -> List[Tuple[str, Optional[float], str]]:
-    return [(_check_alias(alias), None, value) for alias, value in pairs]
-
-
-def _timed_values(alias: str, pairs: List[Tuple[str, str]]) -> List[Tuple[str, Optional[float], str]]:
-    return [(alias, _ts(ts), value) for ts, value in pairs]
-
-
-def _record_values(pairs: List[Tuple[str, str]]) -> List[Tuple[str, Optional[float], str]]:
-    out: List[Tuple[str, Optional[float], str]] = []
-    alias = None
-    for key, value in pairs:
-        if key == "alias":
-            alias = _check_alias(value)
-        elif alias is None:
-            raise HTTPError(400, "record body must start with alias=<name>")
-        else:
-            out.append((alias, _ts(key), value))
-    return out
-
-
-class GmqHTTPServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer with daemon threads, a deep backlog and a cap on open connections."""
-
-    daemon_threads = True
-    request_queue_size = 1024
-    allow_reuse_address = True
+class GmqHTTPServer:
+    """The event loop. ``serve_forever()`` in one thread; ``shutdown()`` from any other or a signal handler."""
 
     def __init__(self, address: Tuple[str, int], app: App) -> None:
         self.app = app
-        self._open = 0
-        self._open_lock = threading.Lock()
-        super().__init__(address, Handler)
-
-    def process_request(self, request, client_address) -> None:
-        with self._open_lock:
-            full = self._open >= self.app.max_connections
-            if not full:
-                self._open += 1
-        if full:
-            try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-                                b"Content-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._open_lock:
-                self._open -= 1
-
-    def handle_error(self, request, client_address) -> None:
-        log.debug("connection from %s ended with an error", client_address, exc_info=True)
+        host, port = address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((host, port))
+        self._listener.listen(LISTEN_BACKLOG)
+        self._listener.setblocking(False)
+        self.server_address = self._listener.getsockname()
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._listener, selectors.EVENT_READ, None)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._conns: Dict[int, _Conn] = {}
+        self._ready: Set[_Conn] = set()
+        self._gathered: List[Tuple[_Conn, Store]] = []
+        self._running = False
 
     @property
     def open_connections(self) -> int:
-        return self._open
+        return len(self._conns)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        self._running = True
+        last_tick = time.monotonic()
+        while self._running:
+            self._poll(0 if self._ready else TICK_S)
+            if self._ready:
+                self._serve_ready()
+                passes = GATHER_PASSES
+                while self._gathered and passes:
+                    passes -= 1
+                    if not self._poll(0):
+                        break
+                    self._serve_ready()
+            if self._gathered:
+                self._commit()
+            now = time.monotonic()
+            if now - last_tick >= TICK_S:
+                last_tick = now
+                self._expire(now)
+
+    def _poll(self, timeout: float) -> int:
+        events = self._sel.select(timeout)
+        for key, mask in events:
+            if key.data is None:
+                self._accept()
+            elif key.data == "wake":
+                self._drain_wake()
+            else:
+                conn = key.data
+                if mask & selectors.EVENT_READ:
+                    self._read(conn)
+                if mask & selectors.EVENT_WRITE and conn.sock.fileno() >= 0:
+                    self._flush(conn)
+        return len(events)
+
+    def shutdown(self) -> None:
+        """Stop the loop after the requests in hand (safe from a signal handler)."""
+        self._running = False
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def server_close(self) -> None:
+        for conn in list(self._conns.values()):
+            self._close(conn)
+        self._sel.close()
+        self._listener.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+
+    def _drain_wake(self) -> None:
+        try:
+            os.read(self._wake_r, 512)
+        except OSError:
+            pass
+
+    # -- connections ------------------------------------------------------------------------
+    def _accept(self) -> None:
+        now = time.monotonic()
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: leave the rest in the backlog for now
+                log.warning("accept failed: %s", exc)
+                return
+            if len(self._conns) >= self.app.max_connections:
+                try:
+                    sock.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                              b"Content-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n")
+                except OSError:
+                    pass
+                sock.close()
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Conn(sock, now)
+            self._conns[sock.fileno()] = conn
+            self._sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _close(self, conn: _Conn) -> None:
+        fd = conn.sock.fileno()
+        if fd >= 0:
+            self._conns.pop(fd, None)
+            try:
+                self._sel.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+            conn.sock.close()
+        self._ready.discard(conn)
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if not data:
+            if not conn.busy:
+                self._close(conn)
+            else:
+                conn.closing = True  # answer what is being committed, then close
+            return
+        now = time.monotonic()
+        conn.seen = now
+        if conn.closing:
+            return  # the answer is on its way; ignore the rest
+        if conn.started is None:
+            conn.started = now
+        conn.inbuf += data
+        self._ready.add(conn)
+
+    def _flush(self, conn: _Conn) -> None:
+        out = conn.out
+        while out:
+            try:
+                n = conn.sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._close(conn)
+                return
+            del out[:n]
+        if out and not conn.writing:
+            conn.writing = True
+            self._sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+        elif not out:
+            if conn.closing and not conn.busy:
+                self._close(conn)
+                return
+            if conn.writing:
+                conn.writing = False
+                self._sel.modify(conn.sock, selectors.EVENT_READ, conn)
+
+    def _expire(self, now: float) -> None:
+        limit = self.app.request_timeout
+        for conn in list(self._conns.values()):
+            if conn.busy:
+                continue
+            if conn.started is not None and now - conn.started > limit and not conn.closing:
+                self._answer(conn, text(408, "request not received in time"), close=True)
+            elif now - conn.seen > limit:
+                self._close(conn)
+
+    # -- requests ---------------------------------------------------------------------------
+    def _serve_ready(self) -> None:
+        ready, self._ready = self._ready, set()
+        for conn in ready:
+            while not conn.busy and not conn.closing and conn.sock.fileno() >= 0:
+                try:
+                    req = self._parse(conn)
+                except _BadRequest as exc:
+                    self._answer(conn, text(exc.status, exc.message), close=True)
+                    break
+                if req is None:
+                    break
+                try:
+                    result = route(self.app, req)
+                except Exception:
+                    log.exception("request %s %s failed", req.method, req.target[:100])
+                    self._answer(conn, text(500, "internal error; nothing was stored"), close=True)
+                    break
+                if isinstance(result, Store):
+                    conn.busy = True
+                    self._gathered.append((conn, result))
+                else:
+                    self._answer(conn, result, head_only=req.method == "HEAD")
+
+    def _commit(self) -> None:
+        """Commit every gathered request's values in one transaction, then answer each."""
+        group, self._gathered = self._gathered, []
+        try:
+            results = self.app.queue.append_many([(s.client.id, s.values) for _, s in group])
+        except Exception:
+            log.exception("commit failed")
+            results = [Rejected(500, "storage error; nothing was stored")] * len(group)
+        for (conn, _), rejected in zip(group, results):
+            conn.busy = False
+            if conn.sock.fileno() < 0:
+                continue
+            if rejected is None:
+                if conn.keep and not conn.closing:
+                    conn.out += NO_CONTENT
+                    self._flush(conn)
+                else:
+                    self._answer(conn, Reply(204))
+            else:
+                self._answer(conn, text(rejected.status, rejected.reason))
+            if conn.inbuf:
+                self._ready.add(conn)
+
+    def _answer(self, conn: _Conn, reply: Reply, close: bool = False, head_only: bool = False) -> None:
+        if close or not conn.keep:
+            conn.closing = True
+        head = "HTTP/1.1 %d %s\r\n" % (reply.status, REASONS.get(reply.status, "Error"))
+        if reply.body:
+            head += "Content-Type: %s\r\n" % reply.ctype
+        head += "Content-Length: %d\r\n" % len(reply.body)
+        if conn.closing:
+            head += "Connection: close\r\n"
+        conn.out += head.encode("latin-1") + b"\r\n"
+        if not head_only:
+            conn.out += reply.body
+        self._flush(conn)
+
+    def _parse(self, conn: _Conn) -> Optional[Request]:
+        """The next complete request in ``conn.inbuf``, or None until more bytes arrive."""
+        buf = conn.inbuf
+        if conn.head is None:
+            while buf[:2] == b"\r\n":
+                del buf[:2]
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD_BYTES:
+                    raise _BadRequest(431, "request head too large")
+                if not buf:
+                    conn.started = None
+                return None
+            if end > MAX_HEAD_BYTES:
+                raise _BadRequest(431, "request head too large")
+            conn.head = self._parse_head(bytes(buf[:end]))
+            del buf[:end + 4]
+            _, _, version, headers, length = conn.head
+            connection = headers.get("connection", "").lower()
+            conn.keep = connection == "keep-alive" if version == "HTTP/1.0" else connection != "close"
+            if length > len(buf) and headers.get("expect", "").lower() == "100-continue":
+                conn.out += b"HTTP/1.1 100 Continue\r\n\r\n"
+                self._flush(conn)
+        method, target, _, headers, length = conn.head
+        if len(buf) < length:
+            return None
+        body = bytes(buf[:length])
+        del buf[:length]
+        conn.head = None
+        conn.started = time.monotonic() if buf else None
+        return Request(method, target, headers, body)
+
+    def _parse_head(self, raw: bytes) -> Tuple[str, str, str, Dict[str, str], int]:
+        lines = raw.decode("iso-8859-1").split("\r\n")
+        words = lines[0].split()
+        if len(words) != 3 or not words[1].startswith("/"):
+            raise _BadRequest(400, "bad request line")
+        method, target, version = words
+        if version not in ("HTTP/1.1", "HTTP/1.0"):
+            raise _BadRequest(505, "HTTP/1.0 or HTTP/1.1 only")
+        if method not in METHODS:
+            raise _BadRequest(501, "method not supported")
+        if len(lines) - 1 > MAX_HEADERS:
+            raise _BadRequest(431, "too many headers")
+        headers: Dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            name = name.lower()
+            if not sep or not name or name != name.strip() or " " in name:
+                raise _BadRequest(400, "bad header line")
+            value = value.strip()
+            if name == "content-length" and headers.get(name, value) != value:
+                raise _BadRequest(400, "conflicting Content-Length headers")
+            headers[name] = value
+        if "transfer-encoding" in headers:
+            raise _BadRequest(411, "chunked bodies are not supported; send Content-Length")
+        length_text = headers.get("content-length")
+        if length_text is None:
+            if method in ("POST", "PUT", "PATCH"):
+                raise _BadRequest(411, "Content-Length required")
+            length = 0
+        else:
+            if not length_text.isdigit():
+                raise _BadRequest(400, "bad Content-Length")
+            length = int(length_text)
+        if length > self.app.max_body_bytes:
+            raise _BadRequest(413, "body of %d bytes; the limit is %d" % (length, self.app.max_body_bytes))
+        return method, target, version, headers, length

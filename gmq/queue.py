@@ -50,6 +50,9 @@ SCHEMA = [
 INDEXES = ["CREATE INDEX IF NOT EXISTS queue_by_client ON queue (client, id)"]
 
 
+Value = Tuple[str, Optional[float], str]  # alias, timestamp (None = arrival), value
+
+
 class Rejected(Exception):
     """Values not stored; ``status`` is the HTTP status that says why."""
 
@@ -259,26 +262,15 @@ class DurableQueue:
             self._dirty = set()
 
     # -- append -----------------------------------------------------------------------------
-    def append(self, client: int, values: Sequence[Tuple[str, Optional[float], str]]) -> int:
+    def append(self, client: int, values: Sequence[Value]) -> int:
         """Store ``(alias, ts, value)`` triples durably (ts None = arrival time, unique per value); all or none.
 
         Returns the number stored once they are fsynced; raises ``Rejected`` (413, 507, 500)
         when none were stored.
         """
-        limits = self.limits
-        rows = []
-        size = 0
-        for alias, ts, value in values:
-            n = value_size(alias, value)
-            if n > limits.max_value_bytes:
-                raise Rejected(413, "value of %r is %d bytes; the limit is %d" % (alias, n, limits.max_value_bytes))
-            rows.append((client, alias, ts, value, n))
-            size += n
-        if not rows:
+        entry = self._entry(client, values)
+        if entry is None:
             return 0
-        if size > limits.max_bytes:
-            raise Rejected(507, "request needs %d bytes; the whole queue holds %d" % (size, limits.max_bytes))
-        entry = _Entry(rows, size)
         wake = None
         with self._lock:
             if not self._busy:
@@ -314,7 +306,51 @@ class DurableQueue:
             wake.acquire()
         if entry.status:
             raise Rejected(entry.status, entry.reason)
-        return len(rows)
+        return len(entry.rows)
+
+    def append_many(self, requests: Sequence[Tuple[int, Sequence[Value]]]) -> List[Optional[Rejected]]:
+        """Several requests' values in one commit (for a caller that gathers them itself).
+
+        For each request: None once its values are fsynced, or the ``Rejected`` that says
+        why none of them were stored.
+        """
+        results: List[Optional[Rejected]] = [None] * len(requests)
+        entries: List[Tuple[int, _Entry]] = []
+        for i, (client, values) in enumerate(requests):
+            try:
+                entry = self._entry(client, values)
+            except Rejected as exc:
+                results[i] = exc
+                continue
+            if entry is not None:
+                entries.append((i, entry))
+        if entries:
+            self._claim()
+            try:
+                self._commit([e for _, e in entries])
+            finally:
+                self._release()
+            for i, e in entries:
+                if e.status:
+                    results[i] = Rejected(e.status, e.reason)
+        return results
+
+    def _entry(self, client: int, values: Sequence[Value]) -> Optional[_Entry]:
+        """Check sizes before anything waits for the writer: 413 per value, 507 if it can never fit."""
+        limits = self.limits
+        rows = []
+        size = 0
+        for alias, ts, value in values:
+            n = value_size(alias, value)
+            if n > limits.max_value_bytes:
+                raise Rejected(413, "value of %r is %d bytes; the limit is %d" % (alias, n, limits.max_value_bytes))
+            rows.append((client, alias, ts, value, n))
+            size += n
+        if not rows:
+            return None
+        if size > limits.max_bytes:
+            raise Rejected(507, "request needs %d bytes; the whole queue holds %d" % (size, limits.max_bytes))
+        return _Entry(rows, size)
 
     def _commit(self, batch: List[_Entry]) -> None:
         """One transaction for a group of appends; sets each entry's status (0 = stored)."""

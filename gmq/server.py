@@ -94,14 +94,14 @@ class Gmq:
 
     def serve_forever(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: threading.Thread(target=self.httpd.shutdown, daemon=True).start())
+            signal.signal(sig, lambda *_: self.httpd.shutdown())
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=self._reread_logged, daemon=True).start())
         threading.Thread(target=self._maintain, name="gmq-maintain", daemon=True).start()
         self.forwarder.start()
         log.info("gmq %s listening on %s; queue %s (%d values); upstream %s", __version__, self.address,
                  self.paths.gmq_db, self.queue.depth, self.cfg.upstream or "(none configured)")
         try:
-            self.httpd.serve_forever(poll_interval=0.5)
+            self.httpd.serve_forever()
         finally:
             self.close()
 
