@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import threading
 import time
 from decimal import Decimal, InvalidOperation
 from typing import List, Optional, Tuple
@@ -159,7 +160,18 @@ class DeviceApi:
         since_us = parse_if_modified_since(req.header("If-Modified-Since"))
         if timeout_ms is None:
             return form_response(self.murano.read(pid, identity, aliases))
-        found = self.murano.long_poll(pid, identity, aliases, timeout_ms, since_us)
+        gone = threading.Event()
+
+        def hung_up() -> None:
+            gone.set()
+            self.murano.hub.wake((pid, identity))
+
+        unwatch = req.watch_hangup(hung_up) if req.watch_hangup else None
+        try:
+            found = self.murano.long_poll(pid, identity, aliases, timeout_ms, since_us, gone)
+        finally:
+            if unwatch:
+                unwatch()
         if not found:
             return Response(304)
         newest = max(ts for _a, _v, ts in found)

@@ -15,6 +15,7 @@ from device_client.form import FormError
 from . import __version__
 from .admin import AdminApi
 from .content import ContentError
+from .hangup import HangupWatcher
 from .http_api import DeviceApi
 from .service import Invalid, Murano, TooLarge, Unauthorized
 from .store import Conflict, NotFound
@@ -45,7 +46,12 @@ class MuranoHTTPServer(ThreadingHTTPServer):
         self.max_connections = max_connections
         self._connections = 0
         self._connections_lock = threading.Lock()
+        self.hangups = HangupWatcher()
         super().__init__(address, Handler)
+
+    def server_close(self) -> None:
+        self.hangups.close()
+        super().server_close()
 
     def process_request(self, request, client_address) -> None:
         with self._connections_lock:
@@ -167,7 +173,8 @@ class Handler(BaseHTTPRequestHandler):
         if "://" in target.split("?", 1)[0]:
             target = "/" + target.split("://", 1)[1].partition("/")[2]
         path, _, query = target.partition("?")
-        return Request(self.command, path, query, self.headers, self.client_address[0], length, self.rfile)
+        return Request(self.command, path, query, self.headers, self.client_address[0], length, self.rfile,
+                       lambda on_hangup: self.server.hangups.watch(self.connection, on_hangup))
 
     def _send(self, response: Response) -> None:
         try:

@@ -5,6 +5,7 @@ Front ends (the HTTP Device API, the admin API, later MQTT) call this and nothin
 from __future__ import annotations
 
 import re
+import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -139,10 +140,11 @@ class Murano:
         return [(a, state[a]["set"]) for a in aliases if a in state and state[a]["set"] is not None]
 
     def long_poll(self, pid: str, identity: str, aliases: Sequence[str], timeout_ms: int,
-                  since_us: Optional[int]) -> List[Tuple[str, str, int]]:
+                  since_us: Optional[int], gone: Optional[threading.Event] = None) -> List[Tuple[str, str, int]]:
         """Pending cloud-set values newer than ``since_us``, waiting up to ``timeout_ms`` for one.
 
-        Returns ``[(alias, value, timestamp_us)]``, empty on timeout. Holds no CPU while waiting.
+        Returns ``[(alias, value, timestamp_us)]``, empty on timeout or once ``gone`` is set
+        (the client hung up; whoever sets it calls ``hub.wake``). Holds no CPU while waiting.
         """
         deadline = time.monotonic() + min(timeout_ms, MAX_LONG_POLL_MS) / 1000.0
         key = (pid, identity)
@@ -152,9 +154,9 @@ class Murano:
             if found:
                 return found
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.hub.closed:
+            if remaining <= 0 or self.hub.closed or (gone is not None and gone.is_set()):
                 return []
-            self.hub.wait_change(key, seen, remaining)
+            self.hub.wait_change(key, seen, remaining, gone.is_set if gone is not None else lambda: False)
 
     def state(self, pid: str, identity: str, aliases: Optional[Sequence[str]] = None) -> Dict[str, dict]:
         if self.store.device(pid, identity) is None:

@@ -28,6 +28,7 @@ class Request:
     client_ip: str
     length: int
     stream: BinaryIO
+    watch_hangup: Optional[Callable[[Callable[[], None]], Callable[[], None]]] = None
     consumed: bool = False
     _body: Optional[bytes] = None
 

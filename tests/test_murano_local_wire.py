@@ -283,3 +283,21 @@ def test_identity_record_and_removal(device):
     r = requests.get(murano.url + "/onep:v1/stack/alias?keep", headers={"X-Exosite-CIK": token})
     assert r.status_code == 401
     assert requests.get(base).status_code == 404
+
+
+def test_a_long_poll_whose_client_hangs_up_is_released_at_once(device):
+    murano, token = device
+    polls = []
+    for _ in range(5):
+        s = socket.create_connection(("127.0.0.1", murano.port))
+        s.sendall(b"GET /onep:v1/stack/alias?keep HTTP/1.1\r\nHost: x\r\nX-Exosite-CIK: " + token.encode()
+                  + b"\r\nRequest-Timeout: 300000\r\n\r\n")
+        polls.append(s)
+    wait_for(lambda: murano.info()["long_polls_waiting"] == 5, 10)
+    for s in polls[:4]:
+        s.close()
+    wait_for(lambda: murano.info()["long_polls_waiting"] == 1, 5, message="hung-up polls to end")
+    murano.set("bad", "keep", "woken")  # the one still connected is answered as usual
+    polls[4].settimeout(10)
+    assert polls[4].recv(4096).startswith(b"HTTP/1.1 200")
+    polls[4].close()
