@@ -1,0 +1,79 @@
+"""A real gmq server process for tests, under a test's GWE_HOME, on a free loopback port."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from typing import Dict, List, Optional
+
+import requests
+
+from atomic_config import gwe_paths, set_option
+from harness import free_port, port_open, stop_process, wait_for
+
+
+class GmqProcess:
+    def __init__(self, home: str, port: Optional[int] = None, **settings: Dict[str, object]) -> None:
+        self.home = str(home)
+        self.paths = gwe_paths(self.home).ensure()
+        self.port = port or free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.log = os.path.join(self.home, "gmq.log")
+        self.proc: Optional[subprocess.Popen] = None
+        settings.setdefault("server", {})["port"] = self.port
+        self.configure(**settings)
+
+    def configure(self, **sections: Dict[str, object]) -> None:
+        """Write ``section={option: value}`` into gmq.cfg."""
+        for section, options in sections.items():
+            for option, value in options.items():
+                set_option(self.paths.gmq_cfg, section, option, str(value))
+
+    def start(self, timeout: float = 15.0) -> "GmqProcess":
+        env = dict(os.environ, GWE_HOME=self.home)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "gmq", "serve"], env=env,
+                                         stdout=subprocess.DEVNULL, stderr=log)
+        wait_for(self._up, timeout, message="gmq on port %d (log %s)" % (self.port, self.log))
+        return self
+
+    def _up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError("gmq exited %s: %s" % (self.proc.returncode, self.log_text()[-2000:]))
+        return port_open(self.port)
+
+    def log_text(self) -> str:
+        with open(self.log, errors="replace") as f:
+            return f.read()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def status(self) -> dict:
+        resp = requests.get(self.url + "/status", timeout=10)
+        resp.raise_for_status()
+        return resp.json()
+
+    def post(self, path: str, body: str, serial: str = "sn1", **kwargs) -> requests.Response:
+        headers = kwargs.pop("headers", {"X-Exosite-VMS": "p p %s" % serial})
+        headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        return requests.post(self.url + path, data=body, headers=headers, timeout=10, **kwargs)
+
+    def queued(self) -> List[tuple]:
+        """Rows in the queue file now: (client serial, alias, ts, value), in queue order."""
+        return self.rows("SELECT c.serial, q.alias, q.ts, q.value FROM queue q JOIN clients c ON c.id = q.client "
+                         "ORDER BY q.id")
+
+    def rows(self, sql: str, args: tuple = ()) -> List[tuple]:
+        conn = sqlite3.connect(self.paths.gmq_db)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()

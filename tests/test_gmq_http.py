@@ -1,0 +1,211 @@
+"""gmq's HTTP API as apps see it: a real gmq process, real sockets, the queue file checked on disk."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from murano_client.http import MuranoHTTP
+
+from gmq_harness import GmqProcess
+from harness import free_port, wait_for
+
+
+@pytest.fixture
+def gmq(gwe_home):
+    server = GmqProcess(str(gwe_home))
+    server.start()
+    yield server
+    server.stop()
+
+
+def raw(gmq, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes on a fresh connection; return everything until the server closes or goes quiet."""
+    with socket.create_connection(("127.0.0.1", gmq.port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except socket.timeout:
+            pass
+    return b"".join(chunks)
+
+
+def test_write_record_and_alias_record_are_queued_durably(gmq):
+    assert gmq.post("/onep:v1/stack/alias", "temp=42&hum=30").status_code == 204
+    assert gmq.post("/onep:v1/stack/alias/temp", "1700000000=41&1700000001.5=43").status_code == 204
+    assert gmq.post("/onep:v1/stack/record", "alias=hum&1700000002=29&alias=temp&1700000003=44").status_code == 204
+    rows = gmq.queued()
+    assert [(r[1], r[3]) for r in rows] == [("temp", "42"), ("hum", "30"), ("temp", "41"), ("temp", "43"),
+                                            ("hum", "29"), ("temp", "44")]
+    assert [r[2] for r in rows[2:]] == [1700000000, 1700000001.5, 1700000002, 1700000003]
+    assert all(r[0] == "sn1" for r in rows)
+
+
+def test_murano_client_unchanged_activates_writes_and_records(gmq):
+    client = MuranoHTTP(murano_host=gmq.url + "/", murano_id="dev-7", murano_port=gmq.port)
+    client.http_activate()
+    assert client.is_activated() and len(client.murano_token()) == 40
+    assert client.http_write("temp", "21.5").success
+    assert client.http_record({"temp": {"1700000100": "20.0", "1700000101": "20.5"}}).success
+    assert [(r[0], r[1], r[3]) for r in gmq.queued()] == [("dev-7", "temp", "21.5"), ("dev-7", "temp", "20.0"),
+                                                           ("dev-7", "temp", "20.5")]
+    # activating again gives the same local token; the token authenticates as that client
+    again = requests.post(gmq.url + "/provision/activate", data="id=dev-7", timeout=5)
+    assert again.status_code == 200 and again.text == client.murano_token()
+
+
+def test_status_reports_queue_counters_and_clients(gmq):
+    gmq.post("/onep:v1/stack/alias", "a=1&b=2")
+    st = gmq.status()
+    assert st["queue"]["depth"] == 2 and st["counters"]["accepted"] == 2
+    assert st["queue"]["oldest_age"] >= 0 and st["alarms"] == []
+    assert [c["client"] for c in st["forwarder"]["clients"]] == ["sn1"]
+    assert st["forwarder"]["clients"][0]["queued"] == 2
+    cli = subprocess.run([sys.executable, "-m", "gmq", "status"], capture_output=True, text=True, timeout=30)
+    assert cli.returncode == 0 and json.loads(cli.stdout)["queue"]["depth"] == 2
+
+
+@pytest.mark.parametrize("path,body,headers,status", [
+    ("/onep:v1/stack/alias", "temp=1", {}, 401),
+    ("/onep:v1/stack/alias", "temp=1", {"X-Exosite-CIK": "short"}, 401),
+    ("/onep:v1/stack/alias", "temp=1", {"X-Exosite-VMS": "only two"}, 400),
+    ("/onep:v1/stack/alias", "", None, 400),
+    ("/onep:v1/stack/alias", "=novalue", None, 400),
+    ("/onep:v1/stack/alias", "%ff=1", None, 400),
+    ("/onep:v1/stack/alias?temp", "temp=1", None, 400),
+    ("/onep:v1/stack/alias/temp", "notatime=1", None, 400),
+    ("/onep:v1/stack/alias/temp", "1e300=1", None, 400),
+    ("/onep:v1/stack/alias/temp", "1700000000000000=1", None, 400),
+    ("/onep:v1/stack/alias/", "1700000000=1", None, 400),
+    ("/onep:v1/stack/alias/%ff", "1700000000=1", None, 400),
+    ("/onep:v1/stack/record", "1700000000=1", None, 400),
+    ("/onep:v1/stack/record", "alias=&1700000000=1", None, 400),
+    ("/provision/activate", "vendor=x", {}, 400),
+    ("/nowhere", "a=1", None, 404),
+])
+def test_bad_requests_get_a_clear_4xx_and_queue_nothing(gmq, path, body, headers, status):
+    resp = gmq.post(path, body, headers=headers) if headers is not None else gmq.post(path, body)
+    assert resp.status_code == status
+    assert resp.headers["Content-Type"].startswith("text/plain") and 0 < len(resp.text) < 200
+    assert gmq.queued() == []
+    assert gmq.post("/onep:v1/stack/alias", "ok=1").status_code == 204  # still serving
+
+
+def test_malformed_http_is_answered_and_the_server_stays_up(gmq):
+    assert raw(gmq, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400")
+    assert raw(gmq, b"POST /onep:v1/stack/alias HTTP/2.0\r\n\r\n").startswith(b"HTTP/1.1 505")
+    assert raw(gmq, b"BREW /onep:v1/stack/alias HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 501")
+    assert raw(gmq, b"POST /onep:v1/stack/alias HTTP/1.1\r\nX-Exosite-VMS: p p s\r\n\r\n").startswith(b"HTTP/1.1 411")
+    chunked = b"POST /onep:v1/stack/alias HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\na=1\r\n0\r\n\r\n"
+    assert raw(gmq, chunked).startswith(b"HTTP/1.1 411")
+    assert raw(gmq, b"GET / HTTP/1.1\r\nbad header\r\n\r\n").startswith(b"HTTP/1.1 400")
+    assert raw(gmq, b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n").startswith(b"HTTP/1.1 431")
+    dup = b"POST /onep:v1/stack/alias HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\na=1"
+    assert raw(gmq, dup).startswith(b"HTTP/1.1 400")
+    assert gmq.queued() == []
+    assert gmq.post("/onep:v1/stack/alias", "ok=1").status_code == 204
+
+
+def test_huge_body_is_413_without_reading_it(gmq):
+    head = (b"POST /onep:v1/stack/alias HTTP/1.1\r\nX-Exosite-VMS: p p s\r\nContent-Length: %d\r\n\r\n"
+            % (50 * 1024 * 1024))
+    assert raw(gmq, head + b"a=" + b"x" * 1000).startswith(b"HTTP/1.1 413")
+    assert gmq.queued() == []
+
+
+def test_slow_request_gets_408_while_others_are_served(gwe_home):
+    gmq = GmqProcess(str(gwe_home), server={"request_timeout": 1})
+    gmq.start()
+    try:
+        with socket.create_connection(("127.0.0.1", gmq.port), timeout=10) as slow:
+            slow.sendall(b"POST /onep:v1/stack/alias HTTP/1.1\r\nX-Exosite-VMS: p p s\r\nContent-Length: 100\r\n\r\na=")
+            started = time.monotonic()
+            assert gmq.post("/onep:v1/stack/alias", "fast=1").status_code == 204  # not blocked by the slow one
+            assert time.monotonic() - started < 1.0
+            answer = slow.recv(1000)
+            assert answer.startswith(b"HTTP/1.1 408")
+        assert [r[1] for r in gmq.queued()] == ["fast"]
+    finally:
+        gmq.stop()
+
+
+def test_connection_cap_answers_503(gwe_home):
+    gmq = GmqProcess(str(gwe_home), server={"max_connections": 4})
+    gmq.start()
+    try:
+        held = []
+
+        def grab():  # a served keep-alive connection that stays open (the start-up probe may hold a slot briefly)
+            s = socket.create_connection(("127.0.0.1", gmq.port), timeout=5)
+            s.sendall(b"GET /timestamp HTTP/1.1\r\n\r\n")
+            if s.recv(1000).startswith(b"HTTP/1.1 200"):
+                held.append(s)
+                return True
+            s.close()
+            return False
+
+        for _ in range(4):
+            wait_for(grab, 5)
+        extra = socket.create_connection(("127.0.0.1", gmq.port), timeout=5)
+        extra.sendall(b"GET /status HTTP/1.1\r\n\r\n")
+        assert extra.recv(1000).startswith(b"HTTP/1.1 503")
+        extra.close()
+        for s in held:
+            s.close()
+        wait_for(lambda: gmq.post("/onep:v1/stack/alias", "a=1").status_code == 204, 5)
+    finally:
+        gmq.stop()
+
+
+def test_oversize_value_is_413(gmq):
+    resp = gmq.post("/onep:v1/stack/alias", "big=" + "x" * 70000)
+    assert resp.status_code == 413 and "limit" in resp.text
+    assert gmq.queued() == []
+
+
+def test_cfg_set_and_reread_apply_without_restart(gmq):
+    pid = gmq.proc.pid
+    run = lambda *args: subprocess.run([sys.executable, "-m", "gmq", *args], capture_output=True, text=True,
+                                       timeout=30, env=dict(os.environ, GWE_HOME=gmq.home))
+    for key, value in (("policy", "reject_new"), ("max_value_bytes", "50"), ("max_bytes", "100")):
+        assert run("cfg", "set", "queue", key, value).returncode == 0
+    assert run("cfg", "get", "queue", "policy").stdout.strip() == "reject_new"
+    assert gmq.post("/onep:v1/stack/alias", "a=" + "x" * 60).status_code == 204  # old limits still apply
+    reread = run("reread")
+    assert reread.returncode == 0 and json.loads(reread.stdout)["applied"] is True
+    assert gmq.post("/onep:v1/stack/alias", "a=" + "x" * 60).status_code == 413
+    assert gmq.post("/onep:v1/stack/alias", "a=" + "y" * 40).status_code == 507  # 61 queued + 41 > 100
+    assert len(gmq.queued()) == 1 and gmq.proc.pid == pid
+
+
+def test_cfg_errors_are_one_line_and_change_nothing(gwe_home):
+    env = dict(os.environ, GWE_HOME=str(gwe_home))
+    run = lambda *args: subprocess.run([sys.executable, "-m", "gmq", *args], capture_output=True, text=True,
+                                       timeout=30, env=env)
+    for args in (("cfg", "set", "queue", "policy", "sometimes"), ("cfg", "set", "queue", "nosuch", "1"),
+                 ("cfg", "set", "queue", "max_bytes", "ten"), ("cfg", "set", "queue", "max_value_bytes", "999999999999"),
+                 ("cfg", "get", "nosection"), ("reread",), ("status",)):
+        if args[0] != "cfg":  # nothing listens on the configured port
+            assert run("cfg", "set", "server", "port", str(free_port())).returncode == 0
+        result = run(*args)
+        assert result.returncode == 1, args
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, (args, result.stderr)
+    assert run("cfg", "get", "queue", "policy").stdout.strip() == "drop_oldest"
+
+
+def test_upstream_defaults_to_gateway_cfg_host(gwe_home):
+    from atomic_config import gwe_paths, set_option
+    from gmq import config
+    paths = gwe_paths(str(gwe_home)).ensure()
+    set_option(paths.gateway_cfg, "device", "host", "https://abc.m2.example.io")
+    assert config.load(paths).upstream == "https://abc.m2.example.io"
+    set_option(paths.gmq_cfg, "upstream", "host", "http://127.0.0.1:9")
+    assert config.load(paths).upstream == "http://127.0.0.1:9"

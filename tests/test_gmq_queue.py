@@ -1,0 +1,132 @@
+"""DurableQueue on real sqlite files: ordering, bounds, TTL, dead letters, counters, salvage."""
+import os
+import sqlite3
+import threading
+
+import pytest
+
+from gmq.queue import DurableQueue, Limits, Rejected
+
+
+def open_queue(tmp_path, **limits):
+    return DurableQueue(str(tmp_path / "gmq.db"), Limits(**limits) if limits else None)
+
+
+def test_append_take_ack_in_order_with_unique_arrival_timestamps(tmp_path):
+    q = open_queue(tmp_path)
+    assert q.append(1, [("a", None, "1"), ("a", None, "2"), ("b", 1700000000.5, "x")]) == 3
+    q.append(2, [("a", None, "other")])
+    taken = q.take(1, 10)
+    assert [(v.alias, v.value) for v in taken] == [("a", "1"), ("a", "2"), ("b", "x")]
+    assert taken[0].ts < taken[1].ts  # two writes of one alias never share a timestamp
+    assert taken[2].ts == 1700000000.5  # a recorded value keeps its own
+    assert q.ack([v.id for v in taken[:2]]) == 2
+    assert [v.value for v in q.take(1, 10)] == ["x"]
+    assert q.depth == 2 and q.counters()["delivered"] == 2
+
+
+def test_counters_and_rows_survive_reopen(tmp_path):
+    q = open_queue(tmp_path)
+    q.append(1, [("a", None, "1"), ("a", None, "2")])
+    q.ack([q.take(1, 1)[0].id])
+    q.close()
+    q = open_queue(tmp_path)
+    c = q.counters()
+    assert (c["accepted"], c["delivered"], q.depth) == (2, 1, 1)
+    assert q.bytes == len("a") + len("2")
+
+
+def test_concurrent_appends_all_stored_once(tmp_path):
+    q = open_queue(tmp_path)
+
+    def producer(n):
+        for i in range(200):
+            q.append(n, [("v", None, str(i))])
+
+    threads = [threading.Thread(target=producer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for n in range(8):
+        assert [v.value for v in q.take(n, 1000)] == [str(i) for i in range(200)]
+    assert q.counters()["accepted"] == 1600
+
+
+def test_reject_new_when_full_keeps_what_is_queued(tmp_path):
+    q = open_queue(tmp_path, max_bytes=100, max_value_bytes=50, policy="reject_new", min_free_disk=0)
+    q.append(1, [("a", None, "x" * 40)])
+    q.append(1, [("a", None, "y" * 40)])
+    with pytest.raises(Rejected) as exc:
+        q.append(1, [("a", None, "z" * 40)])
+    assert exc.value.status == 507
+    assert [v.value[0] for v in q.take(1, 10)] == ["x", "y"]
+    assert q.counters()["rejected"] == 1
+
+
+def test_drop_oldest_when_full_counts_drops(tmp_path):
+    q = open_queue(tmp_path, max_bytes=100, max_value_bytes=50, policy="drop_oldest", min_free_disk=0)
+    for ch in "xyz":
+        q.append(1, [("a", None, ch * 40)])
+    assert [v.value[0] for v in q.take(1, 10)] == ["y", "z"]
+    assert q.counters()["dropped"] == 1 and q.bytes <= 100
+
+
+def test_oversize_value_is_413_and_stores_nothing(tmp_path):
+    q = open_queue(tmp_path, max_value_bytes=10)
+    with pytest.raises(Rejected) as exc:
+        q.append(1, [("a", None, "ok"), ("a", None, "x" * 20)])
+    assert exc.value.status == 413
+    assert q.depth == 0
+
+
+def test_free_disk_reserve_is_507(tmp_path):
+    q = open_queue(tmp_path, min_free_disk=1 << 62, max_bytes=1 << 63)
+    with pytest.raises(Rejected) as exc:
+        q.append(1, [("a", None, "1")])
+    assert exc.value.status == 507 and "reserve" in exc.value.reason
+    assert q.depth == 0
+
+
+def test_ttl_expires_oldest(tmp_path):
+    now = [1000.0]
+    q = DurableQueue(str(tmp_path / "gmq.db"), Limits(ttl=60), clock=lambda: now[0])
+    q.append(1, [("a", None, "old")])
+    now[0] += 30
+    q.append(1, [("a", None, "new")])
+    now[0] += 40
+    assert q.expire() == 1
+    assert [v.value for v in q.take(1, 10)] == ["new"]
+    assert q.counters()["expired"] == 1
+
+
+def test_dead_letter_moves_values_out(tmp_path):
+    q = open_queue(tmp_path)
+    q.append(1, [("a", None, "bad"), ("a", None, "good")])
+    bad = q.take(1, 1)
+    q.dead_letter(bad, 400, "rejected upstream")
+    assert [v.value for v in q.take(1, 10)] == ["good"]
+    assert [(d["value"], d["status"]) for d in q.dead_letters()] == [("bad", 400)]
+    assert q.stats()["dead_letter"] == 1 and q.counters()["dead_lettered"] == 1
+
+
+def test_corrupt_database_is_moved_aside_and_salvaged(tmp_path):
+    path = tmp_path / "gmq.db"
+    q = DurableQueue(str(path))
+    for i in range(3000):
+        q.append(1, [("a", 1700000000 + i, "value-%04d" % i + "x" * 100)])
+    q.close()
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:  # wreck pages in the middle of the file, keep the header
+        f.seek(size // 2)
+        f.write(os.urandom(8192))
+    q = DurableQueue(str(path))
+    stats = q.stats()
+    assert [a["kind"] for a in stats["alarms"]] == ["db_corrupt"]
+    moved = q.salvage_report.moved_to
+    assert os.path.exists(moved) and os.path.getsize(moved) == size  # kept, never deleted
+    values = [v.value for v in q.take(1, 5000)]
+    assert 0 < len(values) < 3000
+    assert values == sorted(values)  # what was saved is still in order
+    q.append(1, [("a", None, "after")])  # and the fresh database works
+    assert sqlite3.connect(str(path)).execute("PRAGMA quick_check").fetchone() == ("ok",)
