@@ -148,6 +148,7 @@ class Forwarder(threading.Thread):
 
     # -- one client -----------------------------------------------------------------------------
     def _device(self, client: Client, st: _ClientState, settings: UpstreamSettings):
+        """The client's upstream Device (made once; raises ValueError for unusable settings)."""
         if st.device is None:
             from device_client import Device  # noqa: E402  (lazy: pulls in requests)
             st.device = Device(host=settings.url, product_id=client.vendor or None, serial=client.serial,
@@ -168,7 +169,11 @@ class Forwarder(threading.Thread):
     def _serve(self, client: Client, st: _ClientState, settings: UpstreamSettings) -> bool:
         """One step for one client; True if it did something worth an immediate next round."""
         errors = self._errors
-        dev = self._device(client, st, settings)
+        try:
+            dev = self._device(client, st, settings)
+        except ValueError as exc:
+            self._retry_later(client, st, "upstream settings: %s" % exc)
+            return False
         try:
             if not dev.activated:
                 return self._activate(client, st, dev)
@@ -178,6 +183,7 @@ class Forwarder(threading.Thread):
                 return False
             st.state = "sending"
             self.stats.requests += 1
+            self.queue.mark_sent([v.id for v in values])
             dev.record(_payload(values))
         except errors.NotActivated:
             if client.can_provision:

@@ -28,7 +28,7 @@ from . import salvage
 log = logging.getLogger(__name__)
 
 POLICIES = ("drop_oldest", "reject_new")
-COUNTERS = ("accepted", "rejected", "dropped", "expired", "delivered", "dead_lettered", "retried")
+COUNTERS = ("accepted", "rejected", "dropped", "expired", "delivered", "dead_lettered", "retried", "resent")
 SCAN = 500
 DELETE_CHUNK = 500
 ROWS_PER_INSERT = 5000  # 6 parameters a row, under sqlite's 32766
@@ -39,7 +39,8 @@ INSERT_ROW = "(?,?,?,?,?,?)"
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY AUTOINCREMENT, client INTEGER NOT NULL, "
-    "alias TEXT NOT NULL, ts REAL NOT NULL, value TEXT NOT NULL, arrived REAL NOT NULL, size INTEGER NOT NULL)",
+    "alias TEXT NOT NULL, ts REAL NOT NULL, value TEXT NOT NULL, arrived REAL NOT NULL, size INTEGER NOT NULL, "
+    "attempts INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS dead_letter (id INTEGER PRIMARY KEY, client INTEGER NOT NULL, alias TEXT NOT NULL, "
     "ts REAL NOT NULL, value TEXT NOT NULL, arrived REAL NOT NULL, status INTEGER, reason TEXT NOT NULL, "
     "moved REAL NOT NULL)",
@@ -483,6 +484,24 @@ class DurableQueue:
         self._state.depth -= n
         self._state.bytes -= size
         return n, size
+
+    def mark_sent(self, ids: Sequence[int]) -> int:
+        """Note (durably) that these values are about to be sent; returns how many were sent before.
+
+        Those are the only values upstream can have twice (a crash or a lost answer between
+        sending and ``ack``); the ``resent`` counter adds them up, bounding duplicates.
+        """
+        if not ids:
+            return 0
+        again = 0
+        with self._transaction() as conn:
+            for i in range(0, len(ids), DELETE_CHUNK):
+                chunk = list(ids[i:i + DELETE_CHUNK])
+                rows = conn.execute("UPDATE queue SET attempts = attempts + 1 WHERE id IN (%s) RETURNING attempts"
+                                    % ",".join("?" * len(chunk)), chunk).fetchall()
+                again += sum(1 for (n,) in rows if n > 1)
+            self._count("resent", again)
+        return again
 
     def ack(self, ids: Sequence[int]) -> int:
         """Upstream has these values: delete them (durably). Returns how many were still queued."""
