@@ -44,7 +44,8 @@ def _relink(link, target):
 def _revert(marker):
     previous = marker["previous"]
     _replace(marker["conf_path"], previous["conf"].encode("utf-8"))
-    _relink(marker["current_link"], previous["version"])
+    if previous.get("version"):  # a factory-installed program has no version directory
+        _relink(marker["current_link"], previous["version"])
 
 
 def _exec(argv, directory=None, environment=None):
@@ -74,7 +75,8 @@ def main(argv):
                 _revert(marker)
                 marker["state"] = "reverted"
                 sys.stderr.write("boot guard: %s %s failed %d starts; reverted to %s\n"
-                                 % (marker.get("name"), version, max_attempts, marker["previous"]["version"]))
+                                 % (marker.get("name"), version, max_attempts,
+                                    marker["previous"].get("version") or "the previous program"))
             _replace(marker_path, json.dumps(marker, sort_keys=True).encode("utf-8"))
         if marker.get("state") == "reverted":
             previous = marker["previous"]

@@ -190,6 +190,8 @@ class Installer:
             timings["unpack"] = time.monotonic() - mark
         except OtauError as exc:
             return self._refused(status, exc, started, root_existed)
+        except OSError as exc:  # unreadable package, disk full...
+            return self._refused(status, OtauError("I/O error: %s" % exc), started, root_existed)
         status.signature = prepared.signature.describe()
         program = prepared.program
         journal.new_conf = program.conf if program else None
@@ -205,8 +207,12 @@ class Installer:
         write_journal(self.paths, journal, INSTALLING)
         _crash_point("installing")
         env = install_environment(name, version, target, self.paths.home, state.current)
-        result = run_installer(installer_argv(prepared.unpacked.layout.installer), target, env,
-                               self.settings.install_timeout, self.settings.output_limit)
+        try:
+            result = run_installer(installer_argv(prepared.unpacked.layout.installer), target, env,
+                                   self.settings.install_timeout, self.settings.output_limit)
+        except OSError as exc:
+            self.store.remove_version(name, version)
+            return self._refused(status, OtauError("cannot run the installer: %s" % exc), started, root_existed)
         timings["install"] = result.seconds
         status.exit_code = result.exit_code
         status.output = result.output
@@ -362,7 +368,7 @@ class Installer:
         marker = {"name": journal.name, "version": journal.version, "state": "pending", "attempts": 0,
                   "conf_path": self.store.conf_path(journal.name),
                   "current_link": os.path.join(self.store.app_root(journal.name), "current"),
-                  "previous": previous if previous and previous["version"] else None}
+                  "previous": previous}
         atomic_write(path, json.dumps(marker, sort_keys=True), mode=0o600, keep_previous=False)
 
     def _read_marker(self, name: str) -> Optional[Dict]:

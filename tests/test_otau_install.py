@@ -33,12 +33,13 @@ def test_install_upgrade_then_failed_upgrade_rolls_back(supervisord, gwe_home, t
     paths = gwe_paths(str(gwe_home))
     st1 = otau.install_package(make_app(str(tmp_path), "counter", "1"), settings=FAST)
     assert st1.status == "installed" and st1.exit_code == 0 and "installing counter 1" in st1.output
-    assert running_version(supervisord, "counter")[0] == "1"
+    version, pid1 = running_version(supervisord, "counter")
+    assert version == "1"
 
     st2 = otau.install_package(make_app(str(tmp_path), "counter", "2"), settings=FAST)
     assert st2.status == "installed" and st2.previous_version == "1"
     version, pid2 = running_version(supervisord, "counter")
-    assert version == "2"
+    assert version == "2" and not psutil.pid_exists(pid1)
     assert len([p for p in supervisord.rpc().supervisor.getAllProcessInfo() if p["name"] == "counter"]) == 1
     assert os.readlink(os.path.join(paths.apps, "counter", "current")) == "2"
 
@@ -168,3 +169,8 @@ def test_cli_install_failure_is_one_line(gwe_home, tmp_path, flag):
     assert proc.stdout.startswith("installed tool 1")
     assert proc.stderr.count("\n") == 1 and "failed broken 1: no install.sh or setup.py" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_missing_or_unreadable_package_is_a_clear_failure(gwe_home, tmp_path):
+    status = otau.install_package(str(tmp_path / "ghost.v1.tar.gz"))
+    assert status.status == "failed" and "I/O error" in status.error and "No such file" in status.error

@@ -103,3 +103,25 @@ def test_failed_gwe_update_rolls_back_while_installer_lives(gwe_v1):
     assert json.loads(done.stdout)["status"] == "rolled_back"
     wait_for(lambda: running_dir(sup) == os.path.join(paths.apps, "gwe", "1"), 15)
     assert not os.path.exists(marker_path(paths, "gwe"))
+
+
+def test_factory_gwe_program_is_restored_by_the_boot_guard(supervisord, gwe_home, tmp_path):
+    """The first self-update from a base install (program file not made by otau, no version dir)."""
+    paths = gwe_paths(str(gwe_home)).ensure()
+    engine = os.path.join(paths.etc, "Engine.config")
+    set_option(engine, "otau", "settle_seconds", "0.3")
+    set_option(engine, "otau", "boot_attempts", "1")
+    supervisord.add_program("gwe", "sleep 600", startsecs=0, directory=str(tmp_path))
+    wait_for(lambda: running_dir(supervisord) == str(tmp_path), 10)
+    with open(os.path.join(paths.supervisor_include, "gwe.conf")) as f:
+        factory_conf = f.read()
+
+    killed = gwe_cli("-I", make_app(str(tmp_path), "gwe", "2", command=CRASH), crash_at="applied")
+    assert killed.returncode == -signal.SIGKILL
+    wait_for(lambda: running_dir(supervisord) == str(tmp_path), 30, message="the factory gwe running again")
+    statuses = otau.recover(paths)
+    assert [(s.version, s.status, s.running_version) for s in statuses] == [("2", "rolled_back", None)]
+    with open(os.path.join(paths.supervisor_include, "gwe.conf")) as f:
+        assert f.read() == factory_conf
+    assert not os.path.lexists(os.path.join(paths.apps, "gwe", "current"))
+    wait_for(lambda: running_dir(supervisord) == str(tmp_path), 15)
