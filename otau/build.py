@@ -25,8 +25,6 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
 
-import yaml
-
 from atomic_config import fsync_dir
 
 from .errors import BuildError, OtauError
@@ -84,6 +82,8 @@ def load_buildfile(path: str) -> Buildfile:
     try:
         doc = json.loads(text)
     except ValueError:
+        import yaml  # only publishers need it; the daemon importing otau does not
+
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -5,7 +5,8 @@ every member is checked and written here. Refused outright: absolute names, ``..
 device files and fifos, sparse files, duplicates, symlinks or hard links that lead
 outside the package, writes through a symlinked directory, and archives over the
 member-count or unpacked-size limits (checked from each header before its data is
-read, so a gzip bomb is stopped without inflating it). Files are written with
+read, so a gzip bomb is stopped without inflating it), and pax or GNU long-name headers over
+1 MiB (tarfile would read them whole into memory). Files are written with
 O_EXCL|O_NOFOLLOW, hashed while written, stripped of setuid/setgid/sticky and
 group/other write bits, and fsynced, so an unpacked version survives a power cut.
 """
@@ -69,6 +70,20 @@ def safe_mode(mode: int, is_dir: bool = False) -> int:
     return mode | (0o700 if is_dir else 0o600)
 
 
+MAX_METADATA_BYTES = 1 << 20
+_METADATA_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                   tarfile.GNUTYPE_LONGLINK)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads pax and GNU long-name headers whole into memory: cap them before it does."""
+
+    def _proc_member(self, tarfile_obj):  # tarfile's own hook, stable from 3.9 to 3.13
+        if self.type in _METADATA_TYPES and self.size > MAX_METADATA_BYTES:
+            raise tarfile.HeaderError("a %d-byte metadata header (limit %d)" % (self.size, MAX_METADATA_BYTES))
+        return super()._proc_member(tarfile_obj)
+
+
 class _Extractor:
     def __init__(self, root: str, max_bytes: int, max_members: int) -> None:
         self.root = root
@@ -95,6 +110,8 @@ class _Extractor:
         if rel is None:
             return
         if member.isdir():
+            if rel in self.entries:
+                raise UnpackError("duplicate member %r" % rel)
             self._makedirs(rel, rel)
             os.chmod(os.path.join(self.root, rel), safe_mode(member.mode, True))
             return
@@ -193,7 +210,7 @@ def unpack_package(tarball: str, staging: str, target: str, max_bytes: int, max_
     extractor = _Extractor(staging, max_bytes, max_members)
     try:
         try:
-            with tarfile.open(tarball, mode="r|gz") as tf:
+            with tarfile.open(tarball, mode="r|gz", tarinfo=_BoundedTarInfo) as tf:
                 for member in tf:
                     extractor.member(tf, member)
         except (tarfile.TarError, EOFError, zlib.error) as exc:

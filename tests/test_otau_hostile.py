@@ -169,6 +169,18 @@ def duplicate_member(gw):
     return _pkg(gw, good_files(), lambda tf: add_file(tf, "app.py", "print('again')"))
 
 
+def pax_header_bomb(gw):
+    def extra(tf):
+        info = tarfile.TarInfo("notes.txt")
+        info.pax_headers = {"comment": "x" * (3 << 20)}
+        tf.addfile(info, io.BytesIO(b""))
+    return _pkg(gw, good_files(), extra)
+
+
+def directory_over_file(gw):
+    return _pkg(gw, good_files(), lambda tf: add_special(tf, "app.py", tarfile.DIRTYPE))
+
+
 def wrong_name(gw):
     return _pkg(gw, good_files(), name="victim-2.tgz")
 
@@ -312,6 +324,8 @@ CORPUS = {
     "too_many_members": (too_many_members, REFUSED, "more than 200 members", {}),
     "oversized_package": (oversized_package, REFUSED, "over the", {}),
     "duplicate_member": (duplicate_member, REFUSED, "duplicate member", {}),
+    "pax_header_bomb": (pax_header_bomb, REFUSED, "metadata header", {}),
+    "directory_over_file": (directory_over_file, REFUSED, "duplicate member", {}),
     "wrong_name": (wrong_name, REFUSED, "bad package name", {}),
     "bad_app_name": (bad_app_name, REFUSED, "bad app name", {}),
     "bad_version": (bad_version, REFUSED, "bad version", {}),
