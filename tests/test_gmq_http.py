@@ -209,3 +209,41 @@ def test_upstream_defaults_to_gateway_cfg_host(gwe_home):
     assert config.load(paths).upstream == "https://abc.m2.example.io"
     set_option(paths.gmq_cfg, "upstream", "host", "http://127.0.0.1:9")
     assert config.load(paths).upstream == "http://127.0.0.1:9"
+
+
+def _small_filesystem(directory):
+    """Mount a 2 MiB tmpfs on ``directory``; False where mounting is not permitted."""
+    os.makedirs(directory, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(directory)],
+                          capture_output=True).returncode == 0
+
+
+def test_full_disk_is_507_and_nothing_queued_is_lost(gwe_home):
+    lib = os.path.join(str(gwe_home), "var", "lib", "gwe")
+    mounted = _small_filesystem(lib)
+    try:
+        if mounted:  # a real full disk: sqlite's own "disk full" must come back as 507
+            gmq = GmqProcess(str(gwe_home), queue={"min_free_disk": 0})
+        else:  # no mount here: the free-disk reserve is the observable instead
+            gmq = GmqProcess(str(gwe_home), queue={"min_free_disk": 1 << 60, "max_bytes": 1 << 61})
+        gmq.start()
+        try:
+            acked, status = [], None
+            for i in range(4000):
+                status = gmq.post("/onep:v1/stack/alias", "v%d=%s" % (i, "x" * 1000)).status_code
+                if status != 204:
+                    break
+                acked.append("v%d" % i)
+            assert status == 507, status
+            assert gmq.post("/onep:v1/stack/alias", "more=1").status_code == 507  # still answering, still full
+            assert gmq.status()["queue"]["depth"] == len(acked)
+            gmq.kill()  # power cut while full
+            gmq.start()
+            assert [r[1] for r in gmq.queued()] == acked
+            assert gmq.rows("PRAGMA quick_check") == [("ok",)]
+            assert gmq.status()["alarms"] == []
+        finally:
+            gmq.stop()
+    finally:
+        if mounted:
+            subprocess.run(["umount", lib], check=True)
