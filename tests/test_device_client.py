@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from device_client import Device, errors
+from device_client import Device, errors, usage_report
 from harness import wait_for
 
 CONTENT_NAME = "app.v1.tar.gz"
@@ -393,13 +393,16 @@ def test_tls_client_certificate_auth_sends_no_token(pki, usage_db):
     url = "https://127.0.0.1:%d" % server.server_address[1]
     cert = (os.path.join(pki, "client.pem"), os.path.join(pki, "client.key"))
     try:
-        with Device(url, ca_file=os.path.join(pki, "ca.pem"), cert=cert, usage_db=usage_db) as dev:
+        with Device(url, ca_file=os.path.join(pki, "ca.pem"), cert=cert, identity="test-tls",
+                    usage_db=usage_db) as dev:
             assert dev.activated and dev.activate() == ""
             dev.write("a", 1)
     finally:
         server.shutdown()
         server.server_close()
     assert server.seen == [(None, "client")]
+    write = usage_report(usage_db)["lo"]["test-tls"]["write:['a']"]
+    assert write["num"] == 1 and write["tot_tx"] > 100 and write["tot_rx"] > 20  # metered inside TLS too
 
 
 class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
