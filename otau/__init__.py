@@ -5,7 +5,8 @@ unpack, runner, supervisord control, journal, status. See docs/otau.md.
 """
 from .build import build_app, sign_tarball
 from .errors import BuildError, OtauError, PackageError, SupervisorError, UnpackError, VerifyError
-from .install import CheckReport, Installer, check_tarball, install_package, recover
+from .check import CheckReport, check_tarball
+from .install import Installer, install_package, recover
 from .package import PackageName, parse_package_name
 from .settings import OtauSettings, load_settings
 from .status import FAILED, INSTALLED, ROLLED_BACK, FetchStatus, load_statuses

@@ -37,15 +37,19 @@ class RunResult:
         return self.exit_code == 0 and not self.timed_out
 
 
+def app_environment(name: str, version: str, app_dir: str, home: str) -> Dict[str, str]:
+    """What an app (its installer and its program) is told about itself."""
+    return {"GWE_APP_NAME": name, "GWE_APP_VERSION": version, "GWE_APP_DIR": app_dir, "GWE_HOME": home}
+
+
 def install_environment(name: str, version: str, app_dir: str, home: str,
-                        previous_version: Optional[str] = None,
-                        base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+                        previous_version: Optional[str] = None) -> Dict[str, str]:
     """The installer's environment: gwe's own (as the original passed it on) plus the GWE_* facts."""
-    env = dict(os.environ if base is None else base)
+    env = dict(os.environ)
     env.pop("GWE_OTAU_CRASH_AT", None)
     env.setdefault("PATH", os.defpath)
-    env.update({"GWE_APP_NAME": name, "GWE_APP_VERSION": version, "GWE_APP_DIR": app_dir, "GWE_HOME": home,
-                "GWE_APP_PREVIOUS_VERSION": previous_version or ""})
+    env.update(app_environment(name, version, app_dir, home))
+    env["GWE_APP_PREVIOUS_VERSION"] = previous_version or ""
     return env
 
 

@@ -21,7 +21,7 @@ from harness import wait_for
 from otau_helpers import make_app
 
 import otau
-from otau.install import marker_path
+from otau.selfupdate import marker_path
 
 CRASH = "python3 -c 'import sys; sys.exit(1)'"
 
