@@ -143,10 +143,19 @@ class _MeteredAdapter(HTTPAdapter):
         return manager
 
 
+class _StaleConnectionRetry(Retry):
+    """Retries a GET once when a kept-alive connection turns out dead, but never a timeout
+    (that would double a hung long poll's wait) and never a POST (it may have been applied)."""
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        if isinstance(error, urllib3.exceptions.ReadTimeoutError):
+            raise error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 def _retry_policy() -> Retry:
-    """Retry a GET once when a kept-alive connection turns out dead; never re-send a POST."""
-    return Retry(total=1, connect=0, read=1, status=0, other=0, redirect=0, allowed_methods={"GET"},
-                 raise_on_status=False)
+    return _StaleConnectionRetry(total=1, connect=0, read=1, status=0, other=0, redirect=0,
+                                 allowed_methods={"GET"}, raise_on_status=False)
 
 
 class ContentStream:

@@ -457,3 +457,26 @@ def test_http_failures_map_to_error_types_with_status_and_body(usage_db):
         server.shutdown()
         server.server_close()
     assert server.paths == ["/onep:v1/stack/alias?a"] * 7  # the redirect was not followed
+
+
+def test_a_server_that_never_answers_times_out(usage_db):
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts (backlog) but never reads or answers
+    try:
+        with Device("http://127.0.0.1:%d" % listener.getsockname()[1], token="t" * 40, read_timeout=0.5,
+                    usage_db=usage_db) as dev:
+            started = time.monotonic()
+            with pytest.raises(errors.NetworkError) as caught:
+                dev.read("a")
+            assert time.monotonic() - started > 0.4
+            assert caught.value.status is None and "timed out" in str(caught.value)
+        listener.settimeout(0.3)
+        connections = []
+        with pytest.raises(socket.timeout):
+            while True:
+                connections.append(listener.accept()[0])
+        assert len(connections) == 1  # a timeout is not retried on a new connection
+        for conn in connections:
+            conn.close()
+    finally:
+        listener.close()
+    assert usage_report(usage_db)["lo"]["gwe"]["read:['a']"]["num"] == 1  # the request went out: it is logged

@@ -232,3 +232,34 @@ def test_requests_through_an_http_proxy_are_metered_too(murano, tmp_path, monkey
     assert proxy.to_server > 0
     assert totals(lo["proxied"], "tot_tx") == proxy.to_server
     assert totals(lo["proxied"], "tot_rx") == proxy.to_client
+
+
+KILLED_LOGGER = """
+import sys
+from device_client import UsageLog
+log = UsageLog(sys.argv[1])
+print("ready", flush=True)
+while True:
+    log.record("eth0", "victim", "write", "post", ["a"], 1, 1, 0.001, 204)
+"""
+
+
+def test_loggers_killed_mid_write_leave_a_sound_database(tmp_path):
+    db = str(tmp_path / "usage.db")
+    for _ in range(3):
+        procs = [subprocess.Popen([sys.executable, "-c", KILLED_LOGGER, db], stdout=subprocess.PIPE)
+                 for _ in range(2)]
+        for proc in procs:
+            assert proc.stdout.readline() == b"ready\n"
+        usage_report(db, flush=True)
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+            proc.stdout.close()
+    import sqlite3
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    conn.close()
+    report = usage_report(db, flush=True)
+    assert report["eth0"]["victim"]["write:['a']"]["num"] > 0
+    assert usage_report(db) == {}
