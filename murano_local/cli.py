@@ -88,12 +88,14 @@ def _admin(ctx: click.Context) -> Admin:
               help="Product used when the Host header names none.")
 @click.option("--allow-self-register", is_flag=True,
               help="Let unknown identities activate themselves in the default product.")
+@click.option("--history-limit", default=100000, show_default=True, type=click.IntRange(1, 10 ** 9),
+              help="Points kept per device and alias (the oldest go first; up to 10% more between trims).")
 @click.option("--max-connections", default=1000, show_default=True, type=click.IntRange(1, 100000),
               help="Open connections served at once (one thread each); more get 503.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def serve(host: str, port: int, data_dir: str, product_id: str, allow_self_register: bool,
-          max_connections: int, log_level: str) -> None:
+          history_limit: int, max_connections: int, log_level: str) -> None:
     """Serve the Device API and the admin API until SIGTERM or Ctrl-C."""
     import sqlite3
 
@@ -105,7 +107,8 @@ def serve(host: str, port: int, data_dir: str, product_id: str, allow_self_regis
         raise CliError("--product-id must be letters and digits")
     try:
         os.makedirs(data_dir, exist_ok=True)
-        murano = Murano(data_dir, default_pid=product_id, allow_self_register=allow_self_register)
+        murano = Murano(data_dir, default_pid=product_id, allow_self_register=allow_self_register,
+                        history_limit=history_limit)
     except (OSError, sqlite3.Error) as exc:
         raise CliError("cannot use data directory %s: %s" % (data_dir, getattr(exc, "strerror", None) or exc))
     try:

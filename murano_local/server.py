@@ -204,8 +204,9 @@ class Handler(BaseHTTPRequestHandler):
                 response.file.close()
 
 
-class _Stop(Exception):
-    """Raised by the signal handler to leave serve_forever at once."""
+class _Stop(BaseException):
+    """Raised by the signal handler to leave serve_forever at once; a BaseException so that
+    socketserver's per-request ``except Exception`` cannot swallow it."""
 
 
 def serve(murano: Murano, host: str = "127.0.0.1", port: int = 8080,

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .content import ContentArea
 from .events import Change, ChangeHub
-from .store import NotFound, Store, database_path
+from .store import DEFAULT_HISTORY_LIMIT, NotFound, Store, database_path
 
 MAX_VALUE_BYTES = 1024 * 1024
 MAX_LONG_POLL_MS = 300000
@@ -53,11 +53,12 @@ def check_value(value: str) -> str:
 class Murano:
     """One local Murano: a default product plus any product named by a request's Host."""
 
-    def __init__(self, data_dir: str, default_pid: str = "localproduct", allow_self_register: bool = False) -> None:
+    def __init__(self, data_dir: str, default_pid: str = "localproduct", allow_self_register: bool = False,
+                 history_limit: int = DEFAULT_HISTORY_LIMIT) -> None:
         self.data_dir = data_dir
         self.default_pid = default_pid.lower()
         self.allow_self_register = allow_self_register
-        self.store = Store(database_path(data_dir))
+        self.store = Store(database_path(data_dir), history_limit)
         self.store.ensure_product(self.default_pid, allow_self_register=allow_self_register)
         self.content = ContentArea(data_dir, self.store)
         self.hub = ChangeHub()

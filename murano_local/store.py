@@ -18,6 +18,7 @@ from atomic_config import connect_sqlite
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 TOKEN_LENGTH = 40
+DEFAULT_HISTORY_LIMIT = 100000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
@@ -99,11 +100,13 @@ class Clock:
 class Store:
     """The sqlite database under the data directory."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, history_limit: int = DEFAULT_HISTORY_LIMIT) -> None:
         self.path = path
         self._conn = connect_sqlite(path, check_same_thread=False)
         self._lock = threading.RLock()
         self.clock = Clock()
+        self.history_limit = history_limit
+        self._added: Dict[Tuple[str, str, str], int] = {}  # points added per alias since its last trim
         with self._lock:
             self._conn.executescript(_SCHEMA)
 
@@ -218,8 +221,7 @@ class Store:
             ts = self.clock.now_us()
             for alias, value in values:
                 _upsert_reported(conn, pid, identity, alias, value, ts)
-                conn.execute("INSERT OR REPLACE INTO points (pid, identity, alias, timestamp, value) "
-                             "VALUES (?, ?, ?, ?, ?)", (pid, identity, alias, ts, value))
+                self._add_point(conn, pid, identity, alias, ts, value)
             return ts
         return self._transaction(work)
 
@@ -230,8 +232,7 @@ class Store:
         def work(conn: sqlite3.Connection) -> None:
             newest: Dict[str, Tuple[int, str]] = {}
             for alias, ts, value in points:
-                conn.execute("INSERT OR REPLACE INTO points (pid, identity, alias, timestamp, value) "
-                             "VALUES (?, ?, ?, ?, ?)", (pid, identity, alias, ts, value))
+                self._add_point(conn, pid, identity, alias, ts, value)
                 if alias not in newest or ts >= newest[alias][0]:
                     newest[alias] = (ts, value)
             for alias, (ts, value) in newest.items():
@@ -240,6 +241,22 @@ class Store:
                 if row is None or ts >= row[0]:
                     _upsert_reported(conn, pid, identity, alias, value, ts)
         self._transaction(work)
+
+    def _add_point(self, conn: sqlite3.Connection, pid: str, identity: str, alias: str, ts: int,
+                   value: str) -> None:
+        """Insert one point; every tenth of the limit, trim the alias to its newest ``history_limit``."""
+        conn.execute("INSERT OR REPLACE INTO points (pid, identity, alias, timestamp, value) VALUES (?, ?, ?, ?, ?)",
+                     (pid, identity, alias, ts, value))
+        key = (pid, identity, alias)
+        added = self._added.get(key, 0) + 1
+        if added < max(1, self.history_limit // 10):
+            self._added[key] = added
+            return
+        self._added[key] = 0
+        conn.execute(
+            "DELETE FROM points WHERE pid = ? AND identity = ? AND alias = ? AND timestamp < ("
+            "SELECT timestamp FROM points WHERE pid = ? AND identity = ? AND alias = ? "
+            "ORDER BY timestamp DESC LIMIT 1 OFFSET ?)", key + key + (self.history_limit - 1,))
 
     def operator_set(self, pid: str, identity: str, values: Sequence[Tuple[str, str]]) -> int:
         """The cloud side sets values: only ``set`` changes, ``reported`` stays."""

@@ -165,3 +165,17 @@ def test_embedded_in_a_thread_and_shut_down(tmp_path):
     server.shutdown()
     thread.join(10)
     assert not thread.is_alive()
+
+
+def test_history_is_trimmed_to_the_limit_keeping_the_newest(tmp_path):
+    m = Murano(str(tmp_path / "h"), default_pid="p", history_limit=10)
+    try:
+        m.add_device("p", "d")
+        for i in range(25):
+            m.write("p", "d", [("n", str(i))])
+        m.record("p", "d", [("other", 1_000_000, "kept")])
+        values = [p["value"] for p in m.history("p", "d", "n", 1000)]
+        assert 10 <= len(values) <= 11 and values[:10] == [str(i) for i in range(24, 14, -1)]
+        assert [p["value"] for p in m.history("p", "d", "other", 10)] == ["kept"]
+    finally:
+        m.close()
