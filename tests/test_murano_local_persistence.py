@@ -1,5 +1,6 @@
 """murano_local keeps everything in its data directory across kill -9 and restart; the operator CLI."""
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from harness import free_port, port_open, stop_process, wait_for
+from harness import MuranoLocal, free_port, port_open, stop_process, wait_for
 from murano_local.cli import main
 
 
@@ -177,3 +178,29 @@ def _status(port):
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(b"GET /timestamp HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         return int(s.recv(100).split(b" ")[1])
+
+
+def test_sigterm_stops_promptly_even_while_connections_arrive(tmp_path):
+    server = MuranoLocal(str(tmp_path / "term"))
+    for _round in range(5):
+        server.start()
+        stop = threading.Event()
+
+        def hammer():
+            while not stop.is_set():
+                try:
+                    socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+                except OSError:
+                    pass
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            server.proc.send_signal(signal.SIGTERM)
+            assert server.proc.wait(5) == 0
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(5)
+            server.kill()
