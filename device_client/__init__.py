@@ -15,12 +15,12 @@ from .errors import (
     ServerError, TLSError,
 )
 from .form import FormError, decode_alias_query, decode_form, decode_form_dict, encode_form
-from .usage import UsageLog, usage_report
+from .usage import UsageLog, UsageSnapshot, usage_report
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())  # the application decides where logs go
 
 __all__ = [
     "Backoff", "Conflict", "ContentMismatch", "Device", "DeviceAPIError", "Download", "Forbidden", "FormError",
-    "NetworkError", "NotActivated", "NotFound", "RequestError", "ServerError", "TLSError", "UsageLog",
+    "NetworkError", "NotActivated", "NotFound", "RequestError", "ServerError", "TLSError", "UsageLog", "UsageSnapshot",
     "decode_alias_query", "decode_form", "decode_form_dict", "encode_form", "errors", "usage_report",
 ]

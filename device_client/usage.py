@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, NamedTuple, Optional
 
 from atomic_config import connect_sqlite, gwe_paths
 
@@ -43,7 +43,7 @@ KINDS = ("get", "post", "read", "write", "long_poll", "readwrite", "record", "ac
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS requests ("
-    " id INTEGER PRIMARY KEY, ts REAL NOT NULL, iface TEXT NOT NULL, identity TEXT NOT NULL,"
+    " id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, iface TEXT NOT NULL, identity TEXT NOT NULL,"
     " kind TEXT NOT NULL, method TEXT NOT NULL, aliases TEXT NOT NULL,"
     " tx INTEGER NOT NULL, rx INTEGER NOT NULL, duration REAL NOT NULL, status INTEGER)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
@@ -53,6 +53,15 @@ _INSERT = ("INSERT INTO requests (ts, iface, identity, kind, method, aliases, tx
 _AGGREGATE = (
     "SELECT iface, identity, kind, aliases, max(method), count(*), sum(rx), max(rx), sum(tx), max(tx),"
     " avg(duration), max(duration) FROM requests WHERE id <= ? GROUP BY iface, identity, kind, aliases")
+
+
+class UsageSnapshot(NamedTuple):
+    """A report and the rows it covers, to be flushed once the report has been delivered."""
+
+    report: dict
+    upto: int        # the highest row id in the report
+    rows: int        # how many rows it counts
+    dropped: int     # the dropped figure it carries
 
 
 def format_aliases(aliases: Iterable[str]) -> str:
@@ -176,31 +185,75 @@ class UsageLog:
             conn.execute("ROLLBACK")
             raise
 
-    def report(self, flush: bool = False) -> dict:
-        """The usage_report of every row logged so far.
+    def snapshot(self) -> UsageSnapshot:
+        """The report of every row logged so far; nothing is deleted (see :meth:`flush`)."""
+        with self._lock:
+            conn = self._open_or_raise()
+            conn.execute("BEGIN")
+            try:
+                return self._snapshot(conn)
+            finally:
+                conn.execute("COMMIT")
 
-        With ``flush`` the rows reported (and the dropped count) are deleted in the same
-        transaction, under the write lock: a row logged concurrently is either in this
-        report and gone, or left for the next one.
+    def flush(self, snapshot: UsageSnapshot) -> None:
+        """Delete the rows ``snapshot`` reported, once it has been delivered.
+
+        Row ids are never reused, so rows logged after the snapshot stay. Rows the size
+        cap dropped after the snapshot were reported by it: they leave the dropped count.
         """
         with self._lock:
-            conn = self._connection()
-            if conn is None:
-                raise OSError("usage log %s cannot be opened" % self.path)
-            conn.execute("BEGIN IMMEDIATE" if flush else "BEGIN")
+            conn = self._open_or_raise()
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                upto = conn.execute("SELECT coalesce(max(id), 0) FROM requests").fetchone()[0]
-                rows = conn.execute(_AGGREGATE, (upto,)).fetchall()
-                found = conn.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
-                dropped = found[0] if found else 0
-                if flush:
-                    conn.execute("DELETE FROM requests WHERE id <= ?", (upto,))
-                    conn.execute("DELETE FROM meta WHERE key = 'dropped'")
+                self._flush(conn, snapshot)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return build_report(rows, dropped)
+
+    def report(self, flush: bool = False) -> dict:
+        """The usage_report of every row logged so far.
+
+        With ``flush`` the rows reported (and the dropped count) are deleted in the same
+        write transaction: a row logged concurrently is either in this report and gone,
+        or left for the next one.
+        """
+        if not flush:
+            return self.snapshot().report
+        with self._lock:
+            conn = self._open_or_raise()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                snapshot = self._snapshot(conn)
+                self._flush(conn, snapshot)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return snapshot.report
+
+    def _open_or_raise(self):
+        conn = self._connection()
+        if conn is None:
+            raise OSError("usage log %s cannot be opened" % self.path)
+        return conn
+
+    @staticmethod
+    def _snapshot(conn) -> UsageSnapshot:
+        upto = conn.execute("SELECT coalesce(max(id), 0) FROM requests").fetchone()[0]
+        rows = conn.execute(_AGGREGATE, (upto,)).fetchall()
+        found = conn.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
+        dropped = found[0] if found else 0
+        return UsageSnapshot(build_report(rows, dropped), upto, sum(row[5] for row in rows), dropped)
+
+    @staticmethod
+    def _flush(conn, snapshot: UsageSnapshot) -> None:
+        present = conn.execute("SELECT count(*) FROM requests WHERE id <= ?", (snapshot.upto,)).fetchone()[0]
+        conn.execute("DELETE FROM requests WHERE id <= ?", (snapshot.upto,))
+        reported = snapshot.dropped + (snapshot.rows - present)
+        if reported:
+            conn.execute("UPDATE meta SET value = max(0, value - ?) WHERE key = 'dropped'", (reported,))
+        conn.execute("DELETE FROM meta WHERE key = 'dropped' AND value <= 0")
 
     def close(self) -> None:
         with self._lock:

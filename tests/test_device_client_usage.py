@@ -131,7 +131,7 @@ def test_usage_report_matches_what_the_server_received(murano, tmp_path):
 LOGGER = """
 import sys
 from device_client import UsageLog
-log = UsageLog(sys.argv[1])
+log = UsageLog(sys.argv[1], max_rows=int(sys.argv[4]) if len(sys.argv) > 4 else 50000)
 for i in range(int(sys.argv[2])):
     log.record("eth0", sys.argv[3], "write", "post", ["data_in"], 100, 10, 0.001, 204)
 log.close()
@@ -158,6 +158,37 @@ def test_concurrent_logging_and_flushing_lose_and_repeat_no_row(tmp_path):
     assert counted == {name: rows_each for name in names}
     assert tx == 100 * rows_each * len(names)
     assert len(reports) > 2  # some flushes really ran while the writers were logging
+
+
+def test_snapshot_then_flush_accounts_for_every_row_under_the_cap(tmp_path):
+    """gwe's way: snapshot, deliver, then flush; with writers and the size cap racing it."""
+    db = str(tmp_path / "usage.db")
+    rows_each, writers = 500, 3
+    # 200 rows under a 64-row cap before any snapshot: drops are certain, not left to timing.
+    assert subprocess.run([sys.executable, "-c", LOGGER, db, "200", "early", "64"]).returncode == 0
+    procs = [subprocess.Popen([sys.executable, "-c", LOGGER, db, str(rows_each), "w%d" % i, "64"])
+             for i in range(writers)]
+    usage = UsageLog(db)
+    counted = dropped = cycles = 0
+
+    def take():
+        snapshot = usage.snapshot()
+        for name, per_key in snapshot.report.get("eth0", {}).items():
+            if name != "top_consumer":
+                assert snapshot.report["eth0"][name]["write:['data_in']"]["num"] > 0
+        usage.flush(snapshot)
+        return snapshot.rows, snapshot.report.get("dropped", 0)
+
+    while any(p.poll() is None for p in procs):
+        rows, lost = take()
+        counted, dropped, cycles = counted + rows, dropped + lost, cycles + 1
+    assert [p.wait(60) for p in procs] == [0] * writers
+    rows, lost = take()
+    counted, dropped = counted + rows, dropped + lost
+    assert counted + dropped == rows_each * writers + 200
+    assert dropped > 0 and cycles > 2  # the cap and the flushes really raced the writers
+    assert usage.snapshot().report == {}
+    usage.close()
 
 
 def test_the_log_is_capped_and_drops_are_counted(tmp_path):
@@ -237,7 +268,7 @@ def test_requests_through_an_http_proxy_are_metered_too(murano, tmp_path, monkey
 KILLED_LOGGER = """
 import sys
 from device_client import UsageLog
-log = UsageLog(sys.argv[1])
+log = UsageLog(sys.argv[1], max_rows=int(sys.argv[4]) if len(sys.argv) > 4 else 50000)
 print("ready", flush=True)
 while True:
     log.record("eth0", "victim", "write", "post", ["a"], 1, 1, 0.001, 204)
