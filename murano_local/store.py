@@ -19,6 +19,7 @@ from atomic_config import connect_sqlite
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 TOKEN_LENGTH = 40
 DEFAULT_HISTORY_LIMIT = 100000
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
@@ -108,7 +109,13 @@ class Store:
         self.history_limit = history_limit
         self._added: Dict[Tuple[str, str, str], int] = {}  # points added per alias since its last trim
         with self._lock:
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                self._conn.close()
+                raise sqlite3.DatabaseError("database schema %d is newer than this murano_local (%d)"
+                                            % (version, SCHEMA_VERSION))
             self._conn.executescript(_SCHEMA)
+            self._conn.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
 
     def close(self) -> None:
         with self._lock:

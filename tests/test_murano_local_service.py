@@ -179,3 +179,13 @@ def test_history_is_trimmed_to_the_limit_keeping_the_newest(tmp_path):
         assert [p["value"] for p in m.history("p", "d", "other", 10)] == ["kept"]
     finally:
         m.close()
+
+
+def test_a_database_from_a_newer_version_is_refused(tmp_path):
+    import sqlite3
+    Murano(str(tmp_path / "v")).close()
+    conn = sqlite3.connect(str(tmp_path / "v" / "murano_local.sqlite3"))
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(sqlite3.DatabaseError, match="newer"):
+        Murano(str(tmp_path / "v"))
