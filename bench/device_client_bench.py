@@ -126,7 +126,8 @@ def main() -> None:
         try:
             requests.put(url + "/api:1/service/localproduct/device2/identity/bench", json={},
                          timeout=10).raise_for_status()
-            device = Device(url, serial="bench", identity="bench", usage_db=os.path.join(args.usage_dir or workdir, "usage.db"))
+            device = Device(url, serial="bench", identity="bench",
+                            usage_db=os.path.join(args.usage_dir or workdir, "usage.db"))
             token = device.activate()
             nolog = Device(url, token=token, usage_db=False)
             plain = requests.Session()

@@ -233,10 +233,11 @@ class Device:
         """Download content ``name`` to ``dest`` in constant memory.
 
         Bytes go to ``dest + ".part"``; an existing part file is resumed with a Range
-        request if the server's copy has not changed since (size and update time). ``dest`` appears (atomically) only once the size matches what the
-        server announced and ``sha256`` (if given) matches. ``progress(done, total)`` is
-        called as bytes arrive. A cut transfer raises :class:`~errors.NetworkError` and
-        keeps the part file for the next call; a size or checksum mismatch raises
+        request if the server's copy has not changed since (size and update time).
+        ``dest`` appears (atomically) only once the size matches what the server
+        announced and ``sha256`` (if given) matches. ``progress(done, total)`` is called
+        as bytes arrive. A cut transfer raises :class:`~errors.NetworkError` and keeps the
+        part file for the next call; a size or checksum mismatch raises
         :class:`~errors.ContentMismatch` and removes it.
         """
         name = _check_name(name)
@@ -289,7 +290,8 @@ class Device:
             total = stream.total
             if max_bytes is not None and total is not None and total > max_bytes:
                 _remove(part)
-                raise errors.ContentMismatch("content %s is %d bytes, over the %d-byte limit" % (name, total, max_bytes))
+                raise errors.ContentMismatch("content %s is %d bytes, over the %d-byte limit"
+                                             % (name, total, max_bytes))
             if stream.status == 416:
                 if total is None or total != offset:
                     return None

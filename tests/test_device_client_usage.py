@@ -7,7 +7,6 @@ import sys
 import threading
 
 import psutil
-import pytest
 import requests
 
 from device_client import Device, UsageLog, usage_report
