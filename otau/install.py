@@ -47,7 +47,7 @@ class Installer:
         self.paths = paths or gwe_paths()
         self.settings = settings or load_settings(self.paths)
         self.store = AppStore(self.paths)
-        self.supervisor = Supervisor(self.paths.supervisor_socket)
+        self.supervisor = Supervisor(self.paths.supervisor_socket, os.path.join(self.paths.log, "otau.log"))
 
     # --- public entry points ---
 

@@ -3,10 +3,18 @@
 Only the app's own process group is touched: after ``reloadConfig`` the group is
 removed and re-added when its config changed (or added when new, removed when gone);
 every other program keeps running even if its file changed on disk meanwhile.
+
+When the caller runs inside that very group (gwe installing itself from its daemon), stopping
+the group would kill the caller between "remove" and "add" and leave gwe stopped for good.
+The change is then made by a detached helper (:func:`main`, in its own
+session, so stopping the group does not stop it); the caller just waits to be replaced.
 """
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
 import xmlrpc.client
 from dataclasses import dataclass
@@ -19,6 +27,7 @@ log = logging.getLogger(__name__)
 BAD_STATES = ("FATAL", "EXITED", "BACKOFF", "STOPPED", "UNKNOWN")
 STOPPED_STATES = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")  # supervisor.states.STOPPED_STATES
 POLL_S = 0.1
+HELPER = "import sys; from otau.supervisord import main; sys.exit(main(sys.argv[1:]))"
 
 
 def _fault_text(exc: BaseException) -> str:
@@ -37,8 +46,9 @@ class Health:
 class Supervisor:
     """A client for one supervisord; every call fails with SupervisorError, never a raw socket error."""
 
-    def __init__(self, socket_path: str) -> None:
+    def __init__(self, socket_path: str, helper_log: Optional[str] = None) -> None:
         self.socket_path = socket_path
+        self.helper_log = helper_log  # where a detached helper's errors go
 
     def _proxy(self) -> xmlrpc.client.ServerProxy:
         from supervisor.xmlrpc import SupervisorTransport
@@ -64,8 +74,56 @@ class Supervisor:
     def group_processes(self, group: str) -> List[Dict]:
         return [p for p in self._call("getAllProcessInfo") if p.get("group") == group]
 
-    def apply_group(self, group: str) -> str:
-        """Make supervisord run ``group`` as its include file now says; returns what was done."""
+    def apply_group(self, group: str, here: bool = False) -> str:
+        """Make supervisord run ``group`` as its include file now says; returns what was done.
+
+        ``here`` forces the work into this process even if it belongs to the group.
+        """
+        if not here and self._caller_in_group(group):
+            return self._detached("apply", group)
+        return self._apply_group(group)
+
+    def remove_group(self, group: str, here: bool = False) -> str:
+        """Stop and forget ``group`` (its include file must already be gone)."""
+        if not here and self._caller_in_group(group):
+            return self._detached("remove", group)
+        self._call("reloadConfig")
+        self._remove(group)
+        return "removed"
+
+    def _caller_in_group(self, group: str) -> bool:
+        import psutil
+
+        pids = {p["pid"] for p in self.group_processes(group) if p.get("pid")}
+        try:
+            proc: Optional[psutil.Process] = psutil.Process()
+            while proc is not None and pids:
+                if proc.pid in pids:
+                    return True
+                proc = proc.parent()
+        except psutil.Error:
+            return False
+        return False
+
+    def _detached(self, action: str, group: str) -> str:
+        log.info("%s of group %s runs in a detached helper: this process belongs to it", action, group)
+        out = subprocess.DEVNULL
+        if self.helper_log:
+            os.makedirs(os.path.dirname(self.helper_log), exist_ok=True)
+            out = open(self.helper_log, "ab")
+        try:
+            helper = subprocess.Popen([sys.executable, "-c", HELPER, self.socket_path, action, group],
+                                      stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                                      close_fds=True, cwd="/")
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+        code = helper.wait()  # usually supervisord stops this process before the helper is done
+        if code != 0:
+            raise SupervisorError("the detached supervisord helper for %s failed (exit %d)" % (group, code))
+        return "detached"
+
+    def _apply_group(self, group: str) -> str:
         added, changed, removed = self._call("reloadConfig")[0]
         present = bool(self.group_processes(group))
         if group in removed or (group in changed):
@@ -117,11 +175,6 @@ class Supervisor:
                 if "STILL_RUNNING" not in str(exc) or time.monotonic() >= deadline:
                     raise
 
-    def remove_group(self, group: str) -> None:
-        """Stop and forget ``group`` (its include file must already be gone)."""
-        self._call("reloadConfig")
-        self._remove(group)
-
     def wait_healthy(self, group: str, startsecs: float, settle: float, timeout: float) -> Health:
         """Wait until every process of ``group`` is RUNNING (supervisord's own ``startsecs`` check)
         and stays RUNNING with the same pid for ``settle`` more seconds.
@@ -164,6 +217,19 @@ class Supervisor:
             time.sleep(POLL_S)
         return Health(False, last.state, "not healthy after %.1fs: %s" % (startsecs + settle + timeout, last.detail))
 
-    def state_of(self, group: str) -> Optional[str]:
-        procs = self.group_processes(group)
-        return procs[0]["statename"] if procs else None
+
+def main(argv: List[str]) -> int:
+    """The detached helper: ``SOCKET apply|remove GROUP``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s otau.supervisord helper: %(message)s")
+    socket_path, action, group = argv
+    supervisor = Supervisor(socket_path)
+    try:
+        if action == "apply":
+            supervisor.apply_group(group, here=True)
+        else:
+            supervisor.remove_group(group, here=True)
+    except SupervisorError as exc:
+        log.error("%s %s: %s", action, group, exc)
+        return 1
+    log.info("%s %s: done", action, group)
+    return 0

@@ -125,3 +125,52 @@ def test_factory_gwe_program_is_restored_by_the_boot_guard(supervisord, gwe_home
         assert f.read() == factory_conf
     assert not os.path.lexists(os.path.join(paths.apps, "gwe", "current"))
     wait_for(lambda: running_dir(supervisord) == str(tmp_path), 15)
+
+
+DAEMON = """import os, time
+import otau
+from atomic_config import gwe_paths
+otau.recover()  # what gwe's daemon does on every start
+trigger = os.path.join(gwe_paths().var_lib, "install-me")
+while True:
+    if os.path.exists(trigger):
+        with open(trigger) as f:
+            tarball = f.read().strip()
+        os.unlink(trigger)
+        otau.install_package(tarball)  # supervisord stops this very process when gwe's group is replaced
+    time.sleep(0.05)
+"""
+
+
+def daemon_package(directory, version, command="python3 app.py"):
+    return make_app(directory, "gwe", version, command=command, startsecs=0, extra={"app.py": DAEMON})
+
+
+def last_status(paths, name="gwe"):
+    try:
+        with open(os.path.join(paths.var_lib, "otau", "status", name + ".json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["healthy", "crash_loop"])
+def test_gwe_daemon_updates_itself(gwe_v1, broken):
+    """The real thing: the running gwe installs its own update from inside its supervisord group."""
+    paths, sup, tmp = gwe_v1
+    assert gwe_cli("-I", daemon_package(str(tmp), "1.1")).returncode == 0
+    wait_for(lambda: running_dir(sup) == os.path.join(paths.apps, "gwe", "1.1"), 10)
+    new = daemon_package(str(tmp), "2", command=CRASH if broken else "python3 app.py")
+    with open(os.path.join(paths.var_lib, "install-me"), "w") as f:
+        f.write(new)
+
+    want_version, want_status = ("1.1", "rolled_back") if broken else ("2", "installed")
+    wait_for(lambda: last_status(paths).get("version") == "2" and last_status(paths)["status"] == want_status,
+             40, message="gwe to report its own update")
+    wait_for(lambda: running_dir(sup) == os.path.join(paths.apps, "gwe", want_version), 15)
+    assert not os.path.exists(marker_path(paths, "gwe"))
+    assert not os.path.exists(os.path.join(paths.var_lib, "otau", "journal.json"))
+    assert os.readlink(os.path.join(paths.apps, "gwe", "current")) == want_version
+    assert app_version(sup) == want_version
+    with open(os.path.join(paths.log, "otau.log")) as f:
+        assert "apply gwe: done" in f.read()  # the group was replaced by the detached helper
