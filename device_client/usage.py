@@ -281,8 +281,13 @@ def build_report(rows: Iterable[tuple], dropped: int = 0) -> dict:
 
 
 def usage_report(path: Optional[str] = None, flush: bool = False) -> dict:
-    """The current usage_report of the gateway's usage log; with ``flush``, also empty it."""
+    """The current usage_report of the gateway's usage log; with ``flush``, also empty it.
+
+    A log that does not exist yet is an empty report (nothing is created).
+    """
     usage = UsageLog(path, busy_timeout_ms=REPORT_BUSY_MS)
+    if not os.path.exists(usage.path):
+        return {}
     try:
         return usage.report(flush=flush)
     finally:

@@ -64,6 +64,8 @@ def test_gdc_session_against_murano_local(murano, gwe_home, tmp_path):
     flushed = json.loads(gdc("--usage-db", db, "usage", "--flush").stdout)
     assert flushed == usage
     assert json.loads(gdc("--usage-db", db, "usage").stdout) == {}
+    nowhere = str(tmp_path / "no" / "usage.db")
+    assert json.loads(gdc("--usage-db", nowhere, "usage").stdout) == {} and not os.path.exists(nowhere)
 
 
 def test_gdc_failures_are_one_line_and_an_exit_code(murano, gwe_home):
