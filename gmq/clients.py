@@ -60,6 +60,7 @@ class ClientRegistry:
 
     def __init__(self, path: str) -> None:
         self._conn = connect_sqlite(path, synchronous="FULL", check_same_thread=False)
+        self._conn.execute("PRAGMA cache_size=-64")  # a few rows, read once at start
         for stmt in SCHEMA:
             self._conn.execute(stmt)
         self._lock = threading.Lock()

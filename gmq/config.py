@@ -48,7 +48,7 @@ KEYS: Dict[Tuple[str, str], Tuple[Callable[[str], object], str, bool, str]] = {
     ("queue", "max_value_bytes"): (int, "65536", True, "largest alias+value (413 above)"),
     ("queue", "ttl"): (float, "0", True, "seconds a value may wait before it expires; 0 = never"),
     ("upstream", "host"): (str, "", True, "Murano base URL; empty = Gateway.cfg [device] host"),
-    ("upstream", "batch_size"): (int, "500", True, "values per record request"),
+    ("upstream", "batch_size"): (int, "1000", True, "values per record request"),
     ("upstream", "backoff_initial"): (float, "1", True, "first retry delay, seconds"),
     ("upstream", "backoff_max"): (float, "300", True, "longest retry delay, seconds"),
     ("upstream", "timeout"): (float, "30", True, "upstream connect/read timeout, seconds"),

@@ -37,7 +37,7 @@ IDLE_POLL_S = 0.2
 @dataclass
 class UpstreamSettings:
     url: Optional[str]
-    batch_size: int = 500
+    batch_size: int = 1000
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
     timeout: float = 30.0

@@ -34,6 +34,8 @@ DELETE_CHUNK = 500
 ROWS_PER_INSERT = 5000  # 6 parameters a row, under sqlite's 32766
 FREE_DISK_TTL_S = 0.05
 BACKSTOP_CHECKPOINT_PAGES = 8192
+WRITER_CACHE_KIB = 1024
+READER_CACHE_KIB = 512
 INSERT_HEAD = "INSERT INTO queue (client, alias, ts, value, arrived, size) VALUES "
 INSERT_ROW = "(?,?,?,?,?,?)"
 
@@ -176,6 +178,10 @@ class DurableQueue:
         self._rconn = connect_sqlite(self.path, synchronous="FULL", check_same_thread=False)
         self._rlock = threading.Lock()
         self._ckpt = connect_sqlite(self.path, synchronous="FULL", check_same_thread=False)
+        # page caches: the writer touches the tail of the table and index, the others read
+        # in passing; sqlite's default (2 MiB each) would make RSS grow with the backlog
+        for conn, kib in ((self._conn, WRITER_CACHE_KIB), (self._rconn, READER_CACHE_KIB), (self._ckpt, 64)):
+            conn.execute("PRAGMA cache_size=-%d" % kib)
         self._ckpt_lock = threading.Lock()
         self._lock = threading.Lock()
         self._busy = False
