@@ -25,5 +25,6 @@ setup(
         "murano-local = murano_local.cli:main",
         "gdc = device_client.cli:main",
         "gwe = gwe.cli:main",
+        "gmq = gmq.cli:main",
     ]},
 )
