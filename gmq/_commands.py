@@ -100,3 +100,13 @@ def status() -> None:
     except (RuntimeError, config.ConfigError) as exc:
         fail(str(exc))
     click.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
+@cli.command("clear-alarms")
+def clear_alarms() -> None:
+    """Acknowledge the running gmq's alarms (e.g. a salvaged database; its old file is kept)."""
+    try:
+        result = call("POST", "/alarms/clear")
+    except (RuntimeError, config.ConfigError) as exc:
+        fail(str(exc))
+    click.echo(json.dumps(result, sort_keys=True))

@@ -374,9 +374,7 @@ class GmqHTTPServer:
             raise _BadRequest(411, "chunked bodies are not supported; send Content-Length")
         length_text = headers.get("content-length")
         if length_text is None:
-            if method in ("POST", "PUT", "PATCH"):
-                raise _BadRequest(411, "Content-Length required")
-            length = 0
+            length = 0  # no Content-Length and no Transfer-Encoding: no body (RFC 9112 6.3)
         else:
             if not length_text.isdigit():
                 raise _BadRequest(400, "bad Content-Length")

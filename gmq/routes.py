@@ -35,6 +35,8 @@ class App(Protocol):
 
     def reread(self) -> dict: ...
 
+    def clear_alarms(self) -> int: ...
+
 
 @dataclass
 class Request:
@@ -89,6 +91,8 @@ def _route(app: App, req: Request) -> Union[Reply, Store]:
             return Store(_client(app, req), _record_values(_form(req)))
         if path == ACTIVATE_PATH:
             return _activate(app, dict(_form(req)))
+        if path == "/alarms/clear":
+            return Reply(200, json.dumps({"cleared": app.clear_alarms()}).encode() + b"\n", "application/json")
         if path == "/reread":
             try:
                 result = app.reread()
@@ -101,7 +105,7 @@ def _route(app: App, req: Request) -> Union[Reply, Store]:
             return Reply(200, json.dumps(app.status(), sort_keys=True).encode() + b"\n", "application/json")
         if path == "/timestamp":
             return Reply(200, str(int(time.time())).encode())
-    if path.startswith(ALIAS_PATH) or path in (RECORD_PATH, ACTIVATE_PATH, "/reread"):
+    if path.startswith(ALIAS_PATH) or path in (RECORD_PATH, ACTIVATE_PATH, "/reread", "/alarms/clear"):
         raise HTTPError(405, "gmq serves writes only: use POST")
     if path in ("/status", "/timestamp"):
         raise HTTPError(405, "use GET")

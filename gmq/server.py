@@ -66,6 +66,12 @@ class Gmq:
         log.info("gmq.cfg reread%s", "; restart needed for %s" % ", ".join(restart) if restart else "")
         return {"applied": True, "restart_needed_for": restart, "upstream": cfg.upstream}
 
+    def clear_alarms(self) -> int:
+        """Acknowledge the alarms (the quarantined files stay where they are)."""
+        n = self.queue.clear_alarms()
+        log.info("%d alarms cleared", n)
+        return n
+
     def status(self) -> dict:
         q = self.queue.stats()
         fwd = self.forwarder.status()

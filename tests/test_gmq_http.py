@@ -66,6 +66,8 @@ def test_status_reports_queue_counters_and_clients(gmq):
     gmq.post("/onep:v1/stack/alias", "a=1&b=2")
     st = gmq.status()
     assert st["queue"]["depth"] == 2 and st["counters"]["accepted"] == 2
+    assert set(st["counters"]) >= {"accepted", "delivered", "dropped", "dead_lettered", "retried", "rejected",
+                                   "expired", "resent"}
     assert st["queue"]["oldest_age"] >= 0 and st["alarms"] == []
     assert [c["client"] for c in st["forwarder"]["clients"]] == ["sn1"]
     assert st["forwarder"]["clients"][0]["queued"] == 2
@@ -103,7 +105,7 @@ def test_malformed_http_is_answered_and_the_server_stays_up(gmq):
     assert raw(gmq, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400")
     assert raw(gmq, b"POST /onep:v1/stack/alias HTTP/2.0\r\n\r\n").startswith(b"HTTP/1.1 505")
     assert raw(gmq, b"BREW /onep:v1/stack/alias HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 501")
-    assert raw(gmq, b"POST /onep:v1/stack/alias HTTP/1.1\r\nX-Exosite-VMS: p p s\r\n\r\n").startswith(b"HTTP/1.1 411")
+    assert raw(gmq, b"POST /onep:v1/stack/alias HTTP/1.1\r\nX-Exosite-VMS: p p s\r\n\r\n").startswith(b"HTTP/1.1 400")
     chunked = b"POST /onep:v1/stack/alias HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\na=1\r\n0\r\n\r\n"
     assert raw(gmq, chunked).startswith(b"HTTP/1.1 411")
     assert raw(gmq, b"GET / HTTP/1.1\r\nbad header\r\n\r\n").startswith(b"HTTP/1.1 400")
@@ -247,3 +249,31 @@ def test_full_disk_is_507_and_nothing_queued_is_lost(gwe_home):
     finally:
         if mounted:
             subprocess.run(["umount", lib], check=True)
+
+
+def test_corrupt_queue_at_start_is_quarantined_salvaged_and_alarmed(gwe_home):
+    gmq = GmqProcess(str(gwe_home))
+    gmq.start()
+    body = "&".join("%d=%s" % (1700000000 + i, "v" * 200) for i in range(2000))
+    assert gmq.post("/onep:v1/stack/alias/temp", body).status_code == 204
+    gmq.stop()
+    db = gmq.paths.gmq_db
+    size = os.path.getsize(db)
+    with open(db, "r+b") as f:
+        f.seek(size // 2)
+        f.write(b"\xff" * 16384)
+    gmq.start()
+    try:
+        st = gmq.status()
+        assert [a["kind"] for a in st["alarms"]] == ["db_corrupt"]
+        kept = [n for n in os.listdir(os.path.dirname(db)) if n.startswith("gmq.db.corrupt-")]
+        assert kept and os.path.getsize(os.path.join(os.path.dirname(db), kept[0])) == size
+        assert 0 < st["queue"]["depth"] < 2000  # the readable rows, salvaged
+        assert gmq.post("/onep:v1/stack/alias", "after=1").status_code == 204
+        env = dict(os.environ, GWE_HOME=gmq.home)
+        cleared = subprocess.run([sys.executable, "-m", "gmq", "clear-alarms"], capture_output=True, text=True,
+                                 timeout=30, env=env)
+        assert cleared.returncode == 0 and json.loads(cleared.stdout) == {"cleared": 1}
+        assert gmq.status()["alarms"] == []
+    finally:
+        gmq.stop()
