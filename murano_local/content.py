@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from typing import BinaryIO, List, Optional
+from typing import BinaryIO, List, Optional, Tuple
 
 from atomic_config import fsync_dir
 
@@ -98,7 +98,7 @@ class ContentArea:
         file = self.store.content_delete(pid, name)
         _unlink(os.path.join(self.directory, file))
 
-    def open(self, pid: str, name: str) -> "tuple[dict, Optional[BinaryIO]]":
+    def open(self, pid: str, name: str) -> Tuple[dict, Optional[BinaryIO]]:
         """The blob's metadata and an open file (None if the file vanished)."""
         info = self.info(pid, name)
         try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from email.message import Message
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote
@@ -24,7 +25,7 @@ class Request:
     method: str
     path: str
     query: str
-    headers: "object"  # http.client.HTTPMessage: case-insensitive .get()
+    headers: Message  # http.client.HTTPMessage: case-insensitive .get()
     client_ip: str
     length: int
     stream: BinaryIO
