@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Optional
 
 import click
 
@@ -82,31 +83,28 @@ def cfg_set(section: str, option: str, value: str) -> None:
         fail("cannot write %s: %s" % (gwe_paths().gmq_cfg, exc.strerror or exc))
 
 
+def ask(method: str, path: str, indent: Optional[int] = None) -> None:
+    """Call the running gmq and print its JSON answer; one line on stderr if it fails."""
+    try:
+        result = call(method, path)
+    except (RuntimeError, config.ConfigError) as exc:
+        fail(str(exc))
+    click.echo(json.dumps(result, indent=indent, sort_keys=True))
+
+
 @cli.command()
 def reread() -> None:
     """Make the running gmq reload gmq.cfg without a restart."""
-    try:
-        result = call("POST", "/reread")
-    except (RuntimeError, config.ConfigError) as exc:
-        fail(str(exc))
-    click.echo(json.dumps(result, sort_keys=True))
+    ask("POST", "/reread")
 
 
 @cli.command()
 def status() -> None:
     """The running gmq's status as JSON: queue, counters, alarms, forwarder, clients."""
-    try:
-        result = call("GET", "/status")
-    except (RuntimeError, config.ConfigError) as exc:
-        fail(str(exc))
-    click.echo(json.dumps(result, indent=2, sort_keys=True))
+    ask("GET", "/status", indent=2)
 
 
 @cli.command("clear-alarms")
 def clear_alarms() -> None:
     """Acknowledge the running gmq's alarms (e.g. a salvaged database; its old file is kept)."""
-    try:
-        result = call("POST", "/alarms/clear")
-    except (RuntimeError, config.ConfigError) as exc:
-        fail(str(exc))
-    click.echo(json.dumps(result, sort_keys=True))
+    ask("POST", "/alarms/clear")
