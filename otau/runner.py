@@ -66,55 +66,71 @@ def _kill_group(pgid: int, sig: int) -> None:
         pass
 
 
+class _Tail:
+    """The last ``limit`` bytes written, and how many there were in all."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.total = 0
+
+    def read_from(self, fd: int, wait: float) -> bool:
+        """Read what is there within ``wait`` seconds; False once the pipe is at EOF."""
+        ready, _, _ = select.select([fd], [], [], wait)
+        if not ready:
+            return True
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return False
+        self.total += len(chunk)
+        self.data += chunk
+        if len(self.data) > self.limit:
+            del self.data[:len(self.data) - self.limit]
+        return True
+
+
 def run_installer(argv: List[str], cwd: str, env: Mapping[str, str], timeout: float,
                   output_limit: int) -> RunResult:
     started = time.monotonic()
+    deadline = started + timeout
     proc = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-    pgid = proc.pid
     fd = proc.stdout.fileno()
-    tail = bytearray()
-    total = 0
+    tail = _Tail(output_limit)
     timed_out = False
-    deadline = started + timeout
-    exited_at: Optional[float] = None
     try:
-        while True:
+        pipe_open = True
+        exited_at: Optional[float] = None
+        while pipe_open:
             now = time.monotonic()
-            if exited_at is None and proc.poll() is not None:
-                exited_at = now
-            if exited_at is not None and now - exited_at > DRAIN_AFTER_EXIT_S:
-                break
-            if exited_at is None and now >= deadline:
+            if proc.poll() is not None:
+                exited_at = exited_at or now
+                if now - exited_at > DRAIN_AFTER_EXIT_S:  # a leftover child holds the pipe open
+                    break
+            elif now >= deadline:
                 timed_out = True
-                _kill_group(pgid, signal.SIGTERM)
-                try:
-                    proc.wait(KILL_GRACE_S)
-                except subprocess.TimeoutExpired:
-                    pass
-                _kill_group(pgid, signal.SIGKILL)
-                proc.wait()
                 break
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if not ready:
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                if exited_at is None:
-                    proc.wait(max(0.0, deadline - time.monotonic()) + KILL_GRACE_S)
-                break
-            total += len(chunk)
-            tail += chunk
-            if len(tail) > output_limit:
-                del tail[:len(tail) - output_limit]
-    except subprocess.TimeoutExpired:
-        timed_out = True
+            pipe_open = tail.read_from(fd, 0.1)
+        if not pipe_open and proc.poll() is None:  # closed its output but runs on
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+        if timed_out:
+            _kill_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(KILL_GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
     finally:
-        _kill_group(pgid, signal.SIGKILL)
+        _kill_group(proc.pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        drain_until = time.monotonic() + DRAIN_AFTER_EXIT_S
+        while time.monotonic() < drain_until and tail.read_from(fd, 0.05):
+            pass
         proc.stdout.close()
     return RunResult(exit_code=None if timed_out else proc.returncode,
-                     output=tail.decode("utf-8", errors="replace"), output_bytes=total,
+                     output=tail.data.decode("utf-8", errors="replace"), output_bytes=tail.total,
                      timed_out=timed_out, seconds=time.monotonic() - started)
