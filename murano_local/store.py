@@ -98,6 +98,16 @@ class Clock:
             return now
 
 
+class _Job:
+    __slots__ = ("work", "result", "error", "done")
+
+    def __init__(self, work) -> None:
+        self.work = work
+        self.result = None
+        self.error: Optional[BaseException] = None
+        self.done = False
+
+
 class Store:
     """The sqlite database under the data directory."""
 
@@ -105,6 +115,8 @@ class Store:
         self.path = path
         self._conn = connect_sqlite(path, check_same_thread=False)
         self._lock = threading.RLock()
+        self._pending_lock = threading.Lock()
+        self._pending: List[_Job] = []
         self.clock = Clock()
         self.history_limit = history_limit
         self._added: Dict[Tuple[str, str, str], int] = {}  # points added per alias since its last trim
@@ -127,16 +139,47 @@ class Store:
             return self._conn.execute(sql, args).fetchall()
 
     def _transaction(self, work):
-        """Run ``work(conn)`` inside BEGIN IMMEDIATE / COMMIT; roll back on any error."""
+        """Run ``work(conn)`` in a committed transaction and return its result, or raise its error.
+
+        Group commit: a caller that finds the store busy queues its work; whoever takes the
+        lock next runs every queued work, each inside its own savepoint (a failing one is
+        rolled back alone), and commits them with one fsync. Each caller returns only after
+        the commit that holds its work.
+        """
+        job = _Job(work)
+        with self._pending_lock:
+            self._pending.append(job)
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(self._conn)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-            return result
+            if not job.done:
+                self._run_pending()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _run_pending(self) -> None:
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    job.result = job.work(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")
+                    job.error = exc
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for job in batch:
+                if job.error is None:
+                    job.result, job.error = None, exc
+        finally:
+            for job in batch:
+                job.done = True
 
     # -- products -------------------------------------------------------------------
     def ensure_product(self, pid: str, allow_self_register: Optional[bool] = None,

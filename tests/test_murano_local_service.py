@@ -189,3 +189,29 @@ def test_a_database_from_a_newer_version_is_refused(tmp_path):
     conn.close()
     with pytest.raises(sqlite3.DatabaseError, match="newer"):
         Murano(str(tmp_path / "v"))
+
+
+def test_group_commit_isolates_a_failing_work_from_its_batch(murano):
+    murano.add_device("prod1", "d")
+    errors, done = [], []
+
+    def worker(n):
+        for i in range(50):
+            try:
+                if i % 5 == 0:
+                    murano.operator_set("prod1", "ghost", [("x", "1")])  # NotFound inside the batch
+                else:
+                    murano.write("prod1", "d", [("w%d" % n, str(i))])
+                    done.append((n, i))
+            except NotFound:
+                errors.append((n, i))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(errors) == 8 * 10 and len(done) == 8 * 40
+    for n in range(8):
+        assert len(murano.history("prod1", "d", "w%d" % n, 1000)) == 40
+    assert murano.store.device("prod1", "ghost") is None
