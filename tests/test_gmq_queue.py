@@ -130,3 +130,10 @@ def test_corrupt_database_is_moved_aside_and_salvaged(tmp_path):
     assert values == sorted(values)  # what was saved is still in order
     q.append(1, [("a", None, "after")])  # and the fresh database works
     assert sqlite3.connect(str(path)).execute("PRAGMA quick_check").fetchone() == ("ok",)
+
+
+def test_database_is_private(tmp_path):
+    q = open_queue(tmp_path)
+    q.append(1, [("a", None, "1")])
+    for suffix in ("", "-wal"):
+        assert os.stat(str(tmp_path / "gmq.db") + suffix).st_mode & 0o777 == 0o600
