@@ -113,7 +113,8 @@ class Handler(BaseHTTPRequestHandler):
     server: MuranoHTTPServer
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
-        log.debug("%s %s", self.address_string(), format % args)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s", self.address_string(), format % args)
 
     def setup(self) -> None:
         super().setup()
