@@ -117,8 +117,7 @@ class Program:
 
 def read_supervisor_conf(text: str) -> Dict[str, str]:
     """The ``[supervisord]`` section of a package's supervisor.conf (duplicate keys: last wins)."""
-    parser = configparser.RawConfigParser(strict=False, interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment]
+    parser = configparser.RawConfigParser(strict=False, interpolation=None)  # keys lower-cased, as supervisord does
     try:
         parser.read_string(text, source=SUPERVISOR_CONF)
     except configparser.Error as exc:

@@ -44,7 +44,7 @@ def test_layout_top_level_or_single_directory():
 
 
 def test_supervisor_conf_duplicates_and_user_keys_win(tmp_path):
-    options = read_supervisor_conf("[supervisord]\ncommand = sleep 1\nenvironment = A=1\nenvironment = A=2\n"
+    options = read_supervisor_conf("[supervisord]\nCommand = sleep 1\nenvironment = A=1\nEnvironment = A=2\n"
                                    "stdout_logfile_backups = 5\n")
     assert options["environment"] == "A=2"
     program = render_program("x", options, str(tmp_path), {"GWE_APP_NAME": "x"}, str(tmp_path))
