@@ -22,13 +22,14 @@ def _emit_json(doc) -> None:
 def install_apps(tarballs: Sequence[str], as_json: bool) -> int:
     import otau
 
-    statuses = [otau.install_package(t) for t in tarballs]
-    if as_json:
-        _emit_json([s.to_dict() for s in statuses] if len(statuses) > 1 else statuses[0].to_dict())
-    else:
-        for status in statuses:
-            if status.ok:
-                click.echo(status.summary())
+    statuses = []
+    for tarball in tarballs:
+        status = otau.install_package(tarball)
+        statuses.append(status)
+        if as_json:
+            _emit_json(status.to_dict())  # one fetch_status per line
+        elif status.ok:
+            click.echo(status.summary())
     failed = [s for s in statuses if not s.ok]
     if failed:
         raise CliError("; ".join(s.summary() for s in failed))

@@ -275,7 +275,7 @@ class Installer:
             selfupdate.remove_all_markers(self.paths)
             return []
         started = time.monotonic()
-        status = FetchStatus(**journal.status) if journal.status else FetchStatus(
+        status = FetchStatus.from_dict(journal.status) if journal.status else FetchStatus(
             name=journal.name, version=journal.version, package=journal.package, status=FAILED,
             previous_version=journal.previous_version, running_version=journal.previous_version)
         log.warning("recovering the install of %s %s interrupted at %s", journal.name, journal.version,

@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, Iterator, Optional
 
-from atomic_config import GwePaths, atomic_write, file_lock, fsync_dir, previous_path, read_recovering
+from atomic_config import (GwePaths, RecoveryError, atomic_write, file_lock, fsync_dir, previous_path,
+                           read_recovering)
 
 from .settings import otau_dir
+
+log = logging.getLogger(__name__)
 
 UNPACKING = "unpacking"
 INSTALLING = "installing"
@@ -75,10 +80,23 @@ def write_journal(paths: GwePaths, journal: Journal, state: Optional[str] = None
 
 
 def read_journal(paths: GwePaths) -> Optional[Journal]:
-    doc = read_recovering(journal_path(paths), lambda raw: json.loads(raw.decode("utf-8")))
+    """The journal, or None. Unknown keys are ignored: a self-updated gwe may read its predecessor's.
+
+    A journal damaged beyond its previous generation is moved aside (and logged), so that gwe
+    still starts; the install it described is then neither resumed nor undone.
+    """
+    path = journal_path(paths)
+    try:
+        doc = read_recovering(path, lambda raw: json.loads(raw.decode("utf-8")))
+    except RecoveryError as exc:
+        aside = "%s.damaged-%d" % (path, int(time.time()))
+        os.replace(path, aside)
+        log.error("install journal unreadable, moved to %s: %s", aside, exc)
+        return None
     if not doc:
         return None
-    return Journal(**doc)
+    known = {f.name for f in fields(Journal)}
+    return Journal(**{k: v for k, v in doc.items() if k in known})
 
 
 def clear_journal(paths: GwePaths) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Optional
 
 from atomic_config import GwePaths, atomic_write
@@ -42,6 +42,12 @@ class FetchStatus:
     @property
     def ok(self) -> bool:
         return self.status == INSTALLED
+
+    @classmethod
+    def from_dict(cls, doc: Dict) -> "FetchStatus":
+        """Rebuild from :meth:`to_dict` output, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in known})
 
     def to_dict(self) -> Dict:
         doc = asdict(self)

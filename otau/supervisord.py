@@ -71,8 +71,12 @@ class Supervisor:
         if state.get("statename") != "RUNNING":
             raise SupervisorError("supervisord is %s" % state.get("statename"))
 
+    def all_processes(self) -> List[Dict]:
+        """supervisord's process info for every program (name, statename, exitstatus, start, now...)."""
+        return self._call("getAllProcessInfo")
+
     def group_processes(self, group: str) -> List[Dict]:
-        return [p for p in self._call("getAllProcessInfo") if p.get("group") == group]
+        return [p for p in self.all_processes() if p.get("group") == group]
 
     def apply_group(self, group: str, here: bool = False) -> str:
         """Make supervisord run ``group`` as its include file now says; returns what was done.

@@ -174,3 +174,26 @@ def test_cli_install_failure_is_one_line(gwe_home, tmp_path, flag):
 def test_missing_or_unreadable_package_is_a_clear_failure(gwe_home, tmp_path):
     status = otau.install_package(str(tmp_path / "ghost.v1.tar.gz"))
     assert status.status == "failed" and "I/O error" in status.error and "No such file" in status.error
+
+
+def test_damaged_journal_is_moved_aside(gwe_home):
+    from otau.journal import journal_path
+
+    paths = gwe_paths(str(gwe_home)).ensure()
+    path = journal_path(paths)
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        f.write('{"name": "x", "vers')
+    assert otau.recover(paths) == []
+    assert not os.path.exists(path)
+    assert [n for n in os.listdir(os.path.dirname(path)) if n.startswith("journal.json.damaged-")]
+
+
+def test_cli_json_is_one_fetch_status_per_line(gwe_home, tmp_path):
+    good = make_app(str(tmp_path), "tool", "1", command=None)
+    bad = write_tarball(str(tmp_path / "broken.v1.tar.gz"), {"readme": "no installer"})
+    proc = subprocess.run([sys.executable, "-m", "gwe", "-I", good, bad, "--json"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1
+    docs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(d["name"], d["status"]) for d in docs] == [("tool", "installed"), ("broken", "failed")]
