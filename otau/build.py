@@ -121,6 +121,10 @@ def _excluded(rel: str, excludes: List[str]) -> bool:
     return any(fnmatch.fnmatch(rel, pat) or any(fnmatch.fnmatch(p, pat) for p in parts) for pat in excludes)
 
 
+def _inside(path: str, base: str) -> bool:
+    return os.path.commonpath([path, base]) == base
+
+
 def collect_files(bf: Buildfile) -> List[str]:
     """Relative paths (files and symlinks) selected by includes minus excludes."""
     base = bf.base
@@ -131,7 +135,7 @@ def collect_files(bf: Buildfile) -> List[str]:
         if not matches:
             raise BuildError("buildfile: include %r matches nothing" % pattern)
         for match in matches:
-            if not os.path.realpath(os.path.dirname(match) or ".").startswith(real_base):
+            if not _inside(os.path.realpath(os.path.dirname(match) or "."), real_base):
                 raise BuildError("buildfile: include %r is outside %s" % (pattern, base))
             if os.path.isdir(match) and not os.path.islink(match):
                 for directory, dirs, files in os.walk(match):
@@ -212,7 +216,12 @@ def build_app(buildfile: str, output_dir: Optional[str] = None, key_path: Option
     for rel in files:
         path = os.path.join(base, rel)
         if os.path.islink(path):
-            entries[rel] = ("link", os.readlink(path), 0, 0)
+            target = os.readlink(path)
+            if os.path.isabs(target) or not _inside(os.path.normpath(os.path.join(base, os.path.dirname(rel),
+                                                                                   target)), base):
+                raise BuildError("symlink %s points outside the package (%s); gateways would refuse it"
+                                 % (rel, target))
+            entries[rel] = ("link", target, 0, 0)
         else:
             mode = safe_mode(os.stat(path).st_mode | (0o111 if rel == INSTALL_SH else 0))
             entries[rel] = _file_entry(path, mode)

@@ -160,3 +160,18 @@ def test_bad_buildfiles(tmp_path):
         path.write_text(json.dumps(doc))
         with pytest.raises(otau.BuildError, match=fragment.replace("(", r"\(")):
             otau.build_app(str(path))
+
+
+def test_build_refuses_a_symlink_leading_outside(tmp_path):
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "install.sh").write_text("#!/bin/sh\n")
+    (tmp_path / "shared.py").write_text("x = 1\n")
+    os.symlink("../shared.py", str(project / "shared.py"))
+    (project / "b.json").write_text(json.dumps({"name": "a", "version": "1", "includes": ["install.sh", "shared.py"]}))
+    with pytest.raises(otau.BuildError, match="points outside the package"):
+        otau.build_app(str(project / "b.json"))
+    os.unlink(str(project / "shared.py"))
+    os.symlink("install.sh", str(project / "shared.py"))
+    tarball = otau.build_app(str(project / "b.json"))
+    assert otau.check_tarball(tarball).ok
