@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 BAD_STATES = ("FATAL", "EXITED", "BACKOFF", "STOPPED", "UNKNOWN")
 STOPPED_STATES = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")  # supervisor.states.STOPPED_STATES
+RUNNING_STATES = ("RUNNING", "BACKOFF", "STARTING")  # supervisor.states.RUNNING_STATES
 POLL_S = 0.1
 HELPER = "import sys; from otau.supervisord import main; sys.exit(main(sys.argv[1:]))"
 
@@ -157,18 +158,18 @@ class Supervisor:
                         raise
 
     def _remove(self, group: str, stop_timeout: float = 60.0) -> None:
-        """Stop the group, then remove it; a crash-looping process that autorestarts in between is
+        """Stop the group, then remove it. A crash-looping process that autorestarts meanwhile is
         stopped again. Stopping is polled here: supervisord's own ``wait`` answers only on its 1 s tick."""
         deadline = time.monotonic() + stop_timeout
         while True:
-            try:
-                self._call("stopProcessGroup", group, False)
-            except SupervisorError as exc:
-                if "BAD_NAME" in str(exc):
-                    return
-                log.warning("stopping %s: %s", group, exc)
-            while time.monotonic() < deadline and any(
-                    p["statename"] not in STOPPED_STATES for p in self.group_processes(group)):
+            while True:
+                procs = self.group_processes(group)
+                if not procs or all(p["statename"] in STOPPED_STATES for p in procs):
+                    break
+                if time.monotonic() >= deadline:
+                    raise SupervisorError("%s did not stop within %.0fs" % (group, stop_timeout))
+                if any(p["statename"] in RUNNING_STATES for p in procs):
+                    self._stop_group(group)
                 time.sleep(POLL_S / 2)
             try:
                 self._call("removeProcessGroup", group)
@@ -178,6 +179,13 @@ class Supervisor:
                     return
                 if "STILL_RUNNING" not in str(exc) or time.monotonic() >= deadline:
                     raise
+
+    def _stop_group(self, group: str) -> None:
+        try:
+            self._call("stopProcessGroup", group, False)
+        except SupervisorError as exc:
+            if "BAD_NAME" not in str(exc):
+                log.warning("stopping %s: %s", group, exc)
 
     def wait_healthy(self, group: str, startsecs: float, settle: float, timeout: float) -> Health:
         """Wait until every process of ``group`` is RUNNING (supervisord's own ``startsecs`` check)
