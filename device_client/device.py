@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import re
-from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from atomic_config import atomic_write, fsync_dir
@@ -49,6 +49,11 @@ class Device:
     ``token_file`` keeps the token across restarts (0600). ``identity`` names the
     consumer in the usage report; ``usage_db`` None logs to the gateway's shared
     database, False disables logging.
+
+    ``transport`` is ``"http"`` (default), ``"mqtt"`` or a ready transport object. Over
+    MQTT, ``mqtt_url`` (``mqtts://host:8883``, ``mqtt://host:1883``) defaults to the
+    host of ``host`` on port 8883 (TLS) for https, 1883 for http; reads, timestamp and
+    content still go to ``host`` over HTTP (Murano's MQTT API has none of them).
     """
 
     def __init__(self, host: str, product_id: Optional[str] = None, serial: Optional[str] = None,
@@ -56,7 +61,7 @@ class Device:
                  ca_file: Optional[str] = None, cert: Optional[Union[str, Tuple[str, str]]] = None,
                  verify: bool = True, usage_db: Union[None, bool, str] = None,
                  user_agent: Optional[str] = None, connect_timeout: float = 10.0, read_timeout: float = 60.0,
-                 transport: Optional[Transport] = None) -> None:
+                 transport: Union[None, str, Transport] = None, mqtt_url: Optional[str] = None) -> None:
         self.host = _check_host(host)
         self.product_id = product_id or None
         self.serial = serial or None
@@ -74,13 +79,26 @@ class Device:
         self._store = TokenStore(token_file) if token_file else None
         self._token = token or (self._store.load() if self._store else None)
         self.usage = None if usage_db is False else UsageLog(None if usage_db in (None, True) else usage_db)
-        if transport is None:
+        if transport not in (None, "http", "mqtt") and isinstance(transport, str):
+            raise ValueError("transport must be 'http', 'mqtt' or a transport object, got %r" % transport)
+        if transport in (None, "http", "mqtt"):
             from .transport_http import HttpTransport  # requests costs ~27 MiB: only when a Device is made
 
-            transport = HttpTransport(self.host, verify=(ca_file or True) if verify else False, cert=self.cert,
-                                      connect_timeout=connect_timeout, read_timeout=read_timeout,
-                                      user_agent=user_agent or "gateway-engine-device-client/%s" % __version__,
-                                      usage=self.usage, identity=self.identity)
+            http = HttpTransport(self.host, verify=(ca_file or True) if verify else False, cert=self.cert,
+                                 connect_timeout=connect_timeout, read_timeout=read_timeout,
+                                 user_agent=user_agent or "gateway-engine-device-client/%s" % __version__,
+                                 usage=self.usage, identity=self.identity)
+            if transport == "mqtt":
+                from .transport_mqtt import MqttTransport
+
+                transport = MqttTransport(mqtt_url or default_mqtt_url(self.host), http=http,
+                                          verify=(ca_file or True) if verify else False, cert=self.cert,
+                                          connect_timeout=connect_timeout, read_timeout=read_timeout,
+                                          usage=self.usage, identity=self.identity)
+            else:
+                transport = http
+        elif mqtt_url is not None:
+            raise ValueError("mqtt_url goes with transport='mqtt'")
         self.transport = transport
 
     # -- identity and token ---------------------------------------------------------------
@@ -187,6 +205,25 @@ class Device:
         values, last_modified = self._call(
             lambda token: self.transport.long_poll(token, names, timeout_ms, since))  # type: ignore[arg-type]
         return dict(values), last_modified
+
+    def watch(self, aliases: Union[str, Sequence[str]], timeout_ms: int = 30_000) -> Iterator[Dict[str, str]]:
+        """Yield what the cloud sets on ``aliases``, one dict per change, forever.
+
+        Long polls over HTTP; over MQTT each pushed set is yielded as it arrives.
+        """
+        since: Optional[str] = None
+        while True:
+            values, since = self.long_poll(aliases, timeout_ms, since)
+            if values:
+                yield values
+
+    def on_set(self, callback: Callable[[str, str, int], None]) -> None:
+        """MQTT only: call ``callback(alias, value, timestamp_us)`` for every set the cloud pushes,
+        from the network thread (keep it short). Pushes are also queued for ``long_poll``."""
+        add_listener = getattr(self.transport, "add_listener", None)
+        if add_listener is None:
+            raise ValueError("push callbacks need transport='mqtt'; use long_poll or watch over HTTP")
+        add_listener(callback)
 
     def record(self, points: Mapping[str, Iterable[Tuple[Union[int, float], object]]]) -> None:
         """Write historical values: ``{alias: [(unix_seconds, value), ...]}``.
@@ -385,6 +422,13 @@ def _format_timestamp(ts: object) -> str:
     if isinstance(ts, int):
         return str(ts)
     return ("%.6f" % ts).rstrip("0").rstrip(".")
+
+
+def default_mqtt_url(host: str) -> str:
+    """Murano's MQTT endpoint for an HTTP base URL: same host, 8883 with TLS (1883 for http://)."""
+    parts = urlsplit(host)
+    hostname = "[%s]" % parts.hostname if ":" in (parts.hostname or "") else parts.hostname
+    return "mqtts://%s:8883" % hostname if parts.scheme == "https" else "mqtt://%s:1883" % hostname
 
 
 def _check_host(host: str) -> str:

@@ -92,11 +92,18 @@ def _admin(ctx: click.Context) -> Admin:
               help="Points kept per device and alias (the oldest go first; up to 10% more between trims).")
 @click.option("--max-connections", default=1000, show_default=True, type=click.IntRange(1, 100000),
               help="Open connections served at once (one thread each); more get 503.")
+@click.option("--mqtt-port", default=None, type=click.IntRange(1, 65535),
+              help="Also serve the MQTT Device API on this port (needs the mqtt-server extra).")
+@click.option("--mqtt-cert", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="PEM certificate (chain) for MQTT over TLS; without it MQTT is plain TCP.")
+@click.option("--mqtt-key", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="PEM private key for --mqtt-cert.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def serve(host: str, port: int, data_dir: str, product_id: str, allow_self_register: bool,
-          history_limit: int, max_connections: int, log_level: str) -> None:
-    """Serve the Device API and the admin API until SIGTERM or Ctrl-C."""
+          history_limit: int, max_connections: int, mqtt_port: Optional[int], mqtt_cert: Optional[str],
+          mqtt_key: Optional[str], log_level: str) -> None:
+    """Serve the Device API and the admin API (and MQTT with --mqtt-port) until SIGTERM or Ctrl-C."""
     import sqlite3
 
     from .server import serve as run
@@ -105,14 +112,32 @@ def serve(host: str, port: int, data_dir: str, product_id: str, allow_self_regis
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not product_id.isalnum() or not product_id.isascii():
         raise CliError("--product-id must be letters and digits")
+    if (mqtt_cert is None) != (mqtt_key is None):
+        raise CliError("--mqtt-cert and --mqtt-key go together")
+    if (mqtt_cert or mqtt_port) and mqtt_port is None:
+        raise CliError("--mqtt-cert needs --mqtt-port")
+    if mqtt_port is not None:
+        from .mqtt import MqttUnavailable, require_amqtt
+        try:
+            require_amqtt()
+        except MqttUnavailable as exc:
+            raise CliError(str(exc))
     try:
         os.makedirs(data_dir, exist_ok=True)
         murano = Murano(data_dir, default_pid=product_id, allow_self_register=allow_self_register,
                         history_limit=history_limit)
     except (OSError, sqlite3.Error) as exc:
         raise CliError("cannot use data directory %s: %s" % (data_dir, getattr(exc, "strerror", None) or exc))
+    mqtt = None
+    if mqtt_port is not None:
+        from .mqtt import MqttFrontEnd
+        try:
+            mqtt = MqttFrontEnd(murano, host, mqtt_port, mqtt_cert, mqtt_key).start()
+        except Exception as exc:  # amqtt wraps bind errors in its own exception types
+            murano.close()
+            raise CliError("cannot serve MQTT on %s:%d: %s" % (host, mqtt_port, getattr(exc, "strerror", None) or exc))
     try:
-        run(murano, host, port, max_connections=max_connections)
+        run(murano, host, port, max_connections=max_connections, before_close=mqtt.stop if mqtt else None)
     except OSError as exc:
         raise CliError("cannot serve on %s:%d: %s" % (host, port, exc.strerror or exc))
 

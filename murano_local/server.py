@@ -212,8 +212,10 @@ class _Stop(BaseException):
 
 def serve(murano: Murano, host: str = "127.0.0.1", port: int = 8080,
           ready: Optional[Callable[[MuranoHTTPServer], None]] = None,
-          max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
-    """Serve until SIGTERM or SIGINT (from the main thread), or until ``server.shutdown()``."""
+          max_connections: int = DEFAULT_MAX_CONNECTIONS, before_close: Optional[Callable[[], None]] = None) -> None:
+    """Serve until SIGTERM or SIGINT (from the main thread), or until ``server.shutdown()``.
+
+    ``before_close`` runs before the store closes (to stop other front ends, e.g. MQTT)."""
     threading.stack_size(THREAD_STACK)
     server = MuranoHTTPServer((host, port), murano, max_connections)
 
@@ -234,4 +236,6 @@ def serve(murano: Murano, host: str = "127.0.0.1", port: int = 8080,
     finally:
         murano.hub.close()
         server.server_close()
+        if before_close is not None:
+            before_close()
         murano.close()

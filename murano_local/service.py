@@ -159,6 +159,10 @@ class Murano:
                 return []
             self.hub.wait_change(key, seen, remaining, gone.is_set if gone is not None else lambda: False)
 
+    def pending_sets(self, pid: str, identity: str) -> List[Tuple[str, str, int]]:
+        """Every cloud-set value the device has not written back yet (MQTT pushes them on connect)."""
+        return self.store.pending(pid, identity, list(self.store.state(pid, identity)), None)
+
     def state(self, pid: str, identity: str, aliases: Optional[Sequence[str]] = None) -> Dict[str, dict]:
         if self.store.device(pid, identity) is None:
             raise NotFound("no such device")

@@ -163,14 +163,21 @@ class MuranoLocal:
     """A real ``murano_local`` server subprocess on a free loopback port, data under ``workdir``.
 
     ``start()`` after ``kill()`` or ``stop()`` restarts it on the same port and data directory.
-    The helpers use the admin HTTP API on the server's default product.
+    The helpers use the admin HTTP API on the server's default product. ``mqtt_port``
+    (``True`` picks a free one) also serves MQTT, at ``mqtt_url``; with ``mqtt_cert``
+    and ``mqtt_key`` over TLS (``mqtts://``).
     """
 
     def __init__(self, workdir: str, port: Optional[int] = None, *, product_id: str = "localproduct",
-                 allow_self_register: bool = False) -> None:
+                 allow_self_register: bool = False, mqtt_port=None, mqtt_cert: Optional[str] = None,
+                 mqtt_key: Optional[str] = None) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.url = "http://127.0.0.1:%d" % self.port
+        self.mqtt_port: Optional[int] = free_port() if mqtt_port is True else mqtt_port
+        self.mqtt_cert, self.mqtt_key = mqtt_cert, mqtt_key
+        self.mqtt_url = None if self.mqtt_port is None else "%s://127.0.0.1:%d" % (
+            "mqtts" if mqtt_cert else "mqtt", self.mqtt_port)
         self.data = os.path.join(workdir, "data")
         self.log = os.path.join(workdir, "murano_local.log")
         self.product_id = product_id
@@ -183,6 +190,10 @@ class MuranoLocal:
                "--product-id", self.product_id]
         if self.allow_self_register:
             cmd.append("--allow-self-register")
+        if self.mqtt_port is not None:
+            cmd += ["--mqtt-port", str(self.mqtt_port)]
+            if self.mqtt_cert:
+                cmd += ["--mqtt-cert", self.mqtt_cert, "--mqtt-key", self.mqtt_key]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
         wait_for(self._answers, timeout, message="murano_local on port %d (log: %s)" % (self.port, self.log))
@@ -192,7 +203,8 @@ class MuranoLocal:
         if self.proc.poll() is not None:
             with open(self.log, errors="replace") as f:
                 raise RuntimeError("murano_local exited %s: %s" % (self.proc.returncode, f.read()[-2000:]))
-        return requests.get(self.url + "/timestamp", timeout=1).status_code == 200
+        return (requests.get(self.url + "/timestamp", timeout=1).status_code == 200
+                and (self.mqtt_port is None or port_open(self.mqtt_port)))
 
     def kill(self) -> None:
         """SIGKILL, as a power cut would; nothing is flushed on the way out."""
