@@ -18,7 +18,7 @@ from .queue import DurableQueue
 
 log = logging.getLogger(__name__)
 
-MAINTAIN_EVERY_S = 0.1
+MAINTAIN_EVERY_S = 1.0
 
 
 def upstream_settings(cfg: config.GmqConfig) -> UpstreamSettings:

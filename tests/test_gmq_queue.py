@@ -32,7 +32,7 @@ def test_counters_and_rows_survive_reopen(tmp_path):
     q.close()
     q = open_queue(tmp_path)
     c = q.counters()
-    assert (c["accepted"], c["delivered"], q.depth) == (2, 1, 1)
+    assert (c["accepted"], c["delivered"], q.depth, q.depth_by_client()) == (2, 1, 1, {1: 1})
     assert q.bytes == len("a") + len("2")
 
 
@@ -69,7 +69,7 @@ def test_drop_oldest_when_full_counts_drops(tmp_path):
     for ch in "xyz":
         q.append(1, [("a", None, ch * 40)])
     assert [v.value[0] for v in q.take(1, 10)] == ["y", "z"]
-    assert q.counters()["dropped"] == 1 and q.bytes <= 100
+    assert q.counters()["dropped"] == 1 and q.bytes <= 100 and q.depth_by_client() == {1: 2}
 
 
 def test_oversize_value_is_413_and_stores_nothing(tmp_path):
@@ -106,6 +106,7 @@ def test_dead_letter_moves_values_out(tmp_path):
     bad = q.take(1, 1)
     q.dead_letter(bad, 400, "rejected upstream")
     assert [v.value for v in q.take(1, 10)] == ["good"]
+    assert q.depth_by_client() == {1: 1}
     assert [(d["value"], d["status"]) for d in q.dead_letters()] == [("bad", 400)]
     assert q.stats()["dead_letter"] == 1 and q.counters()["dead_lettered"] == 1
 
