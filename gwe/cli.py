@@ -45,6 +45,25 @@ def fail(message: str, code: int = 1) -> None:
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--version", "show_version", is_flag=True, help="Print the gwe version.")
+@click.option("-p", "--path", "show_path", is_flag=True, help="Print where the gwe Python package is installed.")
+@click.option("-g", "--gateway-cfg", "show_gateway_cfg", is_flag=True, help="Print Gateway.cfg.")
+@click.option("-e", "--engine-conf", "show_engine_cfg", is_flag=True, help="Print the engine settings.")
+@click.option("-C", "--gateway-cik", "show_cik", is_flag=True, help="Print the gateway's CIK ('' before activation).")
+@click.option("--mac-address", metavar="IFACE", help="Print the MAC address of IFACE.")
+@click.option("-o", "--once", is_flag=True, help="Run one cycle of the daemon (activate, report, check) and exit.")
+@click.option("-c", "--set-cik", metavar="CIK", help="Set the CIK (token) in Gateway.cfg.")
+@click.option("-m", "--set-model", metavar="MODEL")
+@click.option("-r", "--set-vendor", metavar="VENDOR")
+@click.option("-P", "--set-product-id", "--product-id", "set_product_id", metavar="PRODUCT_ID",
+              help="Set both vendor and model to PRODUCT_ID.")
+@click.option("-u", "--set-uuid", metavar="UUID", help="Set the serial ('' clears it).")
+@click.option("-i", "--set-iface", metavar="IFACE", help="Take the serial from IFACE's MAC address.")
+@click.option("--set-host", metavar="URL", help="Murano base URL (default https://<product_id>.m2.exosite.io).")
+@click.option("-l", "--set-act-retry-interval", metavar="SECONDS", help="Seconds between activation attempts.")
+@click.option("-d", "--set-debug-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                                                           case_sensitive=False))
+@click.option("-t", "--set-update-interval", metavar="SECONDS", help="Seconds between reports.")
+@click.option("-a", "--set-user-agent", metavar="USER_AGENT", help="User-Agent ('' restores the default).")
 @click.option("-I", "--install-apps", "install_apps", multiple=True, metavar="APP_TARBALL...",
               help="Install or update app packages <name>.v<version>.tar.gz now.")
 @click.option("--build-app", "build_buildfile", metavar="BUILDFILE", help="Build an app package from a buildfile.")
@@ -58,18 +77,37 @@ def fail(message: str, code: int = 1) -> None:
               help="Finish or undo an install that a crash or power cut interrupted.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (fetch_status JSON).")
 @click.pass_context
-def cli(ctx: click.Context, show_version: bool, install_apps: tuple, build_buildfile: Optional[str],
-        output_dir: Optional[str], check_tarball: Optional[str], sign_tarball: Optional[str], key: Optional[str],
-        gen_key: Optional[str], recover_installs: bool, as_json: bool) -> None:
-    """Gateway Engine: over-the-air app installs, reports and the local message queue."""
+def cli(ctx: click.Context, show_version: bool, show_path: bool, show_gateway_cfg: bool, show_engine_cfg: bool,
+        show_cik: bool, mac_address: Optional[str], once: bool, set_product_id: Optional[str],
+        install_apps: tuple, build_buildfile: Optional[str], output_dir: Optional[str],
+        check_tarball: Optional[str], sign_tarball: Optional[str], key: Optional[str], gen_key: Optional[str],
+        recover_installs: bool, as_json: bool, **settings: Optional[str]) -> None:
+    """Gateway Engine. With no option, runs the gwe daemon (as supervisord does)."""
+    if settings.get("set_debug_level"):
+        logging.getLogger().setLevel(settings["set_debug_level"].upper())
     if ctx.invoked_subcommand is not None:
         return
-    if show_version:
-        click.echo(__version__)
-        return
-    from . import apps_cli
+    from . import apps_cli, config_cli
+    from .config import ConfigError
 
     try:
+        if show_version:
+            click.echo(__version__)
+            return
+        if show_path:
+            import os
+
+            click.echo(os.path.dirname(os.path.abspath(__file__)))
+            return
+        configured = config_cli.apply_settings(settings, set_product_id)
+        if show_gateway_cfg:
+            config_cli.echo_gateway_cfg()
+        if show_engine_cfg:
+            config_cli.echo_engine_cfg()
+        if show_cik:
+            config_cli.print_cik()
+        if mac_address:
+            config_cli.print_mac(mac_address)
         if gen_key:
             sys.exit(apps_cli.gen_key(gen_key, as_json))
         if build_buildfile:
@@ -82,12 +120,29 @@ def cli(ctx: click.Context, show_version: bool, install_apps: tuple, build_build
             sys.exit(apps_cli.recover_installs(as_json))
         if install_apps:
             sys.exit(apps_cli.install_apps(install_apps, as_json))
-    except apps_cli.CliError as exc:
+        if configured or show_gateway_cfg or show_engine_cfg or show_cik or mac_address:
+            return
+    except (apps_cli.CliError, ConfigError) as exc:
         fail(str(exc))
     except Exception as exc:  # one line, never a traceback
         logging.getLogger(__name__).debug("gwe failed", exc_info=True)
         fail("%s: %s" % (type(exc).__name__, exc))
-    click.echo(ctx.get_help())
+    sys.exit(run_daemon(once, settings.get("set_debug_level")))
+
+
+def run_daemon(once: bool, level: Optional[str]) -> int:
+    """The daemon, logging to stderr (supervisord keeps and rotates it) at the configured level."""
+    from .config import load_engine_settings
+    from .daemon import Engine
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    logging.basicConfig(level=(level or load_engine_settings()["debug_level"]).upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = Engine(once=once)
+    engine.install_signal_handlers()
+    return engine.run()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

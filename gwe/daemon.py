@@ -1,0 +1,261 @@
+"""The gwe daemon: activate, report, and wait on ``engine_fetch`` / ``update_interval`` with a long poll.
+
+A long poll instead of a sleep means an OTAU starts as soon as the operator asks, not up
+to ``update_interval`` later. Network errors and garbage answers are retried with
+backoff (never a busy loop); SIGTERM ends the current wait at once and exits cleanly.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+from atomic_config import GwePaths, gwe_paths
+
+from . import config
+from .config import ConfigError
+from .engine_fetch import FetchRequestError, fetch_and_install, parse_engine_fetch, request_error_status
+
+log = logging.getLogger(__name__)
+
+ENGINE_FETCH = "engine_fetch"
+UPDATE_INTERVAL = "update_interval"
+FETCH_STATUS = "fetch_status"
+WATCHED = (ENGINE_FETCH, UPDATE_INTERVAL)
+MAX_POLL_S = 300.0
+ERROR_BACKOFF = (1.0, 60.0)
+
+
+class Shutdown(Exception):
+    """Raised out of an interruptible wait when SIGTERM arrives."""
+
+
+class Engine:
+    """One gwe process. ``run()`` returns the exit code."""
+
+    def __init__(self, paths: Optional[GwePaths] = None, once: bool = False,
+                 gmq_status_url: Optional[str] = None) -> None:
+        self.paths = paths or gwe_paths()
+        self.once = once
+        self.gmq_status_url = gmq_status_url
+        self.stopping = threading.Event()
+        self._interruptible = False
+        self.device = None
+        self._since: Optional[float] = None
+        self._pending_statuses: List[dict] = []
+
+    # --- signals and waits ---
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        log.info("signal %d: stopping", signum)
+        self.stopping.set()
+        if self._interruptible:
+            raise Shutdown()
+
+    def _interruptibly(self, call: Callable, *args, **kwargs):
+        if self.stopping.is_set():
+            raise Shutdown()
+        self._interruptible = True
+        try:
+            return call(*args, **kwargs)
+        finally:
+            self._interruptible = False
+
+    def _wait(self, seconds: float) -> None:
+        if self.stopping.wait(seconds):
+            raise Shutdown()
+
+    # --- the loop ---
+
+    def run(self) -> int:
+        from device_client import Backoff
+
+        try:
+            self._recover_installs()
+            self.device = self._activated_device()
+            backoff = Backoff(*ERROR_BACKOFF)
+            while True:
+                try:
+                    self.cycle()
+                    backoff.reset()
+                    if self.once:
+                        return 0
+                except Shutdown:
+                    raise
+                except Exception as exc:
+                    if self._reactivate_if_rejected(exc):
+                        continue
+                    delay = backoff.next_delay()
+                    log.warning("cycle failed (%s); retrying in %.1fs", _describe(exc), delay)
+                    if self.once:
+                        return 1
+                    self._wait(delay)
+        except Shutdown:
+            log.info("stopped")
+            return 0
+        finally:
+            if self.device is not None:
+                self.device.close()
+
+    def cycle(self) -> None:
+        """Report, then watch the cloud's settings until the next report is due."""
+        self.report()
+        interval = float(config.load_engine_settings()["update_interval"])
+        deadline = time.monotonic() + interval
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            timeout_ms = int(min(remaining, MAX_POLL_S) * 1000) if not self.once else 0
+            if self.once:
+                values = self.device.read(*WATCHED)
+            else:
+                values, self._since = self._interruptibly(self.device.long_poll, list(WATCHED),
+                                                          timeout_ms=max(timeout_ms, 1000), since=self._since)
+            new_interval = self.handle(values)
+            if self.once:
+                return
+            if new_interval is not None:
+                deadline = time.monotonic() + new_interval
+
+    def handle(self, values: Dict[str, str]) -> Optional[float]:
+        """Act on what the cloud set; returns a newly adopted update interval."""
+        adopted = None
+        if values.get(UPDATE_INTERVAL, "").strip():
+            adopted = self._adopt_interval(values[UPDATE_INTERVAL])
+        if values.get(ENGINE_FETCH, "").strip():
+            self._run_fetch(values[ENGINE_FETCH])
+        return adopted
+
+    # --- steps ---
+
+    def _recover_installs(self) -> None:
+        from otau import OtauError, recover
+
+        try:
+            self._pending_statuses = [s.to_dict() for s in recover(self.paths)]
+        except OtauError as exc:
+            log.error("install recovery failed: %s", exc)
+            self._pending_statuses = []
+
+    def _activated_device(self):
+        """A Device with a token, activating (with retries) when Gateway.cfg has none."""
+        from device_client import Backoff, Device, DeviceAPIError
+
+        while True:
+            try:
+                settings = config.load_engine_settings()
+                gateway = config.load_gateway_config()
+                serial = config.resolve_serial()
+                device = Device(gateway.murano_url, product_id=gateway.product_id, serial=serial,
+                                token=gateway.cik or None, identity="gwe",
+                                user_agent=settings["user_agent"] or "GatewayEngine-v%s" % _version())
+            except ConfigError as exc:
+                raise SystemExit("gwe: %s" % exc)
+            if device.activated:
+                return device
+            retry = float(settings["activation_retry_interval"])
+            backoff = Backoff(min(retry, 5.0), retry)
+            while True:
+                try:
+                    token = self._interruptibly(device.activate)
+                    config.update_gateway_config({"cik": token})
+                    log.info("activated as %s", serial)
+                    return device
+                except Shutdown:
+                    device.close()
+                    raise
+                except (DeviceAPIError, OSError) as exc:
+                    delay = backoff.next_delay()
+                    log.warning("activation failed (%s); retrying in %.1fs", _describe(exc), delay)
+                    if self.once:
+                        device.close()
+                        raise SystemExit("gwe: activation failed: %s" % _describe(exc))
+                    self._wait(delay)
+
+    def _reactivate_if_rejected(self, exc: Exception) -> bool:
+        from device_client import NotActivated
+
+        if not isinstance(exc, NotActivated):
+            return False
+        log.warning("token rejected: re-activating")
+        config.update_gateway_config({"cik": ""})
+        self.device.close()
+        self.device = self._activated_device()
+        return True
+
+    def report(self) -> None:
+        """Write device_info, engine_report and usage_report; flush the usage log once sent."""
+        from device_client import UsageLog
+
+        from .device_info import device_info
+        from .engine_report import engine_report, fetch_gmq_status
+
+        for status in self._pending_statuses:
+            self.device.write({FETCH_STATUS: json.dumps(status, sort_keys=True)})
+        self._pending_statuses = []
+        usage = UsageLog()
+        snapshot = usage.snapshot()
+        report = engine_report(self.paths, self._processes,
+                               lambda: fetch_gmq_status(self.gmq_status_url or _gmq_status_url()))
+        self.device.write({
+            "device_info": json.dumps(device_info(), sort_keys=True),
+            "engine_report": json.dumps(report, sort_keys=True),
+            "usage_report": json.dumps(snapshot.report, sort_keys=True),
+        })
+        usage.flush(snapshot)
+        usage.close()
+
+    def _processes(self) -> List[dict]:
+        from otau.supervisord import Supervisor
+
+        return Supervisor(self.paths.supervisor_socket).all_processes()
+
+    def _adopt_interval(self, raw: str) -> Optional[float]:
+        try:
+            seconds = config.validate_engine_setting(UPDATE_INTERVAL, raw)
+        except ConfigError as exc:
+            log.warning("ignoring update_interval %r: %s", raw[:40], exc)
+            seconds = None
+        if seconds is not None:
+            config.update_engine_settings({UPDATE_INTERVAL: seconds})
+            log.info("update_interval is now %s s", seconds)
+        self.device.write({UPDATE_INTERVAL: ""})
+        return float(seconds) if seconds is not None else None
+
+    def _run_fetch(self, raw: str) -> None:
+        self.device.write({ENGINE_FETCH: ""})  # taken: the original's "downloading and installing" signal
+        try:
+            jobs = parse_engine_fetch(raw)
+        except FetchRequestError as exc:
+            log.warning("bad engine_fetch: %s", exc)
+            self.device.write({FETCH_STATUS: json.dumps(request_error_status(raw, str(exc)), sort_keys=True)})
+            return
+        for job in jobs:
+            log.info("engine_fetch: installing %s", job.name)
+            status = fetch_and_install(self.device, job, self.paths)
+            log.info("engine_fetch: %s -> %s", job.name, status["status"])
+            self.device.write({FETCH_STATUS: json.dumps(status, sort_keys=True)})
+
+
+def _gmq_status_url() -> str:
+    from .engine_report import gmq_status_url
+
+    return gmq_status_url()
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _describe(exc: BaseException) -> str:
+    return "%s: %s" % (type(exc).__name__, exc)

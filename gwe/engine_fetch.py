@@ -1,0 +1,101 @@
+"""The ``engine_fetch`` job: parse what the cloud asked for, fetch each package, install it."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import List, Optional
+
+from atomic_config import GwePaths
+
+log = logging.getLogger(__name__)
+
+SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+MAX_JOBS = 32
+
+
+class FetchRequestError(ValueError):
+    """``engine_fetch`` holds something that is not a valid install request."""
+
+
+@dataclass(frozen=True)
+class InstallJob:
+    name: str
+    sha256: Optional[str] = None
+
+
+def parse_engine_fetch(raw: str) -> List[InstallJob]:
+    """``{"install": [{"name": "<app>.v<version>.tar.gz", "sha256"?: hex}]}`` -> jobs.
+
+    Names come from the network: they must be valid package names (no paths) before
+    anything is downloaded or written.
+    """
+    from otau import PackageError, parse_package_name
+
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise FetchRequestError("engine_fetch is not JSON: %s" % exc) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("install"), list):
+        raise FetchRequestError('engine_fetch must be {"install": [{"name": "<app>.v<version>.tar.gz"}]}')
+    entries = doc["install"]
+    if not entries or len(entries) > MAX_JOBS:
+        raise FetchRequestError("engine_fetch must name 1 to %d packages" % MAX_JOBS)
+    jobs = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise FetchRequestError("each install entry needs a \"name\" string")
+        try:
+            parse_package_name(entry["name"])
+        except PackageError as exc:
+            raise FetchRequestError(str(exc)) from None
+        sha = entry.get("sha256")
+        if sha is not None and (not isinstance(sha, str) or not SHA256_RE.match(sha)):
+            raise FetchRequestError("sha256 of %s must be 64 hex digits" % entry["name"])
+        jobs.append(InstallJob(entry["name"], sha.lower() if sha else None))
+    return jobs
+
+
+def request_error_status(raw: str, error: str) -> dict:
+    """fetch_status for a request that could not even be parsed."""
+    now = time.time()
+    return {"name": None, "version": None, "package": None, "status": "failed", "exit_code": None,
+            "output": "", "error": error, "step": "request", "request": raw[:512],
+            "started_at": now, "finished_at": now, "timings": {}}
+
+
+def fetch_and_install(device, job: InstallJob, paths: GwePaths) -> dict:
+    """Download ``job`` from the content area and install it; returns the fetch_status dict."""
+    from device_client import DeviceAPIError
+    from otau import FAILED, FetchStatus, install_package, parse_package_name
+
+    package = parse_package_name(job.name)
+    downloads = os.path.join(paths.var_lib, "downloads")
+    os.makedirs(downloads, exist_ok=True)
+    dest = os.path.join(downloads, job.name)
+    started = time.monotonic()
+    try:
+        device.download_content(job.name, dest, sha256=job.sha256)
+    except (DeviceAPIError, OSError) as exc:
+        status = FetchStatus(name=package.name, version=package.version, package=job.name, status=FAILED,
+                             error="download failed: %s" % exc, step="download", sha256=job.sha256)
+        status.timings["download"] = time.monotonic() - started
+        status.finished_at = time.time()
+        return status.to_dict()  # a partial download stays for the next request to resume
+    download_s = time.monotonic() - started
+    try:
+        status = install_package(dest, sha256=job.sha256, paths=paths)
+    finally:
+        _remove(dest)
+    status.timings["download"] = download_s
+    return status.to_dict()
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

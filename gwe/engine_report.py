@@ -1,0 +1,112 @@
+"""The ``engine_report``: installed apps with their supervisord state, versions, build id, gmq queue."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import urllib.request
+from typing import Callable, Dict, List, Optional
+
+from atomic_config import GwePaths
+
+from . import __version__
+
+log = logging.getLogger(__name__)
+
+SUITE_PROGRAMS = ("gwe", "gmq")
+
+
+def suite_versions() -> Dict[str, str]:
+    """Versions of the suite's own parts, as installed in this interpreter."""
+    from device_client.device import __version__ as device_client_version
+
+    versions = {"gwe": __version__, "device_client": device_client_version}
+    try:
+        import gmq
+
+        versions["gmq"] = getattr(gmq, "__version__", __version__)
+    except ImportError:
+        versions["gmq"] = None
+    return versions
+
+
+def build_id(versions: Dict[str, Optional[str]]) -> str:
+    """Names this combination of gwe, gmq and device_client (the original hashed their git ids)."""
+    text = json.dumps(versions, sort_keys=True).encode("utf-8")
+    return hashlib.sha1(text).hexdigest()[:12]
+
+
+def gmq_status_url() -> str:
+    """Where the local gmq answers ``GET /status`` (its configured listen address)."""
+    from atomic_config import gwe_paths
+    from gmq import config as gmq_config
+
+    cfg = gmq_config.load(gwe_paths())
+    return "http://%s:%d/status" % (cfg.host, cfg.port)
+
+
+def fetch_gmq_status(url: str, timeout: float = 2.0) -> dict:
+    """gmq's ``GET /status`` JSON, or ``{"error": ...}`` when gmq does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read(1 << 20).decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        return {"error": "gmq status unavailable: %s" % exc}
+
+
+def installed_apps(paths: GwePaths) -> Dict[str, str]:
+    """app name -> installed version, from otau's records."""
+    import os
+
+    from otau.store import AppStore
+
+    store = AppStore(paths)
+    apps = {}
+    try:
+        names = sorted(os.listdir(paths.apps))
+    except FileNotFoundError:
+        return apps
+    for name in names:
+        try:
+            state = store.read_state(name)
+        except Exception as exc:  # one damaged record must not hide the others
+            log.warning("cannot read the state of app %s: %s", name, exc)
+            continue
+        if state.current:
+            apps[name] = state.current
+    return apps
+
+
+def engine_report(paths: GwePaths, processes: Callable[[], List[dict]],
+                  gmq_status: Callable[[], dict]) -> dict:
+    """``{"apps": [{"<name>": {"exitstatus", "status", "uptime", "version"}}], ...}`` (DESIGN.md)."""
+    versions = suite_versions()
+    installed = installed_apps(paths)
+    report: dict = {}
+    try:
+        running = {p["name"]: p for p in processes()}
+    except Exception as exc:
+        running = {}
+        report["supervisord"] = "unreachable: %s" % exc
+    apps = []
+    for name in sorted(set(installed) | set(running)):
+        info = running.get(name)
+        version = installed.get(name) or versions.get(name)
+        if info is None:  # a one-off app: installed, nothing for supervisord to run
+            entry = {"exitstatus": 0, "status": "INSTALLED", "uptime": 0, "version": version}
+        else:
+            up = info.get("now", 0) - info.get("start", 0) if info.get("statename") == "RUNNING" else 0
+            entry = {"exitstatus": info.get("exitstatus"), "status": info.get("statename"),
+                     "uptime": max(0, int(up)), "version": version}
+        apps.append({name: entry})
+    report.update({
+        "apps": apps,
+        "gwe_version": versions["gwe"],
+        "gmq_version": versions["gmq"],
+        "device_client_version": versions["device_client"],
+        "build_id": build_id(versions),
+        "gmq": gmq_status(),
+        "timestamp": int(time.time()),
+    })
+    return report

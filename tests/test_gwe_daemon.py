@@ -1,0 +1,152 @@
+"""gwe end to end: a real gwe process, real supervisord running the apps, real murano_local."""
+import json
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from gwe_helpers import SERIAL, configure_gateway, reported, reported_json, start_gwe, upload, wait_fetch_status
+from harness import stop_process, wait_for
+from otau_helpers import make_app
+
+
+@pytest.fixture
+def gateway(gwe_home, supervisord, murano):
+    configure_gateway(murano)
+    procs = []
+
+    def start(*args):
+        proc = start_gwe(gwe_home, *args)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        stop_process(proc)
+
+
+def _running_version(supervisord, name):
+    info = supervisord.rpc().supervisor.getProcessInfo(name)
+    if info["statename"] != "RUNNING":
+        return None
+    with open("/proc/%d/environ" % info["pid"], "rb") as f:
+        env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    return env.get(b"GWE_APP_VERSION", b"").decode()
+
+
+def test_first_reports_have_the_design_shapes(gateway, murano, gwe_home):
+    gwe = gateway()
+    wait_for(lambda: reported(murano, "usage_report"), 20, message="first reports")
+    info = reported_json(murano, "device_info")
+    for key in ("uname", "df", "free", "date"):
+        assert isinstance(info[key], str) and info[key]
+    assert "Filesystem" in info["df"] and "Mem:" in info["free"]
+    assert "127.0.0.1" in info["ipaddrs"]["lo"]
+    assert info["memory"]["total"] > 0 and info["uptime_s"] > 0
+    report = reported_json(murano, "engine_report")
+    assert isinstance(report["apps"], list)
+    assert report["gwe_version"] and report["build_id"] and "gmq" in report
+    usage = reported_json(murano, "usage_report")
+    entry = usage["lo"]["gwe"]["actvt:[]"]
+    assert entry["num"] == 1 and entry["type"] == "post" and entry["tot_tx"] > 0 and entry["tot_rx"] > 0
+    assert set(entry) == {"num", "type", "tot_rx", "max_rx", "tot_tx", "max_tx", "rq_time_avg", "rq_time_max"}
+    assert usage["lo"]["top_consumer"] == "gwe"
+    cfg = open(gwe_home / "etc" / "gwe" / "Gateway.cfg").read()
+    cik = [line for line in cfg.splitlines() if line.startswith("cik = ")][0][len("cik = "):]
+    assert len(cik) == 40 and cik.isalnum()
+    assert gwe.poll() is None
+
+
+def test_otau_upgrade_and_rollback_through_engine_fetch(gateway, murano, supervisord, tmp_path):
+    gateway()
+    wait_for(lambda: reported(murano, "engine_report"), 20, message="gwe running")
+    v1 = make_app(str(tmp_path), "counter", "1")
+    v2 = make_app(str(tmp_path), "counter", "2")
+    v3 = make_app(str(tmp_path), "counter", "3", command="python3 -c 'raise SystemExit(3)'")
+    for pkg in (v1, v2, v3):
+        upload(murano, pkg)
+
+    asked = time.monotonic()
+    murano.set(SERIAL, "engine_fetch", json.dumps({"install": [{"name": "counter.v1.tar.gz"}]}))
+    wait_for(lambda: _running_version(supervisord, "counter") == "1", 15, message="v1 RUNNING")
+    assert time.monotonic() - asked < 5  # a long poll, not update_interval (60 s here)
+    status = wait_fetch_status(murano, "counter.v1.tar.gz")
+    assert status["status"] == "installed" and status["version"] == "1" and status["exit_code"] == 0
+    assert murano.state(SERIAL)["engine_fetch"]["reported"] == ""  # taken and cleared
+
+    murano.set(SERIAL, "engine_fetch", json.dumps({"install": [{"name": "counter.v2.tar.gz"}]}))
+    assert wait_fetch_status(murano, "counter.v2.tar.gz")["status"] == "installed"
+    assert _running_version(supervisord, "counter") == "2"
+
+    murano.set(SERIAL, "engine_fetch", json.dumps({"install": [{"name": "counter.v3.tar.gz"}]}))
+    status = wait_fetch_status(murano, "counter.v3.tar.gz")
+    assert status["status"] == "rolled_back" and status["running_version"] == "2"
+    assert _running_version(supervisord, "counter") == "2"
+
+    def app_in_report():
+        report = reported_json(murano, "engine_report")
+        apps = {k: v for entry in report["apps"] for k, v in entry.items()}
+        return apps.get("counter") if apps.get("counter", {}).get("version") == "2" else None
+    murano.set(SERIAL, "update_interval", "1")
+    counter = wait_for(app_in_report, 15, message="engine_report with counter v2")
+    assert counter["status"] == "RUNNING" and counter["uptime"] >= 0 and "exitstatus" in counter
+
+
+def test_bad_engine_fetch_and_missing_package_get_fetch_status(gateway, murano):
+    gateway()
+    wait_for(lambda: reported(murano, "engine_report"), 20, message="gwe running")
+    murano.set(SERIAL, "engine_fetch", '{"install": [{"name": "../../etc/passwd"}]}')
+    status = wait_for(lambda: reported_json(murano, "fetch_status"), 15, message="fetch_status")
+    assert status["status"] == "failed" and status["step"] == "request"
+    murano.set(SERIAL, "engine_fetch", json.dumps({"install": [{"name": "ghost.v1.tar.gz"}]}))
+    status = wait_fetch_status(murano, "ghost.v1.tar.gz")
+    assert status["status"] == "failed" and status["step"] == "download"
+    assert murano.state(SERIAL)["engine_fetch"]["reported"] == ""
+
+
+def test_update_interval_adopted_and_cleared(gateway, murano, gwe_home):
+    gateway()
+    wait_for(lambda: reported(murano, "engine_report"), 20, message="gwe running")
+    murano.set(SERIAL, "update_interval", "7")
+    wait_for(lambda: "update_interval = 7" in open(gwe_home / "etc" / "gwe" / "Engine.config").read(), 10,
+             message="update_interval adopted")
+    wait_for(lambda: murano.state(SERIAL)["update_interval"]["reported"] == "", 10, message="cleared")
+
+
+def test_outage_at_start_and_mid_loop_recovers_without_busy_loop(gateway, murano, gwe_home):
+    murano.stop()
+    gwe = gateway()
+    proc = psutil.Process(gwe.pid)
+    time.sleep(1.0)  # let the interpreter start before measuring the outage
+    cpu0, wall0 = sum(proc.cpu_times()[:2]), time.monotonic()
+    time.sleep(4.0)
+    busy = (sum(proc.cpu_times()[:2]) - cpu0) / (time.monotonic() - wall0)
+    assert busy < 0.05, "gwe used %.0f%% CPU while murano was down" % (busy * 100)
+    murano.start()
+    wait_for(lambda: reported(murano, "engine_report"), 30, message="reports after the outage")
+    murano.stop()
+    time.sleep(2.0)
+    murano.start()
+    murano.set(SERIAL, "update_interval", "3")
+    wait_for(lambda: murano.state(SERIAL)["update_interval"]["reported"] == "", 40,
+             message="gwe back on the long poll after a mid-loop outage")
+    assert gwe.poll() is None
+
+
+def test_sigterm_stops_cleanly_during_a_long_poll(gateway, murano):
+    gwe = gateway()
+    wait_for(lambda: reported(murano, "engine_report"), 20, message="gwe running")
+    time.sleep(0.5)
+    started = time.monotonic()
+    gwe.send_signal(signal.SIGTERM)
+    assert gwe.wait(10) == 0
+    assert time.monotonic() - started < 3
+
+
+def test_once_runs_one_cycle_and_exits(gwe_home, supervisord, murano):
+    configure_gateway(murano)
+    gwe = start_gwe(gwe_home, "--once")
+    assert gwe.wait(30) == 0
+    assert reported_json(murano, "device_info")["uname"]
