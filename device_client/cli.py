@@ -76,7 +76,8 @@ class Context:
                 self._device = Device(host, product_id=o["product_id"], serial=o["serial"], token=o["token"],
                                       token_file=token_file, identity=o["identity"], ca_file=o["ca_file"],
                                       cert=cert, usage_db=usage_db, connect_timeout=o["connect_timeout"],
-                                      read_timeout=o["read_timeout"])
+                                      read_timeout=o["read_timeout"], transport=o["transport"],
+                                      mqtt_url=o["mqtt_url"])
             except ValueError as exc:
                 raise GdcError(str(exc), EXIT_USAGE) from None
         return self._device
@@ -128,6 +129,9 @@ class _Group(click.Group):
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), help="CA bundle to verify the server.")
 @click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="TLS client certificate (PEM).")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False), help="Key of --cert (if not in the same file).")
+@click.option("--transport", type=click.Choice(["http", "mqtt"]), default="http", show_default=True,
+              help="mqtt: writes, records, activation and poll over MQTT (reads, time, content stay HTTP).")
+@click.option("--mqtt-url", help="mqtts://host:port or mqtt://host:port (default: --host's host, 8883/1883).")
 @click.option("--usage-db", type=click.Path(dir_okay=False), help="Usage log (default: the gateway's).")
 @click.option("--no-usage", is_flag=True, help="Do not log this run's requests.")
 @click.option("--connect-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1))
