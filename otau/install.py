@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from atomic_config import GwePaths, gwe_paths
 
@@ -323,3 +323,8 @@ def install_package(tarball: str, sha256: Optional[str] = None, paths: Optional[
 def recover(paths: Optional[GwePaths] = None, settings: Optional[OtauSettings] = None) -> List[FetchStatus]:
     """Call on every start of gwe: finishes or undoes an install cut short by a crash or power loss."""
     return Installer(paths, settings).recover()
+
+
+def installed_versions(paths: Optional[GwePaths] = None) -> Dict[str, str]:
+    """app name -> installed version (what engine_report shows beside supervisord's process info)."""
+    return AppStore(paths or gwe_paths()).installed_versions()

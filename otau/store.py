@@ -141,3 +141,17 @@ class AppStore:
             state.confs.pop(version, None)
             removed.append(version)
         return removed
+
+    def installed_versions(self) -> Dict[str, str]:
+        """app name -> installed version, for every app otau has installed (for engine_report)."""
+        try:
+            names = sorted(os.listdir(self.paths.apps))
+        except FileNotFoundError:
+            return {}
+        versions = {}
+        for name in names:
+            if os.path.isfile(os.path.join(self.app_root(name), STATE)):
+                current = self.read_state(name).current
+                if current:
+                    versions[name] = current
+        return versions

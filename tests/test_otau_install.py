@@ -121,6 +121,7 @@ def test_keeps_last_versions_only(gwe_home, tmp_path):
     assert visible(root) == ["3", "4", "current", "state.json"]
     with open(os.path.join(root, "state.json")) as f:
         assert json.load(f)["history"] == ["3", "4"]
+    assert otau.installed_versions() == {"tool": "4"}
 
 
 def test_output_is_bounded(gwe_home, tmp_path):
