@@ -1,11 +1,12 @@
 """OTAU: signed, verified, transactional installs of ``<name>.v<version>.tar.gz`` packages via supervisord.
 
 The pipeline (:mod:`otau.install`) composes one module per step: package model, verify,
-unpack, runner, supervisord control, journal, status. See docs/otau.md.
+unpack, checks, runner, supervisord control, store, journal, self-update guard, status.
+See docs/otau.md.
 """
 from .build import build_app, sign_tarball
-from .errors import BuildError, OtauError, PackageError, SupervisorError, UnpackError, VerifyError
 from .check import CheckReport, check_tarball
+from .errors import BuildError, OtauError, PackageError, SupervisorError, UnpackError, VerifyError
 from .install import Installer, install_package, installed_versions, recover
 from .package import PackageName, parse_package_name
 from .settings import OtauSettings, load_settings
