@@ -81,6 +81,8 @@ class Device:
         self.usage = None if usage_db is False else UsageLog(None if usage_db in (None, True) else usage_db)
         if transport not in (None, "http", "mqtt") and isinstance(transport, str):
             raise ValueError("transport must be 'http', 'mqtt' or a transport object, got %r" % transport)
+        if mqtt_url is not None and transport != "mqtt":
+            raise ValueError("mqtt_url goes with transport='mqtt'")
         if transport in (None, "http", "mqtt"):
             from .transport_http import HttpTransport  # requests costs ~27 MiB: only when a Device is made
 
@@ -97,8 +99,6 @@ class Device:
                                           usage=self.usage, identity=self.identity)
             else:
                 transport = http
-        elif mqtt_url is not None:
-            raise ValueError("mqtt_url goes with transport='mqtt'")
         self.transport = transport
 
     # -- identity and token ---------------------------------------------------------------

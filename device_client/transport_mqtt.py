@@ -314,14 +314,18 @@ class MqttTransport:
                 done.set()
             else:
                 local.append(_local_address(c))
-                c.publish(topic, b"", qos=1)
+                if self.subscribe_pushes:  # a plain broker routes the reply only to subscribers
+                    c.subscribe(topic, qos=1)
+                else:
+                    c.publish(topic, b"", qos=1)
 
         def on_message(c, userdata, message) -> None:
-            if message.topic.split("/", 1)[0] == "$provision":
+            if message.topic.split("/", 1)[0] == "$provision" and message.payload:  # not our own request echoed
                 reply.append(message.payload.decode("utf-8", "replace"))
                 done.set()
 
         client.on_connect = on_connect
+        client.on_subscribe = lambda c, *args: c.publish(topic, b"", qos=1)
         client.on_message = on_message
         client.on_disconnect = lambda *args: done.set()
         started = time.monotonic()

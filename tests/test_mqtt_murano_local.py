@@ -250,3 +250,30 @@ def test_serve_without_amqtt_says_how_to_install(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         'murano-local: error: the MQTT endpoint needs amqtt: pip install "gateway-engine[mqtt-server]"']
     assert not (tmp_path / "data").exists()
+
+
+def _gdc(*args):
+    return subprocess.run([sys.executable, "-m", "device_client", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_gdc_over_mqtt(server, gwe_home, tmp_path):
+    server.add_device("gw-cli")
+    base = ["--host", server.url, "--transport", "mqtt", "--mqtt-url", server.mqtt_url, "--serial", "gw-cli",
+            "--usage-db", str(tmp_path / "usage.db")]
+    activated = _gdc(*base, "activate")
+    assert activated.returncode == 0, activated.stderr
+    assert len(activated.stdout.strip()) == 40
+    assert _gdc(*base, "write", "temp=21").returncode == 0
+    assert server.state("gw-cli")["temp"]["reported"] == "21"
+    assert _gdc(*base, "record", "temp", "1700000000=20").returncode == 0
+    assert server.history("gw-cli", "temp")[-1] == {"timestamp": 1700000000000000, "value": "20"}
+    server.set("gw-cli", "config_io", "v2")
+    polled = _gdc(*base, "--json", "poll", "config_io", "--timeout-ms", "5000")
+    assert json.loads(polled.stdout)["values"] == {"config_io": "v2"}
+    assert _gdc(*base, "read", "temp").stdout == "temp=21\n"
+
+    bad = _gdc("--host", server.url, "--mqtt-url", "mqtt://x:1", "--token", "t" * 40, "write", "a=1")
+    assert bad.returncode == 2 and bad.stderr.strip() == "gdc: error: mqtt_url goes with transport='mqtt'"
+    down = _gdc("--host", server.url, "--transport", "mqtt", "--mqtt-url", "mqtt://127.0.0.1:9",
+                "--token", "t" * 40, "--connect-timeout", "1", "write", "a=1")
+    assert down.returncode == 6 and len(down.stderr.strip().splitlines()) == 1, down.stderr
