@@ -7,6 +7,7 @@ more flags and subcommands (``gwe demo``, ``gwe status``) are added the same way
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from typing import List, Optional, Sequence
@@ -128,6 +129,39 @@ def cli(ctx: click.Context, show_version: bool, show_path: bool, show_gateway_cf
         logging.getLogger(__name__).debug("gwe failed", exc_info=True)
         fail("%s: %s" % (type(exc).__name__, exc))
     sys.exit(run_daemon(once, settings.get("set_debug_level")))
+
+
+@cli.command()
+@click.option("--keep-running", is_flag=True, help="Leave everything running at the end (Ctrl-C stops it).")
+def demo(keep_running: bool) -> None:
+    """Run the whole suite on this machine against a local Murano, and show what it does."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(keep_running))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(as_json: bool) -> None:
+    """Installed apps, versions, supervisord states, the last installs and gmq's queue."""
+    from .status import gateway_status, render_status
+
+    doc = gateway_status()
+    click.echo(json.dumps(doc, indent=2, sort_keys=True) if as_json else render_status(doc))
+
+
+@cli.command("supervisor-config")
+@click.option("--bin-dir", type=click.Path(file_okay=False), help="Where the gwe and gmq commands are "
+              "(default: beside this Python).")
+@click.option("--programs/--no-programs", default=True, help="Also write the gwe and gmq program files.")
+def supervisor_config(bin_dir: Optional[str], programs: bool) -> None:
+    """Write supervisord.conf (and the gwe/gmq program files) for this GWE_HOME."""
+    from atomic_config import gwe_paths
+
+    from .supervisor_conf import write_suite_configs
+
+    for path in write_suite_configs(gwe_paths(), bin_dir, programs):
+        click.echo(path)
 
 
 def run_daemon(once: bool, level: Optional[str]) -> int:

@@ -12,6 +12,7 @@ from typing import Dict, Optional
 from atomic_config import GwePaths, atomic_write
 
 DEFAULT_BIN_DIR = "/opt/gateway-engine/venv/bin"
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 
 
 def supervisord_conf(paths: GwePaths) -> str:
@@ -71,6 +72,9 @@ def suite_configs(paths: GwePaths, bin_dir: Optional[str] = None) -> Dict[str, s
 
 def write_suite_configs(paths: GwePaths, bin_dir: Optional[str] = None, programs: bool = True) -> Dict[str, str]:
     """Write the configs under ``paths`` atomically; returns path -> content written."""
+    if len(paths.supervisor_socket.encode()) > MAX_SOCKET_PATH:
+        raise ValueError("supervisord's socket path %s is too long for a unix socket (%d bytes at most): "
+                         "use a shorter GWE_HOME" % (paths.supervisor_socket, MAX_SOCKET_PATH))
     paths.ensure()
     written = {}
     for rel, content in suite_configs(paths, bin_dir).items():
