@@ -22,6 +22,10 @@ class GwePaths:
         return self._at("etc", "gwe", "Gateway.cfg")
 
     @property
+    def engine_cfg(self) -> str:
+        return self._at("etc", "gwe", "Engine.config")
+
+    @property
     def gmq_cfg(self) -> str:
         return self._at("etc", "gwe", "gmq.cfg")
 

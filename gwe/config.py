@@ -33,7 +33,7 @@ class ConfigError(Exception):
 
 
 def engine_config_path() -> str:
-    return os.path.join(gwe_paths().etc, "Engine.config")
+    return gwe_paths().engine_cfg
 
 
 def _clean(value: Optional[str]) -> str:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Optional, TypeVar
+from typing import Callable, TypeVar
 from urllib.parse import quote
 
 import click

@@ -55,34 +55,13 @@ def fetch_gmq_status(url: str, timeout: float = 2.0) -> dict:
         return {"error": "gmq status unavailable: %s" % exc}
 
 
-def installed_apps(paths: GwePaths) -> Dict[str, str]:
-    """app name -> installed version, from otau's records."""
-    import os
-
-    from otau.store import AppStore
-
-    store = AppStore(paths)
-    apps = {}
-    try:
-        names = sorted(os.listdir(paths.apps))
-    except FileNotFoundError:
-        return apps
-    for name in names:
-        try:
-            state = store.read_state(name)
-        except Exception as exc:  # one damaged record must not hide the others
-            log.warning("cannot read the state of app %s: %s", name, exc)
-            continue
-        if state.current:
-            apps[name] = state.current
-    return apps
-
-
 def engine_report(paths: GwePaths, processes: Callable[[], List[dict]],
                   gmq_status: Callable[[], dict]) -> dict:
     """``{"apps": [{"<name>": {"exitstatus", "status", "uptime", "version"}}], ...}`` (DESIGN.md)."""
+    from otau import installed_versions
+
     versions = suite_versions()
-    installed = installed_apps(paths)
+    installed = installed_versions(paths)
     report: dict = {}
     try:
         running = {p["name"]: p for p in processes()}

@@ -33,14 +33,10 @@ def otau_dir(paths: GwePaths) -> str:
     return os.path.join(paths.var_lib, "otau")
 
 
-def engine_config(paths: GwePaths) -> str:
-    return os.path.join(paths.etc, "Engine.config")
-
-
 def load_settings(paths: Optional[GwePaths] = None) -> OtauSettings:
     """Defaults overridden by ``[otau]`` in Engine.config; a bad value is logged and ignored."""
     paths = paths or gwe_paths()
-    cfg = read_config(engine_config(paths))
+    cfg = read_config(paths.engine_cfg)
     if not cfg.has_section(SECTION):
         return OtauSettings()
     values = {}
@@ -58,5 +54,5 @@ def load_settings(paths: Optional[GwePaths] = None) -> OtauSettings:
             else:
                 values[field.name] = float(raw)
         except ValueError:
-            log.warning("ignoring [otau] %s = %r in %s", field.name, raw, engine_config(paths))
+            log.warning("ignoring [otau] %s = %r in %s", field.name, raw, paths.engine_cfg)
     return OtauSettings(**values)

@@ -12,7 +12,6 @@ import pytest
 
 from atomic_config import (AtomicConfigParser, RecoveryError, atomic_write, edit_config, previous_path,
                            read_config, read_recovering, set_option)
-from harness import wait_for
 
 WRITER = r"""
 import sys

@@ -1,6 +1,5 @@
 """gwe end to end: a real gwe process, real supervisord running the apps, real murano_local."""
 import json
-import os
 import signal
 import time
 
