@@ -28,6 +28,12 @@ def _policy(text: str) -> str:
     return text
 
 
+def _transport(text: str) -> str:
+    if text not in ("http", "mqtt"):
+        raise ValueError("http or mqtt")
+    return text
+
+
 def _level(text: str) -> str:
     up = text.strip().upper()
     if up not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -48,12 +54,14 @@ KEYS: Dict[Tuple[str, str], Tuple[Callable[[str], object], str, bool, str]] = {
     ("queue", "max_value_bytes"): (int, "65536", True, "largest alias+value (413 above)"),
     ("queue", "ttl"): (float, "0", True, "seconds a value may wait before it expires; 0 = never"),
     ("upstream", "host"): (str, "", True, "Murano base URL; empty = Gateway.cfg [device] host"),
-    ("upstream", "batch_size"): (int, "1000", True, "values per record request"),
+    ("upstream", "batch_size"): (int, "500", True, "values per record request"),
     ("upstream", "backoff_initial"): (float, "1", True, "first retry delay, seconds"),
     ("upstream", "backoff_max"): (float, "300", True, "longest retry delay, seconds"),
     ("upstream", "timeout"): (float, "30", True, "upstream connect/read timeout, seconds"),
     ("upstream", "verify"): (_bool, "true", True, "verify TLS certificates"),
     ("upstream", "ca_file"): (str, "", True, "CA bundle for TLS verification; empty = system"),
+    ("upstream", "transport"): (_transport, "http", True, "http or mqtt (records as $resource.batch over MQTT)"),
+    ("upstream", "mqtt_url"): (str, "", True, "mqtts://host:port; empty = the upstream host on 8883 (1883 for http)"),
     ("log", "level"): (_level, "INFO", True, "logging level"),
 }
 
@@ -74,6 +82,8 @@ class GmqConfig:
     verify: bool
     ca_file: Optional[str]
     log_level: str
+    transport: str = "http"
+    mqtt_url: Optional[str] = None
 
 
 def parse_value(section: str, option: str, text: str) -> object:
@@ -131,7 +141,8 @@ def _build(v: Dict[Tuple[str, str], object], paths: GwePaths) -> GmqConfig:
         limits=limits, upstream=upstream.rstrip("/") if upstream else None,
         batch_size=v["upstream", "batch_size"], backoff_initial=v["upstream", "backoff_initial"],
         backoff_max=v["upstream", "backoff_max"], upstream_timeout=v["upstream", "timeout"],
-        verify=v["upstream", "verify"], ca_file=v["upstream", "ca_file"] or None, log_level=v["log", "level"])
+        verify=v["upstream", "verify"], ca_file=v["upstream", "ca_file"] or None, log_level=v["log", "level"],
+        transport=v["upstream", "transport"], mqtt_url=(v["upstream", "mqtt_url"] or "").strip() or None)
 
 
 def get(paths: GwePaths, section: str, option: str) -> str:

@@ -37,12 +37,14 @@ IDLE_POLL_S = 0.2
 @dataclass
 class UpstreamSettings:
     url: Optional[str]
-    batch_size: int = 1000
+    batch_size: int = 500
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
     timeout: float = 30.0
     verify: bool = True
     ca_file: Optional[str] = None
+    transport: str = "http"
+    mqtt_url: Optional[str] = None
 
 
 @dataclass
@@ -154,7 +156,8 @@ class Forwarder(threading.Thread):
             st.device = Device(host=settings.url, product_id=client.vendor or None, serial=client.serial,
                                token=client.upstream_token, identity="gmq", ca_file=settings.ca_file,
                                verify=settings.verify, connect_timeout=settings.timeout,
-                               read_timeout=settings.timeout)
+                               read_timeout=settings.timeout, transport=settings.transport,
+                               mqtt_url=settings.mqtt_url if settings.transport == "mqtt" else None)
         return st.device
 
     @staticmethod

@@ -33,8 +33,8 @@ SCAN = 500
 DELETE_CHUNK = 500
 ROWS_PER_INSERT = 5000  # 6 parameters a row, under sqlite's 32766
 FREE_DISK_TTL_S = 0.05
-WRITER_CACHE_KIB = 1024
-READER_CACHE_KIB = 512
+WRITER_CACHE_KIB = 512
+READER_CACHE_KIB = 256
 INSERT_HEAD = "INSERT INTO queue (client, alias, ts, value, arrived, size) VALUES "
 INSERT_ROW = "(?,?,?,?,?,?)"
 

@@ -24,7 +24,7 @@ MAINTAIN_EVERY_S = 1.0
 def upstream_settings(cfg: config.GmqConfig) -> UpstreamSettings:
     return UpstreamSettings(url=cfg.upstream, batch_size=cfg.batch_size, backoff_initial=cfg.backoff_initial,
                             backoff_max=cfg.backoff_max, timeout=cfg.upstream_timeout, verify=cfg.verify,
-                            ca_file=cfg.ca_file)
+                            ca_file=cfg.ca_file, transport=cfg.transport, mqtt_url=cfg.mqtt_url)
 
 
 class Gmq:

@@ -277,3 +277,18 @@ def test_corrupt_queue_at_start_is_quarantined_salvaged_and_alarmed(gwe_home):
         assert gmq.status()["alarms"] == []
     finally:
         gmq.stop()
+
+
+def test_queue_full_under_drop_oldest_keeps_the_newest(gwe_home):
+    gmq = GmqProcess(str(gwe_home), queue={"max_value_bytes": 100, "max_bytes": 1000, "policy": "drop_oldest"})
+    gmq.start()
+    try:
+        for i in range(30):  # 30 x ~54 bytes into a 1000-byte queue
+            assert gmq.post("/onep:v1/stack/alias", "v=%02d%s" % (i, "x" * 51)).status_code == 204
+        values = [r[3][:2] for r in gmq.queued()]
+        assert values == ["%02d" % i for i in range(30 - len(values), 30)]  # the oldest went, in order
+        st = gmq.status()
+        assert st["queue"]["bytes"] <= 1000 and st["counters"]["dropped"] == 30 - len(values)
+        assert st["counters"]["accepted"] == 30
+    finally:
+        gmq.stop()
