@@ -25,6 +25,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import re
 import ssl
 import threading
 import time
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 PUBACK_BYTES = 4
+MAX_VALUE_BYTES = 1024 * 1024     # Murano's limit per value
+_BAD_ALIAS = re.compile(r"[.$/+#\x00-\x1f\x7f]")  # Murano refuses . and $; / + # break the topic
 Listener = Callable[[str, str, int], None]
 
 
@@ -277,13 +280,18 @@ class MqttTransport:
         if info.rc not in (0, 4):  # 4: not connected right now; paho sends it after reconnecting
             raise errors.NetworkError("MQTT publish to %s failed: rc %s" % (topic, info.rc))
         with self._cond:
-            done = self._cond.wait_for(lambda: info.is_published() or self._fatal is not None, self.read_timeout)
+            self._cond.wait_for(lambda: info.is_published() or self._fatal is not None, self.read_timeout)
+            done = info.is_published()
         self._log(kind, "post", aliases, publish_size(topic, payload), PUBACK_BYTES if done else 0,
                   time.monotonic() - started, self._local)
         if not done and self._fatal is not None:
             raise self._fatal
         if not done:
-            raise errors.NetworkError("MQTT: no PUBACK for %s within %.0fs (it may still be delivered)"
+            with self._lock:  # a fresh connection next time: paho must not resend this one behind our back
+                if self._client is client:
+                    self._shutdown()
+                    self._credentials = None
+            raise errors.NetworkError("MQTT: no PUBACK for %s within %.0fs (the server may or may not have it)"
                                       % (topic, self.read_timeout))
 
     def _log(self, kind: str, method: str, aliases: Sequence[str], tx: int, rx: int, duration: float,
@@ -348,7 +356,17 @@ class MqttTransport:
                                       "(identity unknown, already activated, or not allowed)", None)
         return payload.strip()
 
+    @staticmethod
+    def _check(alias: str, value: str) -> None:
+        """What the server would refuse by closing the connection is refused here, with a reason."""
+        if not alias or _BAD_ALIAS.search(alias):
+            raise errors.RequestError("alias %r cannot be sent over MQTT" % alias[:40], None)
+        if len(value.encode("utf-8")) > MAX_VALUE_BYTES:
+            raise errors.RequestError("value of %s is over %d bytes" % (alias[:40], MAX_VALUE_BYTES), None)
+
     def write(self, token: Optional[str], pairs: Pairs) -> None:
+        for alias, value in pairs:
+            self._check(alias, value)
         for alias, value in pairs:
             self._publish("write", token, "$resource/" + alias, value.encode("utf-8"), [alias])
 
@@ -356,6 +374,7 @@ class MqttTransport:
         by_time: Dict[int, Dict[str, str]] = {}
         for alias, points in entries:
             for ts, value in points:
+                self._check(alias, value)
                 by_time.setdefault(_seconds_to_us(ts), {})[alias] = value
         batch = [{"timestamp": ts, "values": values} for ts, values in sorted(by_time.items())]
         self._publish("record", token, "$resource.batch", json.dumps(batch, separators=(",", ":")).encode(),

@@ -129,11 +129,15 @@ class Forwarder(threading.Thread):
         if not settings.url:
             return False
         worked = False
+        queued = self.queue.depth_by_client()
         for client in self.clients.all():
             if self._stopping.is_set():
                 break
             st = self._state(client)
             if st.next_try > self.clock():
+                continue
+            if not queued.get(client.id) and (client.upstream_token is not None or not client.can_provision):
+                st.state = "idle"  # nothing to send and nothing to provision: no query, no request
                 continue
             worked |= self._serve(client, st, settings)
         return worked

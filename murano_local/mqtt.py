@@ -51,6 +51,7 @@ class _Client:
     session: object
     pid: str
     identity: Optional[str]  # None: anonymous, may only provision
+    token: Optional[str] = None
 
 
 def batch_points(payload: str) -> List[Tuple[str, int, str]]:
@@ -179,7 +180,7 @@ class MqttFrontEnd:
             log.info("MQTT connection refused: client id must be empty (or the identity)")
             return False
         self._forget(client_id)
-        self._clients[client_id] = _Client(session, pid, identity)
+        self._clients[client_id] = _Client(session, pid, identity, password or None)
         if identity is not None:
             self._devices.setdefault((pid, identity), set()).add(client_id)
         return True
@@ -237,12 +238,16 @@ class MqttFrontEnd:
                 log.info("MQTT provisioning of %r refused: %s", identity[:64], exc.__class__.__name__)
                 asyncio.ensure_future(self._close(client_id, client.session))
                 return
-            client.identity = identity  # whoever holds the token may act as the device: so may this connection
+            client.identity, client.token = identity, token  # the token's holder may act as the device
             self._devices.setdefault((client.pid, identity), set()).add(client_id)
             asyncio.ensure_future(self._reply_and_push(client_id, client, topic, token))
             return
         if client.identity is None:
             raise BadPublish("anonymous clients may only provision")
+        try:
+            self.murano.authenticate(client.pid, client.token)  # the device may be gone, its token revoked
+        except Unauthorized:
+            raise BadPublish("the token of %r is no longer valid" % client.identity[:64]) from None
         if topic.startswith("$resource/"):
             alias = topic[len("$resource/"):]
             self.murano.write(client.pid, client.identity, [(alias, payload)])

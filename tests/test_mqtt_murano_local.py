@@ -277,3 +277,21 @@ def test_gdc_over_mqtt(server, gwe_home, tmp_path):
     down = _gdc("--host", server.url, "--transport", "mqtt", "--mqtt-url", "mqtt://127.0.0.1:9",
                 "--token", "t" * 40, "--connect-timeout", "1", "write", "a=1")
     assert down.returncode == 6 and len(down.stderr.strip().splitlines()) == 1, down.stderr
+
+
+def test_token_revoked_while_connected(server, tmp_path):
+    import requests
+
+    server.add_device("gw6")
+    with _device(server, "gw6", tmp_path, read_timeout=10) as dev:
+        dev.activate()
+        dev.write("a", 1)
+        requests.delete("%s/api:1/service/%s/device2/identity/gw6" % (server.url, server.product_id),
+                        timeout=10).raise_for_status()
+        server.add_device("gw6")
+        with pytest.raises(NotActivated):
+            dev.write("a", 2)  # refused on the open connection, then at CONNECT: never confirmed
+        assert dev.token is None and "a" not in server.state("gw6")
+        dev.activate()
+        dev.write("a", 3)
+        assert server.state("gw6")["a"]["reported"] == "3"
