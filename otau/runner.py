@@ -50,6 +50,7 @@ def install_environment(name: str, version: str, app_dir: str, home: str,
     env.setdefault("PATH", os.defpath)
     env.update(app_environment(name, version, app_dir, home))
     env["GWE_APP_PREVIOUS_VERSION"] = previous_version or ""
+    env["GWE_PYTHON"] = sys.executable  # the interpreter (and so the virtualenv) gwe runs in
     return env
 
 
