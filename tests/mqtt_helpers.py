@@ -64,7 +64,7 @@ class RawClient:
         self.disconnected = threading.Event()
         self.connack: Optional[str] = None
         self._subscribe = subscribe
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", reconnect_on_failure=False)
         if password is not None:
             self.client.username_pw_set(username or "", password)
         self.client.on_connect = self._on_connect

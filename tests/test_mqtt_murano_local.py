@@ -57,6 +57,8 @@ def test_write_record_push_and_echo(server, tmp_path):
         dev.write("engine_fetch", values["engine_fetch"])
         assert server.state("gw1")["engine_fetch"]["reported"] == '{"install": []}'
         assert dev.long_poll(["engine_fetch"], timeout_ms=300) == ({}, None)
+        dev.write("engine_fetch", "")  # gwe clears a job it took: an empty payload is a value too
+        assert server.state("gw1")["engine_fetch"]["reported"] == ""
 
         assert dev.read("temp") == {"temp": "21.5"}  # over HTTP: MQTT has no read
         assert abs(dev.timestamp() - time.time()) < 5

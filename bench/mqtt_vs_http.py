@@ -1,0 +1,214 @@
+"""MQTT against HTTP for the same workload: values/s and bytes on the wire per value.
+
+Starts a real murano_local (HTTP and MQTT on free loopback ports) and runs, interleaved
+round by round so that the machine's drift hits both alike:
+
+- ``write``: one alias value per call, each confirmed (HTTP 204 / MQTT PUBACK);
+- ``record``: batches of ``--batch`` timestamped values (HTTP stack/record / MQTT $resource.batch).
+
+Bytes on the wire are counted by a byte-counting TCP relay between the Device and the
+server (TCP payload both ways, connection set-up included, no TLS), in a separate pass
+so the relay does not slow the rate figures. The rate ratio MQTT/HTTP of each round is
+the figure to compare across runs (medians of per-round ratios).
+
+    python3 bench/mqtt_vs_http.py [--seconds 2] [--runs 5] [--batch 50] [--json out.json] [--baseline old.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from device_client import Device  # noqa: E402
+
+SERIAL = "bench1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_murano(workdir: str):
+    port, mqtt_port = free_port(), free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.Popen([sys.executable, "-m", "murano_local", "serve", "--port", str(port), "--mqtt-port",
+                             str(mqtt_port), "--data", os.path.join(workdir, "data"), "--log-level", "WARNING"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = "http://127.0.0.1:%d" % port
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if requests.get(url + "/timestamp", timeout=1).status_code == 200:
+                return proc, url, mqtt_port
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("murano_local did not start (is amqtt installed? pip install .[mqtt-server])")
+        time.sleep(0.05)
+
+
+class CountingRelay:
+    """A loopback TCP relay to ``port`` that counts the bytes it carries each way."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.sent = self.received = 0
+        self._lock = threading.Lock()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, outbound: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                with self._lock:
+                    if outbound:
+                        self.sent += len(data)
+                    else:
+                        self.received += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def take(self) -> int:
+        with self._lock:
+            total, self.sent, self.received = self.sent + self.received, 0, 0
+        return total
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def make_device(kind: str, url: str, mqtt_port: int, token: str) -> Device:
+    if kind == "http":
+        return Device(url, token=token, usage_db=False)
+    return Device(url, token=token, transport="mqtt", mqtt_url="mqtt://127.0.0.1:%d" % mqtt_port, usage_db=False)
+
+
+def run_workload(dev: Device, workload: str, batch: int, seconds: float = 0.0, count: int = 0) -> int:
+    """Values sent (all confirmed) within ``seconds`` or, if ``count``, exactly ``count`` calls."""
+    values = calls = 0
+    deadline = time.monotonic() + seconds
+    base = time.time()
+    while (calls < count) if count else (time.monotonic() < deadline):
+        if workload == "write":
+            dev.write("temp", "%.1f" % (20 + calls % 100 / 10))
+            values += 1
+        else:
+            dev.record({"temp": [(base + (calls * batch + i) / 1000.0, "%d" % i) for i in range(batch)]})
+            values += batch
+        calls += 1
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="duration of each measurement")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=50, help="values per record call")
+    parser.add_argument("--json", dest="json_out", help="write the results to this file")
+    parser.add_argument("--baseline", help="compare with results written earlier by --json")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as workdir:
+        proc, url, mqtt_port = start_murano(workdir)
+        try:
+            requests.put("%s/api:1/service/localproduct/device2/identity/%s" % (url, SERIAL), json={},
+                         timeout=10).raise_for_status()
+            token = Device(url, serial=SERIAL, usage_db=False).activate()
+            results = measure(url, mqtt_port, token, args)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    for key in sorted(results):
+        print("%-34s %12.2f" % (key, results[key]))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(results, f, indent=2, sort_keys=True)
+    if args.baseline:
+        with open(args.baseline) as f:
+            baseline = json.load(f)
+        print("\nagainst %s:" % args.baseline)
+        for key in sorted(results):
+            if key in baseline and baseline[key]:
+                print("%-34s now %10.2f  baseline %10.2f  (x%.2f)" % (key, results[key], baseline[key],
+                                                                     results[key] / baseline[key]))
+
+
+def measure(url: str, mqtt_port: int, token: str, args) -> dict:
+    results = {}
+    for workload in ("write", "record"):
+        devices = {kind: make_device(kind, url, mqtt_port, token) for kind in ("http", "mqtt")}
+        for dev in devices.values():
+            run_workload(dev, workload, args.batch, count=20)  # connect and warm up
+        rates = {"http": [], "mqtt": []}
+        ratios = []
+        for _ in range(args.runs):
+            round_rates = {}
+            for kind, dev in devices.items():
+                started = time.monotonic()
+                sent = run_workload(dev, workload, args.batch, seconds=args.seconds)
+                round_rates[kind] = sent / (time.monotonic() - started)
+                rates[kind].append(round_rates[kind])
+            ratios.append(round_rates["mqtt"] / round_rates["http"])
+        for dev in devices.values():
+            dev.close()
+        for kind in ("http", "mqtt"):
+            results["%s.%s.values_per_s" % (workload, kind)] = statistics.median(rates[kind])
+        results["%s.mqtt_over_http.rate_ratio" % workload] = statistics.median(ratios)
+
+        calls = 200 if workload == "write" else 20
+        for kind in ("http", "mqtt"):
+            relay = CountingRelay(mqtt_port if kind == "mqtt" else int(url.rsplit(":", 1)[1]))
+            relayed_url = "http://127.0.0.1:%d" % relay.port if kind == "http" else url
+            dev = make_device(kind, relayed_url, relay.port if kind == "mqtt" else mqtt_port, token)
+            sent = run_workload(dev, workload, args.batch, count=calls)  # includes connecting
+            dev.close()
+            time.sleep(0.2)  # let the relay see the close
+            results["%s.%s.bytes_per_value" % (workload, kind)] = relay.take() / sent
+            relay.close()
+        results["%s.mqtt_over_http.bytes_ratio" % workload] = (
+            results["%s.mqtt.bytes_per_value" % workload] / results["%s.http.bytes_per_value" % workload])
+    return results
+
+
+if __name__ == "__main__":
+    main()
