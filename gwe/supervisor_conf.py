@@ -12,7 +12,7 @@ from typing import Dict, Optional
 from atomic_config import GwePaths, atomic_write
 
 DEFAULT_BIN_DIR = "/opt/gateway-engine/venv/bin"
-MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
+MAX_SOCKET_PATH = 96  # sun_path holds 107 bytes; supervisord binds "<path>.<pid>" first, then renames
 
 
 def supervisord_conf(paths: GwePaths) -> str:
