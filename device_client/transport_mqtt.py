@@ -187,7 +187,7 @@ class MqttTransport:
             with self._cond:
                 self._connected = False
                 self._cond.notify_all()
-                if self._fatal is not None:
+                if self._fatal is not None or stop.is_set():
                     return
             delay = self._backoff.next_delay()
             log.info("MQTT connection to %s:%d lost (%s); reconnecting in %.1fs", self.host, self.port,
