@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = 'the MQTT endpoint needs amqtt: pip install "gateway-engine[mqtt-server]"'
 SECONDS_LIMIT = 1e11  # $resource.batch timestamps below this are seconds, above it microseconds
 PUSH_TIMEOUT_S = 10
+QOS_1 = 1
 _FRONT_ENDS: Dict[str, "MqttFrontEnd"] = {}  # amqtt builds plugins from config: they find us by key
 
 
@@ -82,12 +83,10 @@ def require_amqtt():
     """amqtt's parts; raises :class:`MqttUnavailable` with the install hint when it is missing."""
     try:
         from amqtt.broker import Broker
-        from amqtt.mqtt.constants import QOS_1
-        from amqtt.mqtt.publish import PublishPacket
         from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
     except ImportError:
         raise MqttUnavailable(INSTALL_HINT) from None
-    return Broker, QOS_1, PublishPacket, BaseAuthPlugin, BaseTopicPlugin
+    return Broker, BaseAuthPlugin, BaseTopicPlugin
 
 
 class MqttFrontEnd:
@@ -145,7 +144,7 @@ class MqttFrontEnd:
             self.loop.close()
 
     async def _serve(self) -> None:
-        Broker, _qos1, _packet, auth_base, topic_base = require_amqtt()
+        Broker, auth_base, topic_base = require_amqtt()
         listener = {"type": "tcp", "bind": "%s:%d" % (self.host, self.port), "max_connections": 0}
         if self.certfile:
             listener.update(ssl=True, certfile=self.certfile, keyfile=self.keyfile)
@@ -213,7 +212,7 @@ class MqttFrontEnd:
 
     def on_publish(self, packet, session) -> None:
         """Apply one device PUBLISH before its PUBACK; a refused one is never acknowledged."""
-        client_id = session.client_id or "" if session is not None else ""
+        client_id = session.client_id or ""
         client = self._clients.get(client_id)
         if client is None or client.session is not session:
             return
@@ -270,7 +269,7 @@ class MqttFrontEnd:
         if handler is None:
             return
         try:
-            await handler.mqtt_publish(topic, token.encode(), require_amqtt()[1], False, ack_timeout=PUSH_TIMEOUT_S)
+            await handler.mqtt_publish(topic, token.encode(), QOS_1, False, ack_timeout=PUSH_TIMEOUT_S)
         except Exception as exc:
             log.info("MQTT provisioning reply not acknowledged: %s", exc)
             return
@@ -287,7 +286,7 @@ class MqttFrontEnd:
             return
         for alias, value, ts in values:
             try:
-                await handler.mqtt_publish("$resource/%s/%d" % (alias, ts), value.encode("utf-8"), require_amqtt()[1],
+                await handler.mqtt_publish("$resource/%s/%d" % (alias, ts), value.encode("utf-8"), QOS_1,
                                            False, ack_timeout=PUSH_TIMEOUT_S)
             except Exception as exc:  # the device gets it again on its next connect: it is still pending
                 log.info("MQTT push of %s to %s failed: %s", alias, client_id, exc)

@@ -89,7 +89,8 @@ def test_devices_never_see_each_other(server, tmp_path):
     dev_a, dev_b = _device(server, "a", tmp_path), _device(server, "b", tmp_path)
     try:
         dev_a.activate(), dev_b.activate()
-        spy = RawClient(server.mqtt_port, "", dev_b.token, subscribe=("$resource/#", "#", "$provision/#")).wait_connected()
+        spy = RawClient(server.mqtt_port, "", dev_b.token,
+                        subscribe=("$resource/#", "#", "$provision/#")).wait_connected()
         dev_a.write("secret", "from-a")
         server.set("a", "engine_fetch", "for-a")
         assert dev_a.long_poll(["engine_fetch"], timeout_ms=3000)[0] == {"engine_fetch": "for-a"}
