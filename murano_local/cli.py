@@ -114,7 +114,7 @@ def serve(host: str, port: int, data_dir: str, product_id: str, allow_self_regis
         raise CliError("--product-id must be letters and digits")
     if (mqtt_cert is None) != (mqtt_key is None):
         raise CliError("--mqtt-cert and --mqtt-key go together")
-    if (mqtt_cert or mqtt_port) and mqtt_port is None:
+    if mqtt_cert and mqtt_port is None:
         raise CliError("--mqtt-cert needs --mqtt-port")
     if mqtt_port is not None:
         from .mqtt import MqttUnavailable, require_amqtt
