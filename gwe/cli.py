@@ -65,6 +65,8 @@ def fail(message: str, code: int = 1) -> None:
                                                            case_sensitive=False))
 @click.option("-t", "--set-update-interval", metavar="SECONDS", help="Seconds between reports.")
 @click.option("-a", "--set-user-agent", metavar="USER_AGENT", help="User-Agent ('' restores the default).")
+@click.option("--set-transport", type=click.Choice(["http", "mqtt"]), help="Talk to Murano over HTTP or MQTT.")
+@click.option("--set-mqtt-url", metavar="URL", help="MQTT endpoint (default mqtts://<host>:8883).")
 @click.option("-I", "--install-apps", "install_apps", multiple=True, metavar="APP_TARBALL...",
               help="Install or update app packages <name>.v<version>.tar.gz now.")
 @click.option("--build-app", "build_buildfile", metavar="BUILDFILE", help="Build an app package from a buildfile.")

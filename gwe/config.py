@@ -24,7 +24,10 @@ ENGINE_DEFAULTS = {
     "debug_level": "INFO",
     "user_agent": "",
     "activation_retry_interval": "60",
+    "transport": "http",
+    "mqtt_url": "",
 }
+TRANSPORTS = ("http", "mqtt")
 DEBUG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -112,6 +115,12 @@ def validate_engine_setting(key: str, value: str) -> str:
         if seconds < 1:
             raise ConfigError("%s must be at least 1 second" % key)
         return str(seconds)
+    if key == "transport":
+        if value.lower() not in TRANSPORTS:
+            raise ConfigError("transport must be http or mqtt, not %r" % value)
+        return value.lower()
+    if key == "mqtt_url" and value and not value.startswith(("mqtt://", "mqtts://")):
+        raise ConfigError("mqtt_url must look like mqtts://host:8883 or mqtt://host:1883")
     if key == "debug_level":
         if value.upper() not in DEBUG_LEVELS:
             raise ConfigError("debug level must be one of %s" % ", ".join(DEBUG_LEVELS))

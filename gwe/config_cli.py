@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 GATEWAY_FLAGS = {"set_cik": "cik", "set_model": "model", "set_vendor": "vendor", "set_uuid": "uuid",
                  "set_iface": "iface", "set_host": "host"}
 ENGINE_FLAGS = {"set_update_interval": "update_interval", "set_debug_level": "debug_level",
-                "set_user_agent": "user_agent", "set_act_retry_interval": "activation_retry_interval"}
+                "set_user_agent": "user_agent", "set_act_retry_interval": "activation_retry_interval",
+                "set_transport": "transport", "set_mqtt_url": "mqtt_url"}
 
 
 def _read_text(path: str) -> str:

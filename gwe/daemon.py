@@ -156,7 +156,9 @@ class Engine:
                 serial = config.resolve_serial()
                 device = Device(gateway.murano_url, product_id=gateway.product_id, serial=serial,
                                 token=gateway.cik or None, identity="gwe",
-                                user_agent=settings["user_agent"] or "GatewayEngine-v%s" % _version())
+                                user_agent=settings["user_agent"] or "GatewayEngine-v%s" % _version(),
+                                transport=settings["transport"],
+                                mqtt_url=(settings["mqtt_url"] or None) if settings["transport"] == "mqtt" else None)
             except ConfigError as exc:
                 raise SystemExit("gwe: %s" % exc)
             if device.activated:

@@ -15,14 +15,14 @@ SERIAL = "gw-0001"
 PRODUCT = "localproduct"
 
 
-def configure_gateway(murano, update_interval: int = 60, settle: float = 0.5) -> None:
+def configure_gateway(murano, update_interval: int = 60, settle: float = 0.5, transport: str = "http") -> None:
+    from atomic_config import set_option
     from gwe import config
 
     config.update_gateway_config({"host": murano.url, "vendor": PRODUCT, "model": PRODUCT, "uuid": SERIAL})
     config.update_engine_settings({"update_interval": str(update_interval), "activation_retry_interval": "2",
-                                   "debug_level": "DEBUG"})
-    from atomic_config import set_option
-
+                                   "debug_level": "DEBUG", "transport": transport,
+                                   "mqtt_url": murano.mqtt_url if transport == "mqtt" else ""})
     set_option(config.engine_config_path(), "otau", "settle_seconds", str(settle))
     murano.add_device(SERIAL)
 
