@@ -19,8 +19,8 @@ setup(
         "cryptography>=3.4",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2", "murano-client==21.12.22", "amqtt==0.12.1"],
-        "mqtt-server": ["amqtt==0.12.1"],  # murano-local serve --mqtt-port (needs Python >= 3.10)
+        "test": ["pytest>=7", "pytest-timeout>=2", "murano-client==21.12.22", "amqtt==0.12.1; python_version >= '3.10'"],
+        "mqtt-server": ["amqtt==0.12.1; python_version >= '3.10'"],  # murano-local serve --mqtt-port
     },
     entry_points={"console_scripts": [
         "murano-local = murano_local.cli:main",
