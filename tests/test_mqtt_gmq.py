@@ -44,5 +44,11 @@ def test_gmq_delivers_over_mqtt_and_reprovisions(gwe_home, server):
         wait_for(lambda: [v for _, v in _history(server, "sn1", "a")] == ["after"], 30,
                  message="delivered after re-provisioning")
         assert "401" in gmq.log_text()
+
+        # an alias Murano allows but an MQTT topic cannot carry is dead-lettered, the rest flows
+        assert gmq.post("/onep:v1/stack/alias", "bad%2Balias=1&ok=2").status_code == 204
+        wait_for(lambda: [v for _, v in _history(server, "sn1", "ok")] == ["2"], 30, message="the rest flows")
+        st = wait_for(lambda: _drained(gmq), 30)
+        assert st["counters"]["dead_lettered"] == 1
     finally:
         gmq.stop()
