@@ -19,7 +19,8 @@ setup(
         "cryptography>=3.4",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2", "murano-client==21.12.22", "amqtt==0.12.1; python_version >= '3.10'"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "murano-client==21.12.22", "amqtt==0.12.1; python_version >= '3.10'",
+                 "wheel"],  # scripts/release and scripts/install-gateway build wheels offline in the tests
         "mqtt-server": ["amqtt==0.12.1; python_version >= '3.10'"],  # murano-local serve --mqtt-port
     },
     entry_points={"console_scripts": [
