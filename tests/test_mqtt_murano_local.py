@@ -298,3 +298,25 @@ def test_token_revoked_while_connected(server, tmp_path):
         dev.activate()
         dev.write("a", 3)
         assert server.state("gw6")["a"]["reported"] == "3"
+
+
+def _murano_local_cli(server, *args):
+    proc = subprocess.run([sys.executable, "-m", "murano_local", "--url", server.url, *args], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_operator_cli_sees_publishes_and_reaches_the_device(server, tmp_path):
+    server.add_device("gw7")
+    with _device(server, "gw7", tmp_path) as dev:
+        dev.activate()
+        dev.write("temp", 19.5)
+        assert json.loads(_murano_local_cli(server, "device", "read", "gw7", "temp"))["temp"]["reported"] == "19.5"
+        arrived = []
+        dev.on_set(lambda alias, value, ts: arrived.append((time.monotonic(), alias, value)))
+        dev.long_poll(["config_io"], timeout_ms=100)  # connected and listening
+        _murano_local_cli(server, "device", "write", "gw7", "config_io", "v9")
+        set_done = time.monotonic()
+        wait_for(lambda: arrived, 2, message="push of the operator's set")
+        assert arrived[0][1:] == ("config_io", "v9") and arrived[0][0] - set_done < 1.0
