@@ -90,3 +90,22 @@ def test_urls_and_sizes():
     # PUBLISH: 1 type byte + remaining length (1 byte below 128) + 2 + topic + 2 packet id + payload
     assert publish_size("$resource/a", b"1") == 1 + 1 + 2 + 11 + 2 + 1
     assert publish_size("t", b"x" * 200) == 1 + 2 + 2 + 1 + 2 + 200
+
+
+def test_broker_restart_reconnects_with_backoff(mosquitto, cloud):
+    import time
+
+    with _device(mosquitto, connect_timeout=10, read_timeout=15) as dev:
+        dev.activate()
+        dev.write("seq", 1)
+        mosquitto.stop()
+        cloud.close()
+        time.sleep(3)
+        attempts = dev.transport.reconnects
+        assert 2 <= attempts <= 5  # 0.5 s doubling with jitter, not a tight loop
+        mosquitto.start()
+        watcher = FakeCloud(mosquitto.port).wait_connected()
+        wait_for(lambda: dev.transport.connected, 15, message="reconnected after the broker restart")
+        dev.write("seq", 2)
+        wait_for(lambda: ("$resource/seq", b"2", 1) in watcher.messages, 5, message="write after the restart")
+        watcher.close()
