@@ -9,6 +9,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["atomic_config*", "device_client*", "gmq*", "otau*", "gwe*", "murano_local*"]),
+    package_data={"gwe": ["sample_app/*"]},
     install_requires=[
         "supervisor>=4.2",
         "requests>=2.25",

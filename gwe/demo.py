@@ -29,27 +29,8 @@ T = TypeVar("T")
 
 GATEWAY = "demo-gateway"
 SENSOR = "demo-sensor"
-APP = "demo_sensor"
-
-SENSOR_APP = r'''"""demo_sensor: posts a temperature reading to gmq every half second (stdlib only)."""
-import math, os, sys, time, urllib.request
-
-url = os.environ["GMQ_URL"] + "/onep:v1/stack/alias"
-vms = os.environ["GMQ_VMS"]
-print("demo_sensor %s posting to %s" % (os.environ.get("GWE_APP_VERSION"), url), flush=True)
-n = 0
-while True:
-    body = ("temperature=%.2f" % (21 + 2 * math.sin(n / 5.0))).encode()
-    req = urllib.request.Request(url, data=body, method="POST", headers={
-        "X-Exosite-VMS": vms, "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
-    try:
-        urllib.request.urlopen(req, timeout=5).read()
-    except OSError as exc:
-        print("gmq not reachable: %s" % exc, file=sys.stderr, flush=True)
-    n += 1
-    time.sleep(0.5)
-'''
-
+APP = "sample_sensor"
+SAMPLE_APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_app")
 
 class DemoError(Exception):
     pass
@@ -191,20 +172,12 @@ class Demo:
 
         _step("building the sample app %s and uploading it to the content area" % APP)
         src = os.path.join(workdir, "app")
-        os.makedirs(src)
-        with open(os.path.join(src, "demo_sensor.py"), "w") as f:
-            f.write(SENSOR_APP)
-        with open(os.path.join(src, "install.sh"), "w") as f:
-            f.write("#!/bin/sh\necho \"installing $GWE_APP_NAME $GWE_APP_VERSION into $GWE_APP_DIR\"\n")
-        os.chmod(os.path.join(src, "install.sh"), 0o755)
-        with open(os.path.join(src, "supervisor.conf"), "w") as f:
-            f.write("[supervisord]\ncommand = %s demo_sensor.py\nstartsecs = 1\n"
-                    "environment = GMQ_URL=\"http://127.0.0.1:%d\",GMQ_VMS=\"%s %s %s\"\n"
+        shutil.copytree(SAMPLE_APP, src)
+        with open(os.path.join(src, "supervisor.conf"), "w") as f:  # this demo's python and gmq port
+            f.write("[supervisord]\ncommand = %s sensor.py\nstartsecs = 1\n"
+                    "environment = GMQ_URL=\"http://127.0.0.1:%d\",SENSOR_VMS=\"%s %s %s\"\n"
                     % (sys.executable, self.gmq_port, self.product, self.product, SENSOR))
         buildfile = os.path.join(src, "build.json")
-        with open(buildfile, "w") as f:
-            json.dump({"name": APP, "version": "1.0", "includes": ["demo_sensor.py", "install.sh",
-                                                                   "supervisor.conf"]}, f)
         tarball = otau.build_app(buildfile, output_dir=workdir)
         with open(tarball, "rb") as f:
             self._admin("PUT", "/content/item/%s" % os.path.basename(tarball), data=f,

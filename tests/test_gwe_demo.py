@@ -14,7 +14,7 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path):
     done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=120)
     out = done.stdout.decode()
     assert done.returncode == 0, out
-    assert "demo_sensor RUNNING under supervisord" in out
+    assert "sample_sensor RUNNING under supervisord" in out
     assert "fetch_status: installed" in out
     assert out.count("temperature = ") >= 3
     for report in ("engine_report", "device_info", "usage_report", "fetch_status"):
