@@ -132,7 +132,7 @@ def serve(host: str, port: int, data_dir: str, product_id: str, allow_self_regis
     if mqtt_port is not None:
         from .mqtt import MqttFrontEnd
         try:
-            mqtt = MqttFrontEnd(murano, host, mqtt_port, mqtt_cert, mqtt_key).start()
+            mqtt = MqttFrontEnd(murano, host, mqtt_port, mqtt_cert, mqtt_key, max_connections).start()
         except Exception as exc:  # amqtt wraps bind errors in its own exception types
             murano.close()
             raise CliError("cannot serve MQTT on %s:%d: %s" % (host, mqtt_port, getattr(exc, "strerror", None) or exc))

@@ -93,13 +93,14 @@ class MqttFrontEnd:
     """The MQTT listener of one ``Murano``; ``start()`` returns once it accepts connections."""
 
     def __init__(self, murano: Murano, host: str = "127.0.0.1", port: int = 1883,
-                 certfile: Optional[str] = None, keyfile: Optional[str] = None) -> None:
+                 certfile: Optional[str] = None, keyfile: Optional[str] = None, max_connections: int = 1000) -> None:
         require_amqtt()
         self.murano = murano
         self.host = host
         self.port = port
         self.certfile = certfile
         self.keyfile = keyfile
+        self.max_connections = max_connections  # more wait for a free slot
         self.key = uuid.uuid4().hex
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.broker = None
@@ -145,7 +146,7 @@ class MqttFrontEnd:
 
     async def _serve(self) -> None:
         Broker, auth_base, topic_base = require_amqtt()
-        listener = {"type": "tcp", "bind": "%s:%d" % (self.host, self.port), "max_connections": 0}
+        listener = {"type": "tcp", "bind": "%s:%d" % (self.host, self.port), "max_connections": self.max_connections}
         if self.certfile:
             listener.update(ssl=True, certfile=self.certfile, keyfile=self.keyfile)
         config = {"listeners": {"default": listener},
