@@ -44,6 +44,7 @@ PUBACK_BYTES = 4
 MAX_VALUE_BYTES = 1024 * 1024     # Murano's limit per value
 _BAD_ALIAS = re.compile(r"[.$/+#\x00-\x1f\x7f]")  # Murano refuses . and $; / + # break the topic
 Listener = Callable[[str, str, int], None]
+_NO_CONNECTION = object()
 
 
 def check_mqtt_url(url: str) -> Tuple[str, str, int]:
@@ -113,7 +114,7 @@ class MqttTransport:
         self._cond = threading.Condition()         # connection state, PUBACKs, pushes
         self._client = None
         self._thread: Optional[threading.Thread] = None
-        self._credentials: Optional[Tuple[Optional[str]]] = None  # (token,) of the running connection
+        self._token: object = _NO_CONNECTION  # the token the running connection uses (None: certificate)
         self._stop = threading.Event()
         self._connected = False
         self._fatal: Optional[errors.DeviceAPIError] = None  # no point reconnecting until the token changes
@@ -148,9 +149,9 @@ class MqttTransport:
     def _ensure(self, token: Optional[str]):
         """The connected client for ``token``, (re)connecting as needed; raises when it cannot."""
         with self._lock:
-            if self._credentials != (token,) or self._thread is None or not self._thread.is_alive():
+            if self._token != token or self._thread is None or not self._thread.is_alive():
                 self._shutdown()
-                self._credentials = (token,)
+                self._token = token
                 self._fatal = None
                 self._stop = threading.Event()
                 self._client = self._new_client("", token) if token else self._new_client(None, None)
@@ -290,7 +291,7 @@ class MqttTransport:
             with self._lock:  # a fresh connection next time: paho must not resend this one behind our back
                 if self._client is client:
                     self._shutdown()
-                    self._credentials = None
+                    self._token = _NO_CONNECTION
             raise errors.NetworkError("MQTT: no PUBACK for %s within %.0fs (the server may or may not have it)"
                                       % (topic, self.read_timeout))
 
