@@ -45,6 +45,8 @@ MAX_VALUE_BYTES = 1024 * 1024     # Murano's limit per value
 _BAD_ALIAS = re.compile(r"[.$/+#\x00-\x1f\x7f]")  # Murano refuses . and $; / + # break the topic
 Listener = Callable[[str, str, int], None]
 _NO_CONNECTION = object()
+_CONNACK_AUTH = (134, 135)      # MQTT 3.1.1 CONNACK 4 and 5 as paho reports them: bad credentials, not authorized
+_CONNACK_UNAVAILABLE = 136      # CONNACK 3: server unavailable
 
 
 def check_mqtt_url(url: str) -> Tuple[str, str, int]:
@@ -207,7 +209,12 @@ class MqttTransport:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             with self._cond:
-                self._fatal = errors.NotActivated("MQTT connection refused: %s" % reason_code, 401)
+                message = "MQTT connection refused: %s" % reason_code
+                if reason_code.value in _CONNACK_AUTH:
+                    self._fatal = errors.NotActivated(message, 401)
+                elif reason_code.value != _CONNACK_UNAVAILABLE:  # that one is worth retrying
+                    self._fatal = errors.RequestError(message, None)
+                self._last_error = str(reason_code)
                 self._cond.notify_all()
             client.disconnect()
             return
