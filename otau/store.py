@@ -150,8 +150,10 @@ class AppStore:
             return {}
         versions = {}
         for name in names:
-            if os.path.isfile(os.path.join(self.app_root(name), STATE)):
+            # the link is what supervisord runs now, also during an install's health gate
+            current = self.current_target(name)
+            if current is None and os.path.isfile(os.path.join(self.app_root(name), STATE)):
                 current = self.read_state(name).current
-                if current:
-                    versions[name] = current
+            if current:
+                versions[name] = current
         return versions
