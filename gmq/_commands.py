@@ -10,7 +10,7 @@ import click
 from atomic_config import gwe_paths
 
 from . import __version__, config
-from .cli import call
+from .cli import call, serve as run_server
 
 
 def fail(message: str) -> None:
@@ -28,6 +28,12 @@ def cli(ctx: click.Context, cfg_path: bool) -> None:
         click.echo(gwe_paths().gmq_cfg)
     elif ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
+
+
+@cli.command()
+def serve() -> None:
+    """Run the server in the foreground (what bare `gmq` does, without loading click)."""
+    run_server()
 
 
 @cli.group("cfg", invoke_without_command=True)
