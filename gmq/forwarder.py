@@ -214,7 +214,7 @@ class Forwarder(threading.Thread):
             return self._bad_batch(client, st, values, exc.status, str(exc) or "status %s" % exc.status)
         self.queue.ack([v.id for v in values])
         st.backoff.reset()
-        st.limit = settings.batch_size
+        st.limit = min(settings.batch_size, st.limit * 2)  # after a narrowing, grow back step by step
         st.last_delivery = time.time()
         st.last_error = None
         return True
