@@ -11,8 +11,8 @@ amqtt hooks make it Murano:
 - the packet hook: a device's PUBLISH is applied to the store *before* amqtt sends its
   PUBACK (the hook's task is queued ahead of amqtt's publish handler and does not yield
   until the commit is done), so an acknowledged value is on disk;
-- no relaying: the broker's delivery step is replaced, nothing a device publishes reaches
-  another client. Cloud sets go to the device's own sessions only, as
+- no relaying: the broker's delivery step is replaced and every SUBSCRIBE is refused,
+  so nothing a device publishes (nor its Will) reaches another client. Cloud sets go to the device's own sessions only, as
   ``$resource/<alias>/<µs>`` at QoS 1, on connect (pending ones) and when set.
 """
 from __future__ import annotations
@@ -206,11 +206,6 @@ class MqttFrontEnd:
             if not ids:
                 self._devices.pop((client.pid, client.identity), None)
 
-    def may_subscribe(self, session, topic: str) -> bool:
-        """Subscriptions are inert (pushes need none) but allowed to a device for its pushes."""
-        client = self._clients.get(session.client_id or "")
-        return client is not None and client.identity is not None and topic.startswith("$resource/")
-
     def on_publish(self, packet, session) -> None:
         """Apply one device PUBLISH before its PUBACK; a refused one is never acknowledged."""
         client_id = session.client_id or ""
@@ -347,9 +342,9 @@ def _plugin_class(auth_base, topic_base):
             return self.front_end.authenticate(session)
 
         async def topic_filtering(self, *, session=None, topic=None, action=None) -> bool:
-            if getattr(action, "value", action) != "subscribe":
-                return True  # publishes are judged by on_mqtt_packet_received
-            return session is not None and topic is not None and self.front_end.may_subscribe(session, topic)
+            """Every SUBSCRIBE is refused: pushes need none (Murano's are implicit), and with no
+            subscriptions amqtt has nobody to hand a Will or a retained message to."""
+            return getattr(action, "value", action) != "subscribe"
 
         async def on_mqtt_packet_received(self, *, packet, session=None) -> None:
             if session is not None and type(packet).__name__ == "PublishPacket":

@@ -58,8 +58,9 @@ class RawClient:
     """A plain paho client that keeps every message it receives: (topic, payload, qos)."""
 
     def __init__(self, port: int, username: Optional[str] = None, password: Optional[str] = None,
-                 subscribe: Tuple[str, ...] = ()) -> None:
+                 subscribe: Tuple[str, ...] = (), will: Optional[Tuple[str, bytes]] = None) -> None:
         self.messages: List[Tuple[str, bytes, int]] = []
+        self.granted: list = []  # SUBACK reason codes
         self.connected = threading.Event()
         self.disconnected = threading.Event()
         self.connack: Optional[str] = None
@@ -70,6 +71,9 @@ class RawClient:
         self.client.on_connect = self._on_connect
         self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload, m.qos))
         self.client.on_disconnect = lambda *args: self.disconnected.set()
+        self.client.on_subscribe = lambda c, u, mid, codes, props: self.granted.extend(codes)
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 

@@ -2,6 +2,7 @@
 import json
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -91,7 +92,14 @@ def test_devices_never_see_each_other(server, tmp_path):
         dev_a.activate(), dev_b.activate()
         spy = RawClient(server.mqtt_port, "", dev_b.token,
                         subscribe=("$resource/#", "#", "$provision/#")).wait_connected()
+        wait_for(lambda: len(spy.granted) == 3, 5, message="SUBACKs")
+        assert all(code.is_failure for code in spy.granted)  # subscriptions are refused: pushes need none
         dev_a.write("secret", "from-a")
+        with_will = RawClient(server.mqtt_port, "", dev_a.token, will=("$resource/secret", b"will-of-a"))
+        with_will.wait_connected()
+        with_will.client.socket().shutdown(socket.SHUT_RDWR)  # dies without DISCONNECT: the Will fires
+        wait_for(with_will.disconnected.is_set, 5, message="the Will's connection gone")
+        with_will.close()
         server.set("a", "engine_fetch", "for-a")
         assert dev_a.long_poll(["engine_fetch"], timeout_ms=3000)[0] == {"engine_fetch": "for-a"}
         assert dev_b.long_poll(["engine_fetch"], timeout_ms=500) == ({}, None)
