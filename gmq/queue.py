@@ -1,13 +1,13 @@
 """DurableQueue: values on disk (sqlite, WAL, synchronous=FULL) before anyone is told "stored".
 
-``append`` returns only after the values are committed and fsynced. Concurrent callers
-are group-committed: the first caller to find the database idle becomes the leader and
-commits everything that is pending (its own values and those of every caller that
-arrived meanwhile) in one transaction, then wakes the others. With one producer there
-is no hand-off to another thread at all; with many, one fsync covers many requests.
+``append_many`` returns only after the values of every request given are committed and
+fsynced, in one transaction: group commit is done by the caller, who gathers requests
+(gmq's event loop gathers everything that arrived during the previous commit), so no
+producer thread ever waits to be woken by another.
 
-Every other write (ack, dead-letter, drops, expiry) takes the same turn, so the
-database has exactly one writer and never waits in sqlite's busy handler.
+Every write (appends, ack, dead-letter, drops, expiry) takes the writer's turn, a FIFO
+hand-over between threads, so the database has exactly one writer and never waits in
+sqlite's busy handler.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from collections import deque
-from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from atomic_config import connect_sqlite, fsync_dir
 
@@ -116,17 +116,6 @@ class _Claim:
         self.turn = _held_lock()
 
 
-class _Batch(_Claim):
-    """Appends that arrived while another commit ran; the first of them (the heir) commits them all."""
-
-    __slots__ = ("entries", "waiters")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entries: List[_Entry] = []
-        self.waiters: List[threading.Lock] = []
-
-
 @dataclass
 class _State:
     depth: int = 0
@@ -179,8 +168,7 @@ class DurableQueue:
             conn.execute("PRAGMA cache_size=-%d" % kib)
         self._lock = threading.Lock()
         self._busy = False
-        self._open: Optional[_Batch] = None
-        self._waiting: Deque[Union[_Batch, _Claim]] = deque()
+        self._waiting: Deque[_Claim] = deque()
         self._free, self._free_at, self._free_used = 0, float("-inf"), 0
         self._state = self._load_state()
         self._dirty: set = set()
@@ -267,50 +255,14 @@ class DurableQueue:
 
     # -- append -----------------------------------------------------------------------------
     def append(self, client: int, values: Sequence[Value]) -> int:
-        """Store ``(alias, ts, value)`` triples durably (ts None = arrival time, unique per value); all or none.
+        """Store one request's ``(alias, ts, value)`` triples durably (ts None = arrival time); all or none.
 
-        Returns the number stored once they are fsynced; raises ``Rejected`` (413, 507, 500)
-        when none were stored.
+        Returns how many were stored, once fsynced; raises ``Rejected`` (413, 507, 500).
         """
-        entry = self._entry(client, values)
-        if entry is None:
-            return 0
-        wake = None
-        with self._lock:
-            if not self._busy:
-                self._busy = True
-                batch = None
-            else:
-                batch = self._open
-                heir = batch is None
-                if heir:
-                    batch = self._open = _Batch()
-                    self._waiting.append(batch)
-                else:
-                    wake = _held_lock()
-                    batch.waiters.append(wake)
-                batch.entries.append(entry)
-        if batch is None:  # the database was idle: commit alone, no hand-off
-            try:
-                self._commit([entry])
-            finally:
-                self._release()
-        elif heir:  # first to wait: commit everyone who queued behind the current commit
-            batch.turn.acquire()
-            with self._lock:
-                if self._open is batch:
-                    self._open = None
-            try:
-                self._commit(batch.entries)
-            finally:
-                for lock in batch.waiters:
-                    lock.release()
-                self._release()
-        else:
-            wake.acquire()
-        if entry.status:
-            raise Rejected(entry.status, entry.reason)
-        return len(entry.rows)
+        rejected = self.append_many([(client, values)])[0]
+        if rejected is not None:
+            raise rejected
+        return len(values)
 
     def append_many(self, requests: Sequence[Tuple[int, Sequence[Value]]]) -> List[Optional[Rejected]]:
         """Several requests' values in one commit (for a caller that gathers them itself).
