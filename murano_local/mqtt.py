@@ -117,12 +117,18 @@ class MqttFrontEnd:
             for noisy in ("amqtt", "transitions"):  # they log every connection and state change at INFO
                 logging.getLogger(noisy).setLevel(logging.WARNING)
         _FRONT_ENDS[self.key] = self
-        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError("MQTT broker did not start within %.0fs" % timeout)
-        if self._failure is not None:
-            raise self._failure
+        broker_log = logging.getLogger("amqtt.broker")
+        level = broker_log.level
+        broker_log.setLevel(logging.CRITICAL)  # a failed start (port in use) is raised, not logged with a traceback
+        try:
+            self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+            self._thread.start()
+            if not self._ready.wait(timeout):
+                raise RuntimeError("MQTT broker did not start within %.0fs" % timeout)
+            if self._failure is not None:
+                raise self._failure
+        finally:
+            broker_log.setLevel(level)
         self.murano.hub.subscribe(self._on_change)
         log.info("murano-local serving %s://%s:%d", "mqtts" if self.certfile else "mqtt", self.host, self.port)
         return self

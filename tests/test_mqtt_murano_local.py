@@ -328,3 +328,15 @@ def test_operator_cli_sees_publishes_and_reaches_the_device(server, tmp_path):
         set_done = time.monotonic()
         wait_for(lambda: arrived, 2, message="push of the operator's set")
         assert arrived[0][1:] == ("config_io", "v9") and arrived[0][0] - set_done < 1.0
+
+
+def test_mqtt_port_in_use_is_one_line(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        proc = subprocess.run([sys.executable, "-m", "murano_local", "serve", "--port", "0", "--mqtt-port",
+                               str(busy.getsockname()[1]), "--data", str(tmp_path / "data")],
+                              capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("murano-local: error: cannot serve MQTT on 127.0.0.1:"), lines
