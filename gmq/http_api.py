@@ -114,7 +114,7 @@ class GmqHTTPServer:
             self._poll(0 if self._ready else TICK_S)
             if self._ready:
                 self._serve_ready()
-                passes = GATHER_PASSES
+                passes = GATHER_PASSES if len(self._conns) > 1 else 0  # alone, nobody else can be arriving
                 while self._gathered and passes:
                     passes -= 1
                     if not self._poll(0):
