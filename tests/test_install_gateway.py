@@ -44,7 +44,7 @@ def clean_env(home: str) -> dict:
 
 def install(prefix: str, home: str) -> str:
     done = subprocess.run([SCRIPT, "--prefix", prefix, "--gwe-home", home, "--no-systemd"],
-                          env=clean_env(home), cwd=os.path.dirname(home), stdout=subprocess.PIPE,
+                          env=clean_env(home), cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=180)
     assert done.returncode == 0, done.stdout
     return done.stdout

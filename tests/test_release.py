@@ -172,3 +172,18 @@ def test_gwe_package_installed_from_a_shell_runs_from_its_own_virtualenv(release
 
     assert base_pth(gmq_venv) == base_pth(gwe_venv)
     assert not any(d.startswith(paths.apps) for d in base_pth(gmq_venv))
+
+
+def test_release_refuses_a_version_the_daemons_would_not_report(tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, str(source), ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "__pycache__",
+                                                                       "*.egg-info", ".pytest_cache"))
+    init = source / "gmq" / "__init__.py"
+    init.write_text(re.sub(r'__version__ = "[^"]+"', '__version__ = "0.0.0.mismatch"', init.read_text()))
+    done = subprocess.run([str(source / "scripts" / "release"), "--output-dir", str(tmp_path / "dist"),
+                           "--python", sys.executable], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          timeout=120, env=dict(os.environ, PIP_NO_INDEX="1", PYTHONPATH=""))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["scripts/release: gmq.__version__ is 0.0.0.mismatch but setup.py says %s: "
+                                        "make them equal" % setup_py_version()]
+    assert not os.listdir(str(tmp_path / "dist"))
