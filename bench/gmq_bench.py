@@ -175,14 +175,19 @@ def http_levels(args, work) -> dict:
     runs[("plain_b5", 32)] = []
     db = os.path.join(work, "naive.db")
     for rnd in range(args.rounds):
-        plain = anchor_server(args.anchors, 128)
-        plain5 = anchor_server(args.anchors, 5)
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(db + suffix):
                 os.unlink(db + suffix)
-        naive = anchor_server(args.anchors, 128, db)
-        gmq = Gmq(work, "gmq-http")
+        procs = []
         try:
+            plain = anchor_server(args.anchors, 128)
+            procs.append(plain)
+            plain5 = anchor_server(args.anchors, 5)
+            procs.append(plain5)
+            naive = anchor_server(args.anchors, 128, db)
+            procs.append(naive)
+            gmq = Gmq(work, "gmq-http")
+            procs.append(gmq)
             for lvl in levels:
                 targets = [("plain", "http://127.0.0.1:%d/" % plain.port, ()),
                            ("naive", "http://127.0.0.1:%d/" % naive.port, ()),
@@ -197,9 +202,8 @@ def http_levels(args, work) -> dict:
                     print("  round %d  %-8s %2d conns  %8.0f req/s  p99 %7.2f ms" % (
                         rnd + 1, name, lvl, runs[(name, lvl)][-1]["rps"], runs[(name, lvl)][-1]["p99"]), flush=True)
         finally:
-            for p in (plain, plain5, naive):
+            for p in procs:
                 p.stop()
-            gmq.stop()
     out = {}
     for (name, lvl), r in runs.items():
         out["%s_%d" % (name, lvl)] = {"rps": median_of(r, "rps"), "p50": median_of(r, "p50"),
@@ -255,12 +259,13 @@ def drain_and_rss(args, work) -> dict:
     murano = Proc([sys.executable, "-m", "murano_local", "serve", "--port", str(mport), "--data", mdir,
                    "--log-level", "WARNING"], mport, dict(os.environ, PYTHONPATH=ROOT), os.path.join(work, "ml.log"))
     murl = "http://127.0.0.1:%d" % mport
-    req = urllib.request.Request(murl + "/api:1/service/localproduct/device2/identity/drain-1", data=b"{}",
-                                 method="PUT", headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=10).close()
-    gmq = Gmq(work, "gmq-drain", {("queue", "max_bytes"): 1 << 30})
-    rss = [("start", rss_mib(gmq.pid))]
+    gmq = None
     try:
+        req = urllib.request.Request(murl + "/api:1/service/localproduct/device2/identity/drain-1", data=b"{}",
+                                     method="PUT", headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).close()
+        gmq = Gmq(work, "gmq-drain", {("queue", "max_bytes"): 1 << 30})
+        rss = [("start", rss_mib(gmq.pid))]
         sock = socket.create_connection(("127.0.0.1", gmq.port))
         per = 100
         for n in range(total // per):
@@ -296,7 +301,8 @@ def drain_and_rss(args, work) -> dict:
         rss.append(("drained", rss_mib(gmq.pid)))
         delivered = st["counters"]["delivered"]
     finally:
-        gmq.stop()
+        if gmq is not None:
+            gmq.stop()
         murano.stop()
     return {"drain_values": depth, "drain_seconds": elapsed, "drain_values_s": depth / elapsed,
             "drain_delivered": delivered, "rss_mib": rss, "rss_max_mib": max(v for _, v in rss),
