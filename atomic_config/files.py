@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import secrets
 import stat
 import time
 from typing import Callable, Optional, Union
@@ -129,7 +128,7 @@ def _keep_previous(path: str, is_valid: Callable[[bytes], bool]) -> None:
 def _write_replace(path: str, data: bytes, mode: Optional[int], fsync_parent: bool = True,
                    before_replace: Optional[Callable[[], None]] = None) -> None:
     directory, name = os.path.split(path)
-    tmp = os.path.join(directory, "%s%d.%s%s" % (_tmp_prefix(name), os.getpid(), secrets.token_hex(4), TMP_SUFFIX))
+    tmp = os.path.join(directory, "%s%d.%s%s" % (_tmp_prefix(name), os.getpid(), os.urandom(4).hex(), TMP_SUFFIX))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:

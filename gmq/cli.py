@@ -40,10 +40,8 @@ def local_url(path: str) -> str:
     """URL of the running gmq's ``path`` on this machine (from gmq.cfg)."""
     from atomic_config import gwe_paths
 
-    from .config import load
-    cfg = load(gwe_paths())
-    host = "127.0.0.1" if cfg.host in ("", "0.0.0.0") else ("[%s]" % cfg.host if ":" in cfg.host else cfg.host)
-    return "http://%s:%d%s" % (host, cfg.port, path)
+    from . import config
+    return config.local_url(config.load(gwe_paths()), path)
 
 
 def call(method: str, path: str, timeout: float = 10.0) -> dict:

@@ -108,13 +108,19 @@ def _values(cfg: AtomicConfigParser) -> Dict[Tuple[str, str], object]:
 
 
 def upstream_from_gateway(paths: GwePaths) -> Optional[str]:
-    """Gateway.cfg [device] host, or https://<product id>.m2.exosite.io, or None."""
-    cfg = read_config(paths.gateway_cfg)
-    host = cfg.get("device", "host", fallback="").strip().strip("'\"")
-    if host:
-        return host
-    pid = cfg.get("device", "model", fallback="").strip().strip("'\"")
-    return "https://%s.m2.exosite.io" % pid if pid else None
+    """The Murano URL gwe uses (Gateway.cfg), or None when it has no host or product id yet."""
+    from gwe.config import ConfigError as GatewayConfigError, load_gateway_config
+
+    try:
+        return load_gateway_config(paths.gateway_cfg).murano_url
+    except GatewayConfigError:
+        return None
+
+
+def local_url(cfg: "GmqConfig", path: str) -> str:
+    """URL of the running gmq's ``path`` on this machine."""
+    host = "127.0.0.1" if cfg.host in ("", "0.0.0.0") else ("[%s]" % cfg.host if ":" in cfg.host else cfg.host)
+    return "http://%s:%d%s" % (host, cfg.port, path)
 
 
 def load(paths: GwePaths) -> GmqConfig:

@@ -42,8 +42,7 @@ def gmq_status_url() -> str:
     from atomic_config import gwe_paths
     from gmq import config as gmq_config
 
-    cfg = gmq_config.load(gwe_paths())
-    return "http://%s:%d/status" % (cfg.host, cfg.port)
+    return gmq_config.local_url(gmq_config.load(gwe_paths()), "/status")
 
 
 def fetch_gmq_status(url: str, timeout: float = 2.0) -> dict:

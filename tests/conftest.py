@@ -9,9 +9,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def gwe_home(tmp_path, monkeypatch):
-    """A fresh GWE_HOME for the test, exported to the environment (and so to subprocesses)."""
+    """A fresh GWE_HOME for every test, exported to the environment (and so to subprocesses)."""
     home = tmp_path / "gwe_home"
     home.mkdir()
     monkeypatch.setenv("GWE_HOME", str(home))

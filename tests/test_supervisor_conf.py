@@ -8,8 +8,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_repository_supervisor_files_are_the_generated_ones():
     for rel, content in suite_configs(gwe_paths("/"), DEFAULT_BIN_DIR).items():
-        if os.path.basename(rel) == "gmq.conf":
-            continue
         with open(os.path.join(ROOT, "supervisor", os.path.basename(rel))) as f:
             assert f.read() == content, "supervisor/%s is stale: regenerate it" % os.path.basename(rel)
 
