@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 MAX_JOBS = 32
+SELF = "gwe"
 
 
 class FetchRequestError(ValueError):
@@ -48,6 +49,8 @@ def parse_engine_fetch(raw: str) -> List[InstallJob]:
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise FetchRequestError("each install entry needs a \"name\" string")
+        if "/" in entry["name"] or "\\" in entry["name"]:
+            raise FetchRequestError("package name %r must be a bare file name" % entry["name"][:80])
         try:
             parse_package_name(entry["name"])
         except PackageError as exc:
@@ -56,7 +59,8 @@ def parse_engine_fetch(raw: str) -> List[InstallJob]:
         if sha is not None and (not isinstance(sha, str) or not SHA256_RE.match(sha)):
             raise FetchRequestError("sha256 of %s must be 64 hex digits" % entry["name"])
         jobs.append(InstallJob(entry["name"], sha.lower() if sha else None))
-    return jobs
+    # installing gwe restarts this process: do it last so the other jobs are not cut off
+    return sorted(jobs, key=lambda job: parse_package_name(job.name).name == SELF)
 
 
 def request_error_status(raw: str, error: str) -> dict:

@@ -37,8 +37,13 @@ def guard_path(paths: GwePaths) -> str:
 
 
 def guard_argv(paths: GwePaths, name: str, version: str, max_attempts: int) -> List[str]:
-    """What goes in front of a self-updated program's command."""
-    return [sys.executable, guard_path(paths), marker_path(paths, name), version, str(max_attempts)]
+    """What goes in front of a self-updated program's command.
+
+    The guard needs only the standard library, so it runs on the base interpreter: the
+    virtualenv gwe runs in may be an over-the-air version that is pruned later.
+    """
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    return [os.path.realpath(base), guard_path(paths), marker_path(paths, name), version, str(max_attempts)]
 
 
 def write_marker(paths: GwePaths, name: str, version: str, conf_path: str, app_root: str,

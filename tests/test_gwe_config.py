@@ -51,3 +51,16 @@ def test_engine_settings_defaults_and_validation(gwe_home):
         with pytest.raises(ConfigError):
             update_engine_settings(bad)
     assert load_engine_settings()["update_interval"] == "30"
+
+
+def test_engine_fetch_puts_gwe_last_and_rejects_paths():
+    from gwe.engine_fetch import FetchRequestError, parse_engine_fetch
+
+    jobs = parse_engine_fetch('{"install": [{"name": "gwe.v2.tar.gz"}, {"name": "gmq.v2.tar.gz"},'
+                              ' {"name": "app.v1.tar.gz", "sha256": "%s"}]}' % ("A" * 64))
+    assert [j.name for j in jobs] == ["gmq.v2.tar.gz", "app.v1.tar.gz", "gwe.v2.tar.gz"]
+    assert jobs[1].sha256 == "a" * 64
+    for bad in ('[]', '{"install": []}', '{"install": [{"name": "../x.v1.tar.gz"}]}', 'not json',
+                '{"install": [{"name": "a.v1.tar.gz", "sha256": "zz"}]}', '{"install": [{"nam": 1}]}'):
+        with pytest.raises(FetchRequestError):
+            parse_engine_fetch(bad)
