@@ -24,7 +24,6 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,35 +32,12 @@ import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from device_client import Device, UsageLog  # noqa: E402
+from harness import MuranoLocal  # noqa: E402
 from device_client.transport_http import FORM, HttpTransport  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_murano(workdir: str):
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.Popen([sys.executable, "-m", "murano_local", "serve", "--port", str(port), "--data",
-                             os.path.join(workdir, "data"), "--log-level", "WARNING"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    url = "http://127.0.0.1:%d" % port
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if requests.get(url + "/timestamp", timeout=1).status_code == 200:
-                return proc, url
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit("murano_local did not start")
-        time.sleep(0.05)
 
 
 class LogTimer:
@@ -122,10 +98,10 @@ def main() -> None:
 
     timer = LogTimer()
     with tempfile.TemporaryDirectory(prefix="gdc-bench-", dir=os.path.expanduser("~")) as workdir:
-        proc, url = start_murano(workdir)
+        server = MuranoLocal(workdir).start()
+        url = server.url
         try:
-            requests.put(url + "/api:1/service/localproduct/device2/identity/bench", json={},
-                         timeout=10).raise_for_status()
+            server.add_device("bench")
             device = Device(url, serial="bench", identity="bench",
                             usage_db=os.path.join(args.usage_dir or workdir, "usage.db"))
             token = device.activate()
@@ -159,8 +135,7 @@ def main() -> None:
             nolog.close()
             isolated = isolated_record_cost(os.path.join(args.usage_dir or workdir, "isolated.db"))
         finally:
-            proc.terminate()
-            proc.wait(10)
+            server.stop()
 
     results = {
         "log_overhead_us_median": statistics.median(timer.samples) * 1e6,

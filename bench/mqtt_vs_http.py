@@ -20,45 +20,23 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from device_client import Device  # noqa: E402
+from harness import MuranoLocal  # noqa: E402
 
 SERIAL = "bench1"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def start_murano(workdir: str):
-    port, mqtt_port = free_port(), free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.Popen([sys.executable, "-m", "murano_local", "serve", "--port", str(port), "--mqtt-port",
-                             str(mqtt_port), "--data", os.path.join(workdir, "data"), "--log-level", "WARNING"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    url = "http://127.0.0.1:%d" % port
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if requests.get(url + "/timestamp", timeout=1).status_code == 200:
-                return proc, url, mqtt_port
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("murano_local did not start (is amqtt installed? pip install .[mqtt-server])")
-        time.sleep(0.05)
 
 
 class CountingRelay:
@@ -148,15 +126,13 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as workdir:
-        proc, url, mqtt_port = start_murano(workdir)
+        server = MuranoLocal(workdir, mqtt_port=True).start()  # needs amqtt: pip install .[mqtt-server]
         try:
-            requests.put("%s/api:1/service/localproduct/device2/identity/%s" % (url, SERIAL), json={},
-                         timeout=10).raise_for_status()
-            token = Device(url, serial=SERIAL, usage_db=False).activate()
-            results = measure(url, mqtt_port, token, args)
+            server.add_device(SERIAL)
+            token = Device(server.url, serial=SERIAL, usage_db=False).activate()
+            results = measure(server.url, server.mqtt_port, token, args)
         finally:
-            proc.terminate()
-            proc.wait(10)
+            server.stop()
 
     for key in sorted(results):
         print("%-34s %12.2f" % (key, results[key]))
