@@ -376,9 +376,10 @@ class GmqHTTPServer:
         if length_text is None:
             length = 0  # no Content-Length and no Transfer-Encoding: no body (RFC 9112 6.3)
         else:
-            if not length_text.isdigit():
+            if not (length_text.isascii() and length_text.isdigit()):  # "\xb2".isdigit() is true
                 raise _BadRequest(400, "bad Content-Length")
-            length = int(length_text)
+            digits = length_text.lstrip("0")
+            length = int(digits or "0") if len(digits) <= 18 else self.app.max_body_bytes + 1  # int() caps digits
         if length > self.app.max_body_bytes:
             raise _BadRequest(413, "body of %d bytes; the limit is %d" % (length, self.app.max_body_bytes))
         return method, target, version, headers, length

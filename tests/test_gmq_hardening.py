@@ -1,0 +1,42 @@
+"""Defects found in review of gmq's front end and forwarder: each test failed before its fix."""
+import socket
+
+import pytest
+
+from gmq_harness import GmqProcess
+
+
+@pytest.fixture
+def gmq(gwe_home):
+    server = GmqProcess(str(gwe_home))
+    server.start()
+    yield server
+    server.stop()
+
+
+def raw(gmq, data: bytes, timeout: float = 5.0, shut: bool = False) -> bytes:
+    """Send raw bytes on a fresh connection (``shut``: then half-close); return all until EOF or quiet."""
+    with socket.create_connection(("127.0.0.1", gmq.port), timeout=timeout) as s:
+        s.sendall(data)
+        if shut:
+            s.shutdown(socket.SHUT_WR)
+        chunks = []
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except socket.timeout:
+            pass
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("length,status", [(b"\xb2", b"400"), (b"9" * 5000, b"413")])
+def test_content_length_that_isdigit_but_not_int_is_answered_and_the_server_survives(gmq, length, status):
+    # latin-1 superscript two passes str.isdigit() but not int(); 5000 digits exceed int()'s digit limit
+    head = b"POST /onep:v1/stack/alias HTTP/1.1\r\nX-Exosite-VMS: p p s\r\nContent-Length: " + length + b"\r\n\r\n"
+    assert raw(gmq, head).startswith(b"HTTP/1.1 " + status)
+    assert gmq.proc.poll() is None
+    assert gmq.post("/onep:v1/stack/alias", "ok=1").status_code == 204
+
