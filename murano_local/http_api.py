@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl
 from device_client.form import FormError, decode_alias_query, decode_form, encode_form
 
 from .service import Murano, check_identity
+from .store import ceil_second_us
 from .wire import HttpError, Request, Response, text
 
 FORM_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
@@ -174,7 +175,7 @@ class DeviceApi:
                 unwatch()
         if not found:
             return Response(304)
-        newest = max(ts for _a, _v, ts in found)
+        newest = ceil_second_us(max(ts for _a, _v, ts in found))  # what the store dated the answer
         return form_response([(a, v) for a, v, _ts in found], [("Last-Modified", http_date(newest))])
 
     def record(self, req: Request) -> Response:

@@ -151,7 +151,7 @@ class Murano:
         key = (pid, identity)
         while True:
             seen = self.hub.version(key)
-            found = self.store.pending(pid, identity, aliases, since_us)
+            found = self.store.pending(pid, identity, aliases, since_us, whole_seconds=True)
             if found:
                 return found
             remaining = deadline - time.monotonic()

@@ -97,6 +97,11 @@ class Clock:
             self._last = now
             return now
 
+    def advance_to(self, us: int) -> None:
+        """Issue only timestamps after ``us`` from now on."""
+        with self._lock:
+            self._last = max(self._last, us)
+
 
 class _Job:
     __slots__ = ("work", "result", "error", "done")
@@ -332,13 +337,24 @@ class Store:
         return {alias: {"reported": reported, "set": set_value, "timestamp": ts}
                 for alias, reported, set_value, ts in rows if wanted is None or alias in wanted}
 
-    def pending(self, pid: str, identity: str, aliases: Sequence[str], since_us: Optional[int]) -> List[Tuple[str, str, int]]:
+    def pending(self, pid: str, identity: str, aliases: Sequence[str], since_us: Optional[int],
+                whole_seconds: bool = False) -> List[Tuple[str, str, int]]:
         """Cloud-set values the device has not written back yet, newer than ``since_us``:
-        ``[(alias, set, timestamp)]`` in the order of ``aliases``."""
-        rows = self._query("SELECT alias, set_value, timestamp FROM state WHERE pid = ? AND identity = ? "
-                           "AND pending = 1 AND timestamp > ?", (pid, identity, -1 if since_us is None else since_us))
-        found = {alias: (alias, value, ts) for alias, value, ts in rows}
-        return [found[a] for a in aliases if a in found]
+        ``[(alias, set, timestamp)]`` in the order of ``aliases``.
+
+        ``whole_seconds``: the answer is dated to the second (an HTTP-date Last-Modified,
+        rounded up); every later change is then stamped after that second, so a poll from
+        it neither gets these values again nor misses one set in the same second.
+        """
+        with self._lock:
+            rows = self._query("SELECT alias, set_value, timestamp FROM state WHERE pid = ? AND identity = ? "
+                               "AND pending = 1 AND timestamp > ?",
+                               (pid, identity, -1 if since_us is None else since_us))
+            found = {alias: (alias, value, ts) for alias, value, ts in rows}
+            answer = [found[a] for a in aliases if a in found]
+            if answer and whole_seconds:
+                self.clock.advance_to(ceil_second_us(max(ts for _a, _v, ts in answer)))
+        return answer
 
     def history(self, pid: str, identity: str, alias: str, limit: int) -> List[dict]:
         """The newest ``limit`` points of ``alias``, newest first."""
@@ -380,6 +396,11 @@ class Store:
 
     def content_files(self) -> List[str]:
         return [r[0] for r in self._query("SELECT file FROM content")]
+
+
+def ceil_second_us(timestamp_us: int) -> int:
+    """``timestamp_us`` rounded up to a whole second, in microseconds."""
+    return -(-timestamp_us // 1_000_000) * 1_000_000
 
 
 def _upsert_reported(conn: sqlite3.Connection, pid: str, identity: str, alias: str, value: str, ts: int) -> None:

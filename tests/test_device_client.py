@@ -125,6 +125,20 @@ def test_long_poll_times_out_then_wakes_on_a_cloud_set(device, murano):
     assert device.long_poll("data_out", timeout_ms=500, since=last_modified) == ({}, last_modified)
 
 
+def test_long_poll_from_last_modified_neither_repeats_nor_misses_a_set(device, murano):
+    # Last-Modified is an HTTP-date (whole seconds): a set not echoed back must not come
+    # again from it (watch() would spin on it), and a second set, even within the same
+    # second, must still come.
+    murano.set("gw-1", "cfg", "v1")
+    values, last_modified = device.long_poll("cfg", timeout_ms=1000)
+    assert values == {"cfg": "v1"}
+    assert device.long_poll("cfg", timeout_ms=300, since=last_modified) == ({}, last_modified)
+    murano.set("gw-1", "cfg", "v2")
+    values, again = device.long_poll("cfg", timeout_ms=1000, since=last_modified)
+    assert values == {"cfg": "v2"}
+    assert device.long_poll("cfg", timeout_ms=300, since=again) == ({}, again)
+
+
 def test_record_keeps_the_given_timestamps(device, murano):
     device.record({"data_in": [(1554975272.470659, '{"a": 1}'), (1554975273, '{"a": 2}')], "temp": [(1700000000, 5)]})
     assert murano.history("gw-1", "data_in") == [
