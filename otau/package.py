@@ -23,6 +23,9 @@ SETUP_PY = "setup.py"
 SUPERVISOR_CONF = "supervisor.conf"
 MANIFEST = "gwe-manifest.json"
 SIGNATURE = "gwe-manifest.sig"
+# apps/<name>/ holds these beside the version directories (store.CURRENT, store.STATE and its .prev)
+RESERVED_CURRENT = "current"
+RESERVED_STATE = "state.json"
 # Components of Gateway Engine itself: updated through the same path, guarded against crash loops.
 SELF_UPDATE_NAMES = frozenset({"gwe", "gmq", "device_client", "device-client"})
 
@@ -54,6 +57,9 @@ def parse_package_name(path_or_name: str) -> PackageName:
         raise PackageError("bad app name %r in %r: use letters, digits, '_' and '-' (at most 64)" % (name, filename))
     if not VERSION_RE.match(version) or ".." in version:
         raise PackageError("bad version %r in %r: use letters, digits and . _ + - (at most 64)" % (version, filename))
+    if version == RESERVED_CURRENT or version.startswith(RESERVED_STATE):
+        raise PackageError("bad version %r in %r: the name of a file otau keeps beside the versions"
+                           % (version, filename))
     return PackageName(name, version)
 
 
