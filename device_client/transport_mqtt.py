@@ -347,6 +347,9 @@ class MqttTransport:
         started = time.monotonic()
         try:
             client.connect(self.host, self.port, self.keepalive)
+        except ssl.SSLCertVerificationError as exc:
+            raise errors.TLSError("activate: %s:%d's certificate is not trusted: %s"
+                                  % (self.host, self.port, exc.verify_message)) from exc
         except OSError as exc:
             raise errors.NetworkError("activate: cannot connect to %s:%d: %s" % (self.host, self.port, exc)) from exc
         client.loop_start()

@@ -250,6 +250,22 @@ def test_tls_is_verified_by_default(tmp_path):
         server.stop()
 
 
+def test_mqtt_activation_against_an_untrusted_certificate_is_a_tls_error(tmp_path):
+    from device_client import TLSError
+
+    _ca, cert, key = make_tls(str(tmp_path / "tls"))
+    server = MuranoLocal(str(tmp_path / "murano_local"), mqtt_port=True, mqtt_cert=cert, mqtt_key=key).start()
+    try:
+        server.add_device("tls-1")
+        with Device(server.url, serial="tls-1", transport="mqtt", mqtt_url=server.mqtt_url, usage_db=False,
+                    connect_timeout=5) as dev:
+            with pytest.raises(TLSError, match="not trusted"):
+                dev.activate()
+        assert server.state("tls-1") == {} and not dev.activated
+    finally:
+        server.stop()
+
+
 def test_serve_without_amqtt_says_how_to_install(tmp_path):
     shadow = tmp_path / "shadow"
     (shadow / "amqtt").mkdir(parents=True)
