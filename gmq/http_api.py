@@ -56,7 +56,7 @@ class App(Protocol):
 
 
 class _Conn:
-    __slots__ = ("sock", "inbuf", "out", "busy", "closing", "seen", "started", "head", "keep", "writing")
+    __slots__ = ("sock", "inbuf", "out", "busy", "closing", "seen", "started", "head", "keep", "events", "eof")
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
@@ -68,7 +68,8 @@ class _Conn:
         self.started: Optional[float] = None  # first byte of the request being received
         self.head: Optional[Tuple[str, str, str, Dict[str, str], int]] = None
         self.keep = True
-        self.writing = False
+        self.events = selectors.EVENT_READ  # what the selector watches for (0: not registered)
+        self.eof = False           # the client half-closed: answer what it sent, then close
 
 
 class _BadRequest(Exception):
@@ -193,10 +194,11 @@ class GmqHTTPServer:
         fd = conn.sock.fileno()
         if fd >= 0:
             self._conns.pop(fd, None)
-            try:
-                self._sel.unregister(conn.sock)
-            except (KeyError, ValueError):
-                pass
+            if conn.events:
+                try:
+                    self._sel.unregister(conn.sock)
+                except (KeyError, ValueError):
+                    pass
             conn.sock.close()
         self._ready.discard(conn)
 
@@ -209,10 +211,9 @@ class GmqHTTPServer:
             self._close(conn)
             return
         if not data:
-            if not conn.busy:
-                self._close(conn)
-            else:
-                conn.closing = True  # answer what is being committed, then close
+            conn.eof = True  # a half-close: answer the requests already received, then close
+            self._watch(conn)
+            self._ready.add(conn)
             return
         now = time.monotonic()
         conn.seen = now
@@ -234,16 +235,23 @@ class GmqHTTPServer:
                 self._close(conn)
                 return
             del out[:n]
-        if out and not conn.writing:
-            conn.writing = True
-            self._sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
-        elif not out:
-            if conn.closing and not conn.busy:
-                self._close(conn)
-                return
-            if conn.writing:
-                conn.writing = False
-                self._sel.modify(conn.sock, selectors.EVENT_READ, conn)
+        if not out and conn.closing and not conn.busy:
+            self._close(conn)
+            return
+        self._watch(conn)
+
+    def _watch(self, conn: _Conn) -> None:
+        """Select on what ``conn`` waits for: bytes to read (until the client's EOF), room to write."""
+        events = (0 if conn.eof else selectors.EVENT_READ) | (selectors.EVENT_WRITE if conn.out else 0)
+        if events == conn.events:
+            return
+        if not conn.events:
+            self._sel.register(conn.sock, events, conn)
+        elif not events:
+            self._sel.unregister(conn.sock)
+        else:
+            self._sel.modify(conn.sock, events, conn)
+        conn.events = events
 
     def _expire(self, now: float) -> None:
         limit = self.app.request_timeout
@@ -278,6 +286,9 @@ class GmqHTTPServer:
                     self._gathered.append((conn, result))
                 else:
                     self._answer(conn, result, head_only=req.method == "HEAD")
+            if conn.eof and not conn.busy and conn.sock.fileno() >= 0:
+                conn.closing = True  # every complete request is answered; nothing more will come
+                self._flush(conn)
 
     def _commit(self) -> None:
         """Commit every gathered request's values in one transaction, then answer each."""
@@ -299,7 +310,7 @@ class GmqHTTPServer:
                     self._answer(conn, Reply(204))
             else:
                 self._answer(conn, text(rejected.status, rejected.reason))
-            if conn.inbuf:
+            if conn.inbuf or conn.eof:
                 self._ready.add(conn)
 
     def _answer(self, conn: _Conn, reply: Reply, close: bool = False, head_only: bool = False) -> None:

@@ -4,6 +4,7 @@ import socket
 import pytest
 
 from gmq_harness import GmqProcess
+from harness import wait_for
 
 
 @pytest.fixture
@@ -39,4 +40,13 @@ def test_content_length_that_isdigit_but_not_int_is_answered_and_the_server_surv
     assert raw(gmq, head).startswith(b"HTTP/1.1 " + status)
     assert gmq.proc.poll() is None
     assert gmq.post("/onep:v1/stack/alias", "ok=1").status_code == 204
+
+
+def test_pipelined_requests_then_half_close_are_all_answered(gmq):
+    one = b"POST /onep:v1/stack/alias HTTP/1.1\r\nX-Exosite-VMS: p p s\r\nContent-Length: 3\r\n\r\na=%d"
+    answer = raw(gmq, b"".join(one % i for i in range(3)) + b"GET /timestamp HTTP/1.1\r\n\r\n", shut=True)
+    assert answer.count(b"HTTP/1.1 204 ") == 3 and answer.count(b"HTTP/1.1 200 ") == 1, answer
+    assert [r[3] for r in gmq.queued()] == ["0", "1", "2"]
+    assert raw(gmq, b"GET /timestamp HTTP/1.1\r\n\r\n", shut=True).startswith(b"HTTP/1.1 200")
+    wait_for(lambda: gmq.status()["connections"] == 1, 5)  # only the status request's own connection
 
