@@ -1,8 +1,11 @@
 """Defects found in review of gmq's front end and forwarder: each test failed before its fix."""
 import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from device_client.form import decode_form
 from gmq_harness import GmqProcess
 from harness import wait_for
 
@@ -50,3 +53,64 @@ def test_pipelined_requests_then_half_close_are_all_answered(gmq):
     assert raw(gmq, b"GET /timestamp HTTP/1.1\r\n\r\n", shut=True).startswith(b"HTTP/1.1 200")
     wait_for(lambda: gmq.status()["connections"] == 1, 5)  # only the status request's own connection
 
+
+class ThrottlingUpstream:
+    """A scripted Device API server (real HTTP on loopback): the first ``throttled`` records get ``status``."""
+
+    def __init__(self, throttled: int, status: int) -> None:
+        self.left, self.status, self.recorded = throttled, status, []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path == "/provision/activate":
+                    return self._send(200, "t" * 40)
+                if outer.left > 0:
+                    outer.left -= 1
+                    return self._send(outer.status, "slow down")
+                alias = None
+                for k, v in decode_form(body):
+                    if k == "alias":
+                        alias = v
+                    else:
+                        outer.recorded.append((alias, v))
+                self._send(204, "")
+
+            def _send(self, status, text):
+                data = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("status", [429, 408])
+def test_throttled_upstream_is_retried_never_dead_lettered(gwe_home, status):
+    upstream = ThrottlingUpstream(6, status)
+    gmq = GmqProcess(str(gwe_home), upstream={"host": upstream.url, "backoff_initial": 0.05, "backoff_max": 0.2,
+                                             "batch_size": 50})
+    gmq.start()
+    try:
+        body = "&".join("%d=%d" % (1700000000 + i, i) for i in range(8))
+        assert gmq.post("/onep:v1/stack/alias/temp", body).status_code == 204
+        st = wait_for(lambda: (lambda s: s["queue"]["depth"] == 0 and s)(gmq.status()), 30)
+        assert [v for _, v in upstream.recorded] == [str(i) for i in range(8)]
+        assert st["counters"]["dead_lettered"] == 0 and gmq.rows("SELECT count(*) FROM dead_letter") == [(0,)]
+        assert st["counters"]["retried"] >= 6
+    finally:
+        gmq.stop()
+        upstream.close()
