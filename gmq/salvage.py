@@ -19,7 +19,8 @@ from atomic_config import connect_sqlite, fsync_dir
 log = logging.getLogger(__name__)
 
 SIDE_FILES = ("", "-wal", "-shm")
-MAX_SKIPS = 64
+MAX_SKIPS = 1024  # damaged stretches skipped per table before giving up
+MAX_GAP_LOOKUPS = 65536  # rowids of a damaged stretch tried one by one
 
 
 @dataclass
@@ -63,32 +64,74 @@ def move_aside(path: str) -> str:
 
 
 def _read_rows(src: sqlite3.Connection, table: str) -> List[tuple]:
-    """Every readable row of ``table`` in rowid order, skipping past damaged pages."""
+    """Every readable row of ``table`` in rowid order, skipping past damaged pages (only them)."""
     rows: List[tuple] = []
-    last = None
-    skips = 0
+    start = None  # rows with a rowid above it are still to read (None: from the first)
     try:
         top = src.execute('SELECT max(rowid) FROM "%s"' % table).fetchone()[0]
     except sqlite3.DatabaseError:
         top = None
-    while skips <= MAX_SKIPS:
+    for _ in range(MAX_SKIPS + 1):
         sql = 'SELECT rowid, * FROM "%s"' % table
         args: tuple = ()
-        if last is not None:
+        if start is not None:
             sql += " WHERE rowid > ?"
-            args = (last,)
+            args = (start,)
         sql += " ORDER BY rowid"
         try:
             for row in src.execute(sql, args):
                 rows.append(row[1:])
-                last = row[0]
+                start = row[0]
             return rows
         except sqlite3.DatabaseError:
-            skips += 1
-            if top is None or (last is not None and last >= top):
+            bad = 0 if start is None else start
+            start = _resume_after(src, table, bad, 2 ** 62 if top is None else top)
+            if start is None:
                 return rows
-            last = (last or 0) + max(1, 2 ** skips)
+            if start - bad <= MAX_GAP_LOOKUPS:  # rows a scan cannot reach may still answer by rowid
+                rows.extend(_rows_by_rowid(src, table, range(bad + 1, start + 1)))
     return rows
+
+
+def _rows_by_rowid(src: sqlite3.Connection, table: str, rowids: range) -> List[tuple]:
+    found = []
+    for rowid in rowids:
+        try:
+            row = src.execute('SELECT * FROM "%s" WHERE rowid = ?' % table, (rowid,)).fetchone()
+        except sqlite3.DatabaseError:
+            continue
+        if row is not None:
+            found.append(row)
+    return found
+
+
+def _readable_after(src: sqlite3.Connection, table: str, rowid: int) -> bool:
+    try:
+        src.execute('SELECT rowid, * FROM "%s" WHERE rowid > ? ORDER BY rowid LIMIT 1' % table, (rowid,)).fetchall()
+        return True
+    except sqlite3.DatabaseError:
+        return False
+
+
+def _resume_after(src: sqlite3.Connection, table: str, bad: int, top: int) -> Optional[int]:
+    """The smallest rowid above ``bad`` after which rows read again; None if none up to ``top``.
+
+    Gallops forward past the damage, then bisects back, so the readable rows just after
+    a damaged page are not jumped over.
+    """
+    step, good = 1, bad + 1
+    while not _readable_after(src, table, good):
+        if good >= top:
+            return None
+        bad, step = good, step * 2
+        good = min(bad + step, top)
+    while good - bad > 1:
+        mid = (bad + good) // 2
+        if _readable_after(src, table, mid):
+            good = mid
+        else:
+            bad = mid
+    return good
 
 
 def salvage(path: str, reason: str, schema: List[str]) -> SalvageReport:

@@ -1,11 +1,13 @@
 """Defects found in review of gmq's front end and forwarder: each test failed before its fix."""
 import socket
+import sqlite3
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from device_client.form import decode_form
+from gmq.queue import DurableQueue
 from gmq_harness import GmqProcess
 from harness import wait_for
 
@@ -114,3 +116,31 @@ def test_throttled_upstream_is_retried_never_dead_lettered(gwe_home, status):
     finally:
         gmq.stop()
         upstream.close()
+
+
+def test_salvage_keeps_every_row_that_can_still_be_read(tmp_path):
+    path = str(tmp_path / "gmq.db")
+    q = DurableQueue(path)
+    q.append_many([(1, [("a", 1700000000 + i, "v%06d" % i)]) for i in range(20000)])
+    q.close()
+    with open(path, "r+b") as f:  # wreck the headers of a few pages in the middle
+        for page in (40, 60, 80, 100, 120):
+            f.seek(page * 4096)
+            f.write(b"\xff" * 100)
+    readable = []
+    conn = sqlite3.connect(path)
+    for rowid in range(1, 20001):  # what a reader can still get, row by row
+        try:
+            row = conn.execute("SELECT value FROM queue WHERE id = ?", (rowid,)).fetchone()
+        except sqlite3.DatabaseError:
+            continue
+        if row is not None:
+            readable.append(row[0])
+    conn.close()
+    assert 0 < len(readable) < 20000
+    q = DurableQueue(path)
+    try:
+        assert q.salvage_report is not None
+        assert [v.value for v in q.take(1, 30000)] == readable
+    finally:
+        q.close()
