@@ -185,6 +185,7 @@ class MqttFrontEnd:
         if not client_id.startswith("amqtt/") and client_id != identity:
             log.info("MQTT connection refused: client id must be empty (or the identity)")
             return False
+        session.will_flag = session.will_retain = False  # nothing is relayed, and a retained Will would stay in memory for good
         self._forget(client_id)
         self._clients[client_id] = _Client(session, pid, identity, password or None)
         if identity is not None:

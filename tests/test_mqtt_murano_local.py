@@ -114,6 +114,35 @@ def test_devices_never_see_each_other(server, tmp_path):
         dev_b.close()
 
 
+def test_wills_are_dropped_not_retained_in_memory(tmp_path):
+    """An anonymous client that sets a retained Will and drops its connection, again and again,
+    must not grow the broker's retained messages (nothing is ever relayed to read them)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from harness import free_port
+    from murano_local.mqtt import MqttFrontEnd
+    from murano_local.service import Murano
+
+    murano = Murano(str(tmp_path / "data"))
+    port = free_port()
+    front = MqttFrontEnd(murano, port=port).start()
+    try:
+        for i in range(3):
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv311)
+            client.will_set("junk/%d" % i, b"x" * 60000, qos=0, retain=True)
+            client.connect("127.0.0.1", port, 60)
+            client.loop_start()
+            wait_for(client.is_connected, 5, message="connected")
+            client.loop_stop()
+            client.socket().close()  # no DISCONNECT: the broker sees an abnormal end
+            wait_for(lambda: not front._clients, 5, message="the broker to drop the connection")
+        time.sleep(0.2)  # the Will is handled right after the disconnect event
+        assert front.broker.retained_messages == {}
+    finally:
+        front.stop()
+        murano.close()
+
+
 def test_refusals(server, tmp_path):
     server.add_device("gw3")
     with _device(server, "gw3", tmp_path) as dev:
