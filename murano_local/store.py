@@ -367,10 +367,14 @@ class Store:
                     file: str) -> Optional[str]:
         """Record a blob; returns the file name of the blob it replaced, if any."""
         def work(conn: sqlite3.Connection) -> Optional[str]:
-            row = conn.execute("SELECT file FROM content WHERE pid = ? AND name = ?", (pid, name)).fetchone()
+            row = conn.execute("SELECT file, updated FROM content WHERE pid = ? AND name = ?",
+                               (pid, name)).fetchone()
+            # A replacement always gets a later update time: clients resume a partial download only
+            # while (size, updated) is unchanged, so two versions within one second must differ.
+            updated = max(int(time.time()), row[1] + 1) if row else int(time.time())
             conn.execute("INSERT OR REPLACE INTO content (pid, name, content_type, size, updated, meta, file) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (pid, name, content_type, size, int(time.time()), meta, file))
+                         (pid, name, content_type, size, updated, meta, file))
             return row[0] if row else None
         return self._transaction(work)
 

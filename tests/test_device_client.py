@@ -246,6 +246,18 @@ def test_an_interrupted_download_resumes_with_a_range_from_murano_local(device, 
     assert result.resumed_from == len(blob) and not os.path.exists(dest + ".part")
 
 
+def test_content_replaced_within_the_same_second_is_not_spliced(device, murano, tmp_path):
+    old, new = os.urandom(1_000_000), os.urandom(1_000_000)
+    wait_for(lambda: time.time() % 1 < 0.5, message="the start of a second")  # both uploads in one second
+    upload(murano, CONTENT_NAME, old)
+    dest = str(tmp_path / "app.tgz")
+    with pytest.raises(Interrupted):
+        device.download_content(CONTENT_NAME, dest, progress=interrupt_at(300_000))
+    upload(murano, CONTENT_NAME, new)  # same name, same size, other bytes
+    result = device.download_content(CONTENT_NAME, dest)
+    assert open(dest, "rb").read() == new and result.resumed_from == 0
+
+
 class CuttingContentServer(http.server.ThreadingHTTPServer):
     """Serves one blob with Range support; the first full download is cut after ``cut_at`` bytes."""
 
