@@ -319,6 +319,8 @@ class MqttTransport:
         identity = fields.get("sn") or fields.get("id")
         if not identity:
             raise ValueError("MQTT provisioning needs an identity")
+        if re.search(r"[+#\x00]", identity):  # no topic could carry it: the request would never be sent
+            raise ValueError("identity %r cannot be provisioned over MQTT" % identity[:40])
         topic = "$provision/" + identity
         reply: List[str] = []
         local: List[Optional[str]] = []

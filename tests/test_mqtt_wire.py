@@ -77,6 +77,15 @@ def test_unreachable_broker_is_a_network_error():
             dev.write("a", 1)
 
 
+def test_an_identity_that_is_no_topic_level_is_refused_before_connecting():
+    port = free_port()  # nothing listens: a connection attempt would be a NetworkError
+    for serial in ("a+b", "a#", "a\x00b"):
+        with Device("http://127.0.0.1:%d" % port, serial=serial, transport="mqtt",
+                    mqtt_url="mqtt://127.0.0.1:%d" % port, connect_timeout=1, usage_db=False) as dev:
+            with pytest.raises(ValueError):
+                dev.activate()
+
+
 def test_urls_and_sizes():
     assert check_mqtt_url("mqtts://h.example") == ("mqtts", "h.example", 8883)
     assert check_mqtt_url("mqtt://127.0.0.1:1884") == ("mqtt", "127.0.0.1", 1884)
