@@ -71,9 +71,13 @@ def check_manifest(raw: bytes, package: PackageName, entries: Mapping[str, Entry
     """The unpacked ``entries`` must be exactly what the manifest lists, for this name and version."""
     try:
         doc = json.loads(raw.decode("utf-8"))
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
         files = doc["files"]
         if doc.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
             raise ValueError("unknown format")
+        if not all(isinstance(want, dict) for want in files.values()):
+            raise ValueError("every file entry must be an object")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise VerifyError("gwe-manifest.json is unreadable: %s" % exc)
     if doc.get("name") != package.name or doc.get("version") != package.version:
@@ -206,6 +210,8 @@ def check_signature(manifest: Optional[bytes], signature: Optional[bytes], trust
         raise VerifyError("package has a signature but no gwe-manifest.json")
     try:
         doc = json.loads(signature.decode("ascii"))
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
         if doc.get("algorithm") != "ed25519":
             raise ValueError("algorithm %r" % doc.get("algorithm"))
         kid = str(doc["key_id"])
