@@ -110,7 +110,7 @@ def validate_engine_setting(key: str, value: str) -> str:
     if key in ("update_interval", "activation_retry_interval"):
         try:
             seconds = int(float(value))
-        except ValueError:
+        except (ValueError, OverflowError):  # "nan", "inf", "1e999"
             raise ConfigError("%s must be a number of seconds, not %r" % (key, value)) from None
         if seconds < 1:
             raise ConfigError("%s must be at least 1 second" % key)

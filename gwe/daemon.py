@@ -105,25 +105,39 @@ class Engine:
                 self.device.close()
 
     def cycle(self) -> None:
-        """Report, then watch the cloud's settings until the next report is due."""
+        """Report, then watch the cloud's settings until the next report is due.
+
+        A poll that comes back well before its timeout with nothing to act on (a 304 or an
+        unwatched alias at once, from a broken cloud or proxy) is followed by a backoff wait,
+        so such a server never gets a busy loop.
+        """
+        from device_client import Backoff
+
         self.report()
         interval = float(config.load_engine_settings()["update_interval"])
         deadline = time.monotonic() + interval
+        early = Backoff(*ERROR_BACKOFF)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            timeout_ms = int(min(remaining, MAX_POLL_S) * 1000) if not self.once else 0
+            timeout_ms = max(int(min(remaining, MAX_POLL_S) * 1000), 1000)
             if self.once:
                 values = self.device.read(*WATCHED)
             else:
+                polled = time.monotonic()
                 values, self._since = self._interruptibly(self.device.long_poll, list(WATCHED),
-                                                          timeout_ms=max(timeout_ms, 1000), since=self._since)
+                                                          timeout_ms=timeout_ms, since=self._since)
             new_interval = self.handle(values)
             if self.once:
                 return
             if new_interval is not None:
                 deadline = time.monotonic() + new_interval
+            if any(values.get(alias, "").strip() for alias in WATCHED) \
+                    or time.monotonic() - polled >= timeout_ms / 2000.0:
+                early.reset()
+            else:
+                self._wait(min(early.next_delay(), max(0.0, deadline - time.monotonic())))
 
     def handle(self, values: Dict[str, str]) -> Optional[float]:
         """Act on what the cloud set; returns a newly adopted update interval."""
@@ -146,9 +160,14 @@ class Engine:
             self._pending_statuses = []
 
     def _activated_device(self):
-        """A Device with a token, activating (with retries) when Gateway.cfg has none."""
+        """A Device with a token, activating (with retries) when Gateway.cfg has none.
+
+        Gateway.cfg is read again before every attempt, so a serial or product id fixed
+        while gwe retries is used at the next one.
+        """
         from device_client import Backoff, Device, DeviceAPIError
 
+        backoff = None
         while True:
             try:
                 settings = config.load_engine_settings()
@@ -163,24 +182,24 @@ class Engine:
                 raise SystemExit("gwe: %s" % exc)
             if device.activated:
                 return device
-            retry = float(settings["activation_retry_interval"])
-            backoff = Backoff(min(retry, 5.0), retry)
-            while True:
-                try:
-                    token = self._interruptibly(device.activate)
-                    config.update_gateway_config({"cik": token})
-                    log.info("activated as %s", serial)
-                    return device
-                except Shutdown:
-                    device.close()
-                    raise
-                except (DeviceAPIError, OSError) as exc:
-                    delay = backoff.next_delay()
-                    log.warning("activation failed (%s); retrying in %.1fs", _describe(exc), delay)
-                    if self.once:
-                        device.close()
-                        raise SystemExit("gwe: activation failed: %s" % _describe(exc))
-                    self._wait(delay)
+            if backoff is None:
+                retry = float(settings["activation_retry_interval"])
+                backoff = Backoff(min(retry, 5.0), retry)
+            try:
+                token = self._interruptibly(device.activate)
+                config.update_gateway_config({"cik": token})
+                log.info("activated as %s", serial)
+                return device
+            except Shutdown:
+                device.close()
+                raise
+            except (DeviceAPIError, OSError) as exc:
+                device.close()
+                delay = backoff.next_delay()
+                log.warning("activation failed (%s); retrying in %.1fs", _describe(exc), delay)
+                if self.once:
+                    raise SystemExit("gwe: activation failed: %s" % _describe(exc))
+                self._wait(delay)
 
     def _reactivate_if_rejected(self, exc: Exception) -> bool:
         from device_client import NotActivated
