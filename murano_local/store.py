@@ -133,6 +133,11 @@ class Store:
                                             % (version, SCHEMA_VERSION))
             self._conn.executescript(_SCHEMA)
             self._conn.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+            # A restart must not stamp a change at or before a Last-Modified already handed out
+            # (answers are dated to the next whole second after their newest value).
+            newest = self._conn.execute("SELECT max(timestamp) FROM state").fetchone()[0]
+            if newest is not None:
+                self.clock.advance_to(ceil_second_us(newest))
 
     def close(self) -> None:
         with self._lock:

@@ -1,5 +1,6 @@
 """murano_local's semantics called directly: set/reported, pending values, record, products, parsing."""
 import threading
+import time
 
 import pytest
 import requests
@@ -9,7 +10,7 @@ from murano_local import Murano, serve
 from murano_local.events import Change
 from murano_local.http_api import parse_if_modified_since, parse_range, parse_record_timestamp
 from murano_local.service import Unauthorized
-from murano_local.store import Conflict, NotFound
+from murano_local.store import Conflict, NotFound, ceil_second_us
 from murano_local.wire import HttpError
 
 
@@ -32,6 +33,22 @@ def test_device_write_sets_both_operator_set_only_set_and_notifies(murano):
     assert [(c.kind, c.values) for c in changes] == [("write", (("cfg", "a"),)), ("set", (("cfg", "b"),))]
     assert isinstance(changes[1], Change) and changes[1].timestamp == state["timestamp"]
     assert murano.read("prod1", "d", ["cfg"]) == [("cfg", "b")]
+
+
+def test_a_restart_stamps_changes_after_the_last_modified_it_handed_out(tmp_path):
+    wait_for(lambda: time.time() % 1 < 0.5, message="the start of a second")
+    first = Murano(str(tmp_path / "data"), default_pid="prod1")
+    first.add_device("prod1", "d")
+    first.operator_set("prod1", "d", [("cfg", "v1")])
+    (_alias, _value, ts), = first.long_poll("prod1", "d", ["cfg"], 0, None)
+    last_modified = ceil_second_us(ts)  # what the HTTP answer said, to the second
+    first.close()
+    again = Murano(str(tmp_path / "data"), default_pid="prod1")  # restarted within the same second
+    try:
+        again.operator_set("prod1", "d", [("cfg", "v2")])
+        assert again.long_poll("prod1", "d", ["cfg"], 0, last_modified)[0][:2] == ("cfg", "v2")
+    finally:
+        again.close()
 
 
 def test_pending_value_answers_until_written_back(murano):
