@@ -134,10 +134,11 @@ class Store:
             self._conn.executescript(_SCHEMA)
             self._conn.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
             # A restart must not stamp a change at or before a Last-Modified already handed out
-            # (answers are dated to the next whole second after their newest value).
+            # (answers are dated to the next whole second after their newest value). Recorded
+            # points carry the device's own timestamps: one in the future must not drag the clock.
             newest = self._conn.execute("SELECT max(timestamp) FROM state").fetchone()[0]
             if newest is not None:
-                self.clock.advance_to(ceil_second_us(newest))
+                self.clock.advance_to(ceil_second_us(min(newest, int(time.time() * 1_000_000))))
 
     def close(self) -> None:
         with self._lock:

@@ -49,6 +49,15 @@ def test_a_restart_stamps_changes_after_the_last_modified_it_handed_out(tmp_path
         assert again.long_poll("prod1", "d", ["cfg"], 0, last_modified)[0][:2] == ("cfg", "v2")
     finally:
         again.close()
+    # a point recorded with a timestamp far in the future does not drag the clock there
+    again = Murano(str(tmp_path / "data"), default_pid="prod1")
+    again.record("prod1", "d", [("cfg", 4102444800_000_000, "2100")])
+    again.close()
+    again = Murano(str(tmp_path / "data"), default_pid="prod1")
+    try:
+        assert again.operator_set("prod1", "d", [("cfg", "v3")]) < (time.time() + 5) * 1_000_000
+    finally:
+        again.close()
 
 
 def test_pending_value_answers_until_written_back(murano):
