@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 16384
 MAX_HEADERS = 64
 RECV_BYTES = 65536
+MAX_PENDING_OUT = 262144  # answers not yet taken by the client; above it, its requests wait
 LISTEN_BACKLOG = 1024
 TICK_S = 0.25
 GATHER_PASSES = 2  # extra non-blocking polls before a commit, to pick up requests just arriving
@@ -238,11 +239,14 @@ class GmqHTTPServer:
         if not out and conn.closing and not conn.busy:
             self._close(conn)
             return
+        if (conn.inbuf or conn.eof) and len(out) < MAX_PENDING_OUT and not conn.busy and not conn.closing:
+            self._ready.add(conn)  # requests held back while the answers piled up
         self._watch(conn)
 
     def _watch(self, conn: _Conn) -> None:
         """Select on what ``conn`` waits for: bytes to read (until the client's EOF), room to write."""
-        events = (0 if conn.eof else selectors.EVENT_READ) | (selectors.EVENT_WRITE if conn.out else 0)
+        reading = not conn.eof and len(conn.out) < MAX_PENDING_OUT  # else TCP holds a client that does not read
+        events = (selectors.EVENT_READ if reading else 0) | (selectors.EVENT_WRITE if conn.out else 0)
         if events == conn.events:
             return
         if not conn.events:
@@ -268,6 +272,8 @@ class GmqHTTPServer:
         ready, self._ready = self._ready, set()
         for conn in ready:
             while not conn.busy and not conn.closing and conn.sock.fileno() >= 0:
+                if len(conn.out) >= MAX_PENDING_OUT:
+                    break  # the client is not reading its answers: no more until it does (see _flush)
                 try:
                     req = self._parse(conn)
                 except _BadRequest as exc:
@@ -286,7 +292,7 @@ class GmqHTTPServer:
                     self._gathered.append((conn, result))
                 else:
                     self._answer(conn, result, head_only=req.method == "HEAD")
-            if conn.eof and not conn.busy and conn.sock.fileno() >= 0:
+            if conn.eof and not conn.busy and conn.sock.fileno() >= 0 and len(conn.out) < MAX_PENDING_OUT:
                 conn.closing = True  # every complete request is answered; nothing more will come
                 self._flush(conn)
 

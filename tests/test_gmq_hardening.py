@@ -2,6 +2,7 @@
 import socket
 import sqlite3
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -144,3 +145,28 @@ def test_salvage_keeps_every_row_that_can_still_be_read(tmp_path):
         assert [v.value for v in q.take(1, 30000)] == readable
     finally:
         q.close()
+
+
+def test_a_client_that_pipelines_without_reading_neither_blocks_others_nor_grows_memory(gmq):
+    import psutil
+    rss_before = psutil.Process(gmq.proc.pid).memory_info().rss
+    hog = socket.create_connection(("127.0.0.1", gmq.port), timeout=5)
+    hog.setblocking(False)
+    request = b"GET /status HTTP/1.1\r\n\r\n" * 1000
+    sent, deadline = 0, time.monotonic() + 3
+    try:
+        while time.monotonic() < deadline and sent < 200:  # up to 200,000 requests, never reading an answer
+            try:
+                hog.send(request)
+                sent += 1
+            except BlockingIOError:
+                time.sleep(0.01)
+        started = time.monotonic()
+        assert gmq.post("/onep:v1/stack/alias", "other=1").status_code == 204
+        assert time.monotonic() - started < 2.0  # the event loop is not stuck answering the hog
+        time.sleep(3)  # let it work through what it has read
+        growth = psutil.Process(gmq.proc.pid).memory_info().rss - rss_before
+        assert growth < 32 * 1024 * 1024, growth  # answers nobody reads are not piled up in memory
+    finally:
+        hog.close()
+    wait_for(lambda: gmq.status()["connections"] == 1, 15)
