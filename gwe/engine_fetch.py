@@ -38,7 +38,7 @@ def parse_engine_fetch(raw: str) -> List[InstallJob]:
 
     try:
         doc = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # deep nesting raises RecursionError
         raise FetchRequestError("engine_fetch is not JSON: %s" % exc) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("install"), list):
         raise FetchRequestError('engine_fetch must be {"install": [{"name": "<app>.v<version>.tar.gz"}]}')

@@ -119,3 +119,21 @@ def test_cli_refuses_an_infinite_interval_with_a_clear_line(gwe_home):
     proc = subprocess.run([sys.executable, "-m", "gwe", "-t", "inf"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert proc.stderr.strip() == "gwe: update_interval must be a number of seconds, not 'inf'"
+
+
+def test_deeply_nested_engine_fetch_gets_a_request_fetch_status(gwe_home, supervisord, murano):
+    """json.loads raises RecursionError (not ValueError) on deep nesting: the cycle failed and the
+    operator got no fetch_status for the request."""
+    from gwe_helpers import reported_json
+
+    configure_gateway(murano)
+    gwe = start_gwe(gwe_home)
+    try:
+        wait_for(lambda: reported(murano, "engine_report"), 20, message="gwe running")
+        murano.set(SERIAL, "engine_fetch", "[" * 50000)
+        status = wait_for(lambda: reported_json(murano, "fetch_status"), 15, message="fetch_status")
+        assert status["status"] == "failed" and status["step"] == "request"
+        assert murano.state(SERIAL)["engine_fetch"]["reported"] == ""
+        assert gwe.poll() is None
+    finally:
+        stop_process(gwe)
