@@ -284,9 +284,9 @@ class Device:
         dest = os.path.abspath(dest)
         part = dest + ".part"
         source = part + ".source"
-        self._match_part_to_source(name, part, source)
+        known_size = self._match_part_to_source(name, part, source)
         for attempt in range(2):
-            result = self._download_once(name, dest, part, expected, progress, max_bytes)
+            result = self._download_once(name, dest, part, expected, progress, max_bytes, known_size)
             if result is not None:
                 _remove(source)
                 return result
@@ -294,18 +294,19 @@ class Device:
             _remove(part)
         raise errors.ContentMismatch("content %s: server does not honour the resume range" % name)
 
-    def _match_part_to_source(self, name: str, part: str, source: str) -> None:
+    def _match_part_to_source(self, name: str, part: str, source: str) -> Optional[int]:
         """Resume a part file only if the server's copy is still the one it came from.
 
         A content file replaced between a cut and the resume would otherwise be spliced
         from two versions. The copy is known by its size and update time (content_info),
         kept beside the part file; a server without content info is resumed unchecked.
+        Returns the size the server announced (None without content info).
         """
         try:
             info = self.content_info(name)
             marker = "%d,%d" % (info["size"], info["updated"])
         except errors.RequestError:
-            return
+            return None
         try:
             with open(source) as f:
                 kept = f.read().strip()
@@ -316,10 +317,16 @@ class Device:
                 log.warning("content %s changed on the server; discarding the partial download", name)
             _remove(part)
             atomic_write(source, marker + "\n", keep_previous=False)
+        return info["size"]
 
     def _download_once(self, name: str, dest: str, part: str, expected: Optional[str],
-                       progress: Optional[ProgressCallback], max_bytes: Optional[int]) -> Optional[Download]:
-        """One attempt; None means the part file must be discarded and the download restarted."""
+                       progress: Optional[ProgressCallback], max_bytes: Optional[int],
+                       known_size: Optional[int] = None) -> Optional[Download]:
+        """One attempt; None means the part file must be discarded and the download restarted.
+
+        ``known_size`` is the size the part file was checked against: a resumed answer for
+        another size comes from a copy replaced since, and would splice the two.
+        """
         offset = os.path.getsize(part) if os.path.exists(part) else 0
         stream = self._call(lambda token: self.transport.open_content(token, self.product_id, name, offset))
         digest = hashlib.sha256()
@@ -333,7 +340,8 @@ class Device:
                 if total is None or total != offset:
                     return None
                 received = 0
-            elif stream.status == 206 and stream.start != offset:
+            elif stream.status == 206 and (stream.start != offset
+                                           or (known_size is not None and total != known_size)):
                 return None
             else:
                 if stream.status == 200:

@@ -347,6 +347,36 @@ def test_a_partial_download_is_not_resumed_once_the_content_changed(tmp_path, us
     assert result.resumed_from == 0 and open(dest, "rb").read() == new
 
 
+class _SwapAfterInfoHandler(_CuttingHandler):
+    """Replaces the blob right after answering an info request, once ``server.swap_to`` is set."""
+
+    def do_GET(self):
+        super().do_GET()
+        if "info=true" in self.path and getattr(self.server, "swap_to", None) is not None:
+            self.server.replace(self.server.swap_to)
+            self.server.swap_to = None
+
+
+def test_a_resume_answered_for_a_copy_replaced_after_the_check_is_not_spliced(tmp_path, usage_db):
+    old, new = os.urandom(500_000), os.urandom(600_000)
+    server = CuttingContentServer(old, cut_at=200_000)
+    server.RequestHandlerClass = _SwapAfterInfoHandler
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dest = str(tmp_path / "app.tgz")
+    try:
+        with Device("http://127.0.0.1:%d" % server.server_address[1], token="t" * 40, usage_db=usage_db) as dev:
+            with pytest.raises(errors.NetworkError):
+                dev.download_content(CONTENT_NAME, dest)
+            kept = os.path.getsize(dest + ".part")
+            server.swap_to, server.cut_at = new, len(new)  # replaced between the check and the Range request
+            result = dev.download_content(CONTENT_NAME, dest)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.ranges == [None, "bytes=%d-" % kept, None]
+    assert result.resumed_from == 0 and open(dest, "rb").read() == new
+
+
 # -- TLS -----------------------------------------------------------------------------------
 
 def _openssl(*args, cwd):
