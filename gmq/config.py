@@ -1,6 +1,7 @@
 """gmq.cfg: typed settings with defaults, read through atomic_config; reread without restart."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
@@ -20,6 +21,14 @@ def _bool(text: str) -> bool:
     if low in ("0", "false", "no", "off"):
         return False
     raise ValueError("not a boolean")
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds: float() also takes 'nan' and 'inf' (a nan ttl would expire every value)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("a finite number of seconds, 0 or more")
+    return value
 
 
 def _policy(text: str) -> str:
@@ -46,18 +55,18 @@ KEYS: Dict[Tuple[str, str], Tuple[Callable[[str], object], str, bool, str]] = {
     ("server", "host"): (str, "127.0.0.1", False, "address to listen on (loopback by default)"),
     ("server", "port"): (int, "8090", False, "TCP port"),
     ("server", "max_body_bytes"): (int, "1048576", True, "largest request body (413 above)"),
-    ("server", "request_timeout"): (float, "10", True, "seconds a connection may sit idle or trickle a request"),
+    ("server", "request_timeout"): (_seconds, "10", True, "seconds a connection may sit idle or trickle a request"),
     ("server", "max_connections"): (int, "512", True, "open connections at once (503 above)"),
     ("queue", "max_bytes"): (int, "67108864", True, "queued alias+value bytes at most"),
     ("queue", "min_free_disk"): (int, "16777216", True, "free bytes to leave on the queue's filesystem (507)"),
     ("queue", "policy"): (_policy, "drop_oldest", True, "when full: drop_oldest or reject_new (507)"),
     ("queue", "max_value_bytes"): (int, "65536", True, "largest alias+value (413 above)"),
-    ("queue", "ttl"): (float, "0", True, "seconds a value may wait before it expires; 0 = never"),
+    ("queue", "ttl"): (_seconds, "0", True, "seconds a value may wait before it expires; 0 = never"),
     ("upstream", "host"): (str, "", True, "Murano base URL; empty = Gateway.cfg [device] host"),
     ("upstream", "batch_size"): (int, "500", True, "values per record request"),
-    ("upstream", "backoff_initial"): (float, "1", True, "first retry delay, seconds"),
-    ("upstream", "backoff_max"): (float, "300", True, "longest retry delay, seconds"),
-    ("upstream", "timeout"): (float, "30", True, "upstream connect/read timeout, seconds"),
+    ("upstream", "backoff_initial"): (_seconds, "1", True, "first retry delay, seconds"),
+    ("upstream", "backoff_max"): (_seconds, "300", True, "longest retry delay, seconds"),
+    ("upstream", "timeout"): (_seconds, "30", True, "upstream connect/read timeout, seconds"),
     ("upstream", "verify"): (_bool, "true", True, "verify TLS certificates"),
     ("upstream", "ca_file"): (str, "", True, "CA bundle for TLS verification; empty = system"),
     ("upstream", "transport"): (_transport, "http", True, "http or mqtt (records as $resource.batch over MQTT)"),
@@ -140,6 +149,14 @@ def _build(v: Dict[Tuple[str, str], object], paths: GwePaths) -> GmqConfig:
         raise ConfigError("[upstream] backoff_initial must be > 0 and <= backoff_max")
     if v["upstream", "batch_size"] < 1:
         raise ConfigError("[upstream] batch_size must be at least 1")
+    if not 1 <= v["server", "port"] <= 65535:
+        raise ConfigError("[server] port must be 1-65535")
+    for section, option in (("server", "max_body_bytes"), ("server", "max_connections")):
+        if v[section, option] < 1:
+            raise ConfigError("[%s] %s must be at least 1" % (section, option))
+    for section, option in (("server", "request_timeout"), ("upstream", "timeout")):
+        if v[section, option] <= 0:
+            raise ConfigError("[%s] %s must be more than 0 seconds" % (section, option))
     upstream = (v["upstream", "host"] or "").strip() or upstream_from_gateway(paths)
     return GmqConfig(
         host=v["server", "host"], port=v["server", "port"], max_body_bytes=v["server", "max_body_bytes"],

@@ -1,11 +1,15 @@
 """Defects found in review of gmq's front end and forwarder: each test failed before its fix."""
+import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 
 from device_client.form import decode_form
 from gmq.queue import DurableQueue
@@ -170,3 +174,31 @@ def test_a_client_that_pipelines_without_reading_neither_blocks_others_nor_grows
     finally:
         hog.close()
     wait_for(lambda: gmq.status()["connections"] == 1, 15)
+
+
+def _gmq_cli(home, *args):
+    env = dict(os.environ, GWE_HOME=str(home))
+    return subprocess.run([sys.executable, "-m", "gmq"] + list(args), env=env, capture_output=True, text=True,
+                          timeout=30)
+
+
+@pytest.mark.parametrize("section,option,value", [
+    ("queue", "ttl", "nan"), ("upstream", "backoff_max", "nan"), ("server", "request_timeout", "nan"),
+    ("server", "request_timeout", "0"), ("upstream", "timeout", "-1"), ("server", "port", "99999"),
+    ("server", "max_connections", "0"), ("server", "max_body_bytes", "0"),
+])
+def test_cfg_refuses_values_that_would_break_or_empty_the_queue(gwe_home, section, option, value):
+    before = _gmq_cli(gwe_home, "cfg", "--json").stdout
+    result = _gmq_cli(gwe_home, "cfg", "set", "--", section, option, value)
+    assert result.returncode == 1 and result.stderr.startswith("gmq: ") and result.stderr.count("\n") == 1
+    assert _gmq_cli(gwe_home, "cfg", "--json").stdout == before
+
+
+def test_a_nan_ttl_written_by_hand_is_not_applied_and_expires_nothing(gmq):
+    assert gmq.post("/onep:v1/stack/alias", "keep=1").status_code == 204
+    with open(gmq.paths.gmq_cfg, "a") as f:
+        f.write("\n[queue]\nttl = nan\n")
+    resp = requests.post(gmq.url + "/reread", timeout=10)
+    assert resp.status_code == 422 and "ttl" in resp.text
+    st = gmq.status()
+    assert st["queue"]["ttl"] == 0.0 and st["queue"]["depth"] == 1
