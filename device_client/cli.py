@@ -11,6 +11,7 @@ import re
 import sqlite3
 import sys
 from typing import Dict, List, Optional, Tuple
+from urllib.parse import urlsplit
 
 import click
 
@@ -49,12 +50,18 @@ def exit_code_for(exc: errors.DeviceAPIError) -> int:
     return EXIT_FAILURE
 
 
-def default_token_file(serial: Optional[str]) -> Optional[str]:
-    """Where gdc keeps the token of ``serial`` between runs: ``$GWE_HOME/var/lib/gwe/tokens/<serial>.token``."""
+def default_token_file(serial: Optional[str], host: str) -> Optional[str]:
+    """Where gdc keeps the token of ``serial`` on ``host`` between runs:
+    ``$GWE_HOME/var/lib/gwe/tokens/<serial>@<host[_port]>.token``.
+
+    One file per host: the same serial against another server (a local dev server, a
+    staging product) must neither send it this host's token nor lose it to that server's 401.
+    """
     if not serial:
         return None
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", serial).lstrip(".") or "_"
-    return os.path.join(gwe_paths().tokens, safe + ".token")
+    safe_serial = re.sub(r"[^A-Za-z0-9._-]", "_", serial).lstrip(".") or "_"
+    safe_host = re.sub(r"[^A-Za-z0-9.-]", "_", urlsplit(host).netloc.rpartition("@")[2])
+    return os.path.join(gwe_paths().tokens, "%s@%s.token" % (safe_serial, safe_host))
 
 
 class Context:
@@ -71,7 +78,7 @@ class Context:
                 raise GdcError("give --host (or --product-id for https://<product_id>.m2.exosite.io)", EXIT_USAGE)
             cert = (o["cert"], o["key"] or o["cert"]) if o["cert"] else None
             usage_db = False if o["no_usage"] else o["usage_db"]
-            token_file = o["token_file"] or default_token_file(o["serial"])  # type: ignore[arg-type]
+            token_file = o["token_file"] or default_token_file(o["serial"], host)  # type: ignore[arg-type]
             try:
                 self._device = Device(host, product_id=o["product_id"], serial=o["serial"], token=o["token"],
                                       token_file=token_file, identity=o["identity"], ca_file=o["ca_file"],

@@ -28,7 +28,8 @@ def test_gdc_session_against_murano_local(murano, gwe_home, tmp_path):
     activated = gdc(*base, "activate")
     assert activated.returncode == 0, activated.stderr
     token = activated.stdout.strip()
-    token_file = os.path.join(str(gwe_home), "var", "lib", "gwe", "tokens", "gw-cli.token")
+    token_file = os.path.join(str(gwe_home), "var", "lib", "gwe", "tokens",
+                              "gw-cli@127.0.0.1_%d.token" % int(murano.url.rsplit(":", 1)[1]))
     assert open(token_file).read().strip() == token and stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
 
     assert gdc(*base, "write", "temp=21", "msg=a b=c").returncode == 0
@@ -86,3 +87,39 @@ def test_gdc_failures_are_one_line_and_an_exit_code(murano, gwe_home):
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("gdc: error: "), (args, result.stderr)
         assert text in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+def test_a_stored_token_is_never_sent_to_another_host(murano, gwe_home):
+    """The default token file belongs to one host: the same serial against another server must
+    not send it the first one's token (a local dev server would get a real device's token)."""
+    import http.server
+    import threading
+
+    received = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            received.append(self.headers.get("X-Exosite-CIK"))
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        murano.add_device("gw-two")
+        activated = gdc("--host", murano.url, "--serial", "gw-two", "--no-usage", "activate")
+        assert activated.returncode == 0, activated.stderr
+        token = activated.stdout.strip()
+        elsewhere = gdc("--host", "http://127.0.0.1:%d" % other.server_address[1], "--serial", "gw-two",
+                        "--no-usage", "read", "a")
+        assert elsewhere.returncode == 3 and "activate" in elsewhere.stderr
+        assert token not in received and received == []
+        again = gdc("--host", murano.url, "--serial", "gw-two", "--no-usage", "read", "a")
+        assert again.returncode == 0, again.stderr  # the first host's token is still there for it
+    finally:
+        other.shutdown()
+        other.server_close()
