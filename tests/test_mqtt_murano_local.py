@@ -143,6 +143,14 @@ def test_wills_are_dropped_not_retained_in_memory(tmp_path):
         murano.close()
 
 
+def _never_acknowledged(info) -> bool:
+    """No PUBACK came; under load the server may even cut the client before the PUBLISH is sent."""
+    try:
+        return not info.is_published()
+    except RuntimeError:  # paho: "Message publish failed: The client is not currently connected"
+        return True
+
+
 def test_refusals(server, tmp_path):
     server.add_device("gw3")
     with _device(server, "gw3", tmp_path) as dev:
@@ -161,7 +169,7 @@ def test_refusals(server, tmp_path):
     anonymous = RawClient(server.mqtt_port).wait_connected()
     info = anonymous.publish("$resource/temp", b"1")
     wait_for(anonymous.disconnected.is_set, 5, message="anonymous publisher disconnected")
-    assert not info.is_published()  # never acknowledged
+    assert _never_acknowledged(info)
     anonymous.close()
 
     for topic, payload in (("$resource/bad.alias", b"1"), ("$resource.batch", b"not json"),
@@ -170,7 +178,7 @@ def test_refusals(server, tmp_path):
         raw = RawClient(server.mqtt_port, "", token).wait_connected()
         info = raw.publish(topic, payload)
         wait_for(raw.disconnected.is_set, 5, message="refused publish on %s" % topic)
-        assert not info.is_published()
+        assert _never_acknowledged(info)
         raw.close()
     assert server.state("gw3") == {}
 
