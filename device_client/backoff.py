@@ -26,7 +26,8 @@ class Backoff:
 
     def next_delay(self) -> float:
         ceiling = min(self.maximum, self.initial * (self.factor ** self.attempts))
-        self.attempts += 1
+        if ceiling < self.maximum:  # past the maximum, counting on would overflow the power (days offline)
+            self.attempts += 1
         return ceiling * (1 - self.jitter * self._rng.random())
 
     def reset(self) -> None:

@@ -37,3 +37,11 @@ def test_backoff_doubles_within_bounds_and_resets():
     assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings))
     b.reset()
     assert b.next_delay() <= 1
+
+
+def test_backoff_stays_at_its_maximum_however_long_the_outage():
+    backoff = Backoff(initial=1, maximum=300)
+    delays = [backoff.next_delay() for _ in range(5000)]  # 2.0 ** 1024 overflowed: ~3 days offline
+    assert all(0 < d <= 300 for d in delays) and max(delays[-100:]) > 150
+    backoff.reset()
+    assert backoff.next_delay() <= 1
