@@ -48,8 +48,9 @@ def call(method: str, path: str, timeout: float = 10.0) -> dict:
     """Ask the running gmq; raises RuntimeError with a one-line reason."""
     url = local_url(path)
     req = urllib.request.Request(url, data=b"" if method == "POST" else None, method=method)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # gmq is local: never via http_proxy
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with opener.open(req, timeout=timeout) as resp:
             return json.loads(resp.read().decode("utf-8"))
     except urllib.error.HTTPError as exc:
         raise RuntimeError("%s %s: %s" % (exc.code, path, exc.read().decode("utf-8", "replace").strip())) from None

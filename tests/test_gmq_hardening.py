@@ -14,7 +14,7 @@ import requests
 from device_client.form import decode_form
 from gmq.queue import DurableQueue
 from gmq_harness import GmqProcess
-from harness import wait_for
+from harness import free_port, wait_for
 
 
 @pytest.fixture
@@ -202,3 +202,12 @@ def test_a_nan_ttl_written_by_hand_is_not_applied_and_expires_nothing(gmq):
     assert resp.status_code == 422 and "ttl" in resp.text
     st = gmq.status()
     assert st["queue"]["ttl"] == 0.0 and st["queue"]["depth"] == 1
+
+
+def test_gmq_status_talks_to_gmq_directly_even_with_a_proxy_in_the_environment(gmq):
+    env = dict(os.environ, GWE_HOME=gmq.home, http_proxy="http://127.0.0.1:%d" % free_port(),
+               HTTP_PROXY="http://127.0.0.1:%d" % free_port(), no_proxy="", NO_PROXY="")
+    result = subprocess.run([sys.executable, "-m", "gmq", "status"], env=env, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert '"depth": 0' in result.stdout
