@@ -20,7 +20,7 @@ from .errors import OtauError, PackageError
 from .journal import (COMMITTED, INSTALLING, REGISTERING, ROLLING_BACK, UNPACKING, Journal, clear_journal,
                       install_lock, read_journal, write_journal)
 from .package import NAME_RE, parse_package_name, parse_program
-from .runner import install_environment, installer_argv, run_installer
+from .runner import install_environment, installer_argv, installer_identity, kill_orphaned_installer, run_installer
 from .settings import OtauSettings, load_settings
 from .status import FAILED, INSTALLED, ROLLED_BACK, FetchStatus, save_status
 from .store import AppStore
@@ -122,9 +122,14 @@ class Installer:
         write_journal(self.paths, journal, INSTALLING)
         _crash_point("installing")
         env = install_environment(name, version, target, self.paths.home, state.current)
+
+        def journal_installer(pid: int) -> None:
+            journal.installer = installer_identity(pid)
+            write_journal(self.paths, journal)
+
         try:
             result = run_installer(installer_argv(prepared.unpacked.layout.installer), target, env,
-                                   self.settings.install_timeout, self.settings.output_limit)
+                                   self.settings.install_timeout, self.settings.output_limit, journal_installer)
         except OSError as exc:
             return self._fail(status, "cannot run the installer: %s" % exc, "install", started, root_existed,
                               unpacked=True)
@@ -281,6 +286,8 @@ class Installer:
         log.warning("recovering the install of %s %s interrupted at %s", journal.name, journal.version,
                     journal.state)
         if journal.state in (UNPACKING, INSTALLING):
+            if kill_orphaned_installer(journal.installer):
+                log.warning("killed the installer of %s %s that outlived its gwe", journal.name, journal.version)
             if journal.version != journal.previous_version:
                 self.store.remove_version(journal.name, journal.version)
             self.store.remove_staging(journal.name)

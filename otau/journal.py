@@ -53,6 +53,7 @@ class Journal:
     autostart: bool = True
     self_update: bool = False
     status: Dict = field(default_factory=dict)  # fetch_status fields gathered so far
+    installer: Optional[Dict] = None  # runner.installer_identity() of a running install.sh / setup.py
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 from .package import INSTALL_SH
 
@@ -90,8 +90,42 @@ class _Tail:
         return True
 
 
+def installer_identity(pid: int) -> Dict[str, float]:
+    """What identifies the installer's process group after this process dies (see kill_orphaned_installer)."""
+    import psutil
+
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.Error:
+        started = time.time()
+    return {"pgid": pid, "started": started, "boot": psutil.boot_time()}
+
+
+def kill_orphaned_installer(identity: Optional[Mapping[str, float]]) -> bool:
+    """SIGKILL an installer's process group that outlived the gwe that ran it (it runs in its own
+    session, so killing gwe does not stop it). Only in the same boot, and only processes of that
+    group started no earlier than the installer, so a reused id is left alone."""
+    import psutil
+
+    if not identity or abs(psutil.boot_time() - identity.get("boot", 0)) > 1.0:
+        return False
+    pgid = int(identity["pgid"])
+    found = False
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.create_time() >= identity["started"] - 0.01:
+                found = True
+                break
+        except (psutil.Error, OSError):
+            continue
+    if found:
+        _kill_group(pgid, signal.SIGKILL)
+    return found
+
+
 def run_installer(argv: List[str], cwd: str, env: Mapping[str, str], timeout: float,
-                  output_limit: int) -> RunResult:
+                  output_limit: int, on_start: Optional[Callable[[int], None]] = None) -> RunResult:
+    """Run the installer in its own session; ``on_start(pid)`` is called once it exists."""
     started = time.monotonic()
     deadline = started + timeout
     proc = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -100,6 +134,8 @@ def run_installer(argv: List[str], cwd: str, env: Mapping[str, str], timeout: fl
     tail = _Tail(output_limit)
     timed_out = False
     try:
+        if on_start is not None:
+            on_start(proc.pid)
         pipe_open = True
         exited_at: Optional[float] = None
         while pipe_open:

@@ -63,3 +63,41 @@ def test_signature_file_that_is_not_an_object_is_a_failed_status_not_an_exceptio
     status = otau.install_package(signed)
     assert status.status == "failed" and status.step == "verify", status.to_json()
     assert "gwe-manifest.sig" in status.error
+
+
+def test_recover_kills_an_installer_left_running_by_a_killed_gwe(gwe_home, tmp_path):
+    """install.sh runs in its own session, so SIGKILL of ``gwe -I`` left it running; recover()
+    then deleted its directory under it, and a new install of the same version could run
+    beside the orphan."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from harness import wait_for
+
+    pid_file = tmp_path / "installer.pid"
+    install_sh = "#!/bin/sh\necho $$ > %s\nsleep 60\n" % pid_file
+    package = make_app(str(tmp_path), "slow", "1", install_sh=install_sh, command=None)
+    gwe = subprocess.Popen([sys.executable, "-m", "gwe", "-I", package], env=dict(os.environ, GWE_HOME=str(gwe_home)),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 20, message="install.sh started")
+        journal = os.path.join(gwe_paths(str(gwe_home)).var_lib, "otau", "journal.json")
+        wait_for(lambda: '"pgid"' in open(journal).read(), 10, message="installer in the journal")
+        installer = psutil.Process(int(pid_file.read_text()))
+        gwe.send_signal(signal.SIGKILL)
+        gwe.wait(10)
+        assert installer.is_running()
+        statuses = otau.recover(gwe_paths(str(gwe_home)))
+        assert [s.status for s in statuses] == ["failed"]
+        wait_for(lambda: not installer.is_running() or installer.status() == psutil.STATUS_ZOMBIE, 5,
+                 message="orphaned install.sh killed")
+    finally:
+        gwe.kill()
+        gwe.wait()
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
