@@ -57,7 +57,7 @@ class App(Protocol):
 
 
 class _Conn:
-    __slots__ = ("sock", "inbuf", "out", "busy", "closing", "seen", "started", "head", "keep", "events", "eof")
+    __slots__ = ("sock", "inbuf", "out", "busy", "closing", "seen", "started", "head", "keep", "http10", "events", "eof")
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
@@ -69,6 +69,7 @@ class _Conn:
         self.started: Optional[float] = None  # first byte of the request being received
         self.head: Optional[Tuple[str, str, str, Dict[str, str], int]] = None
         self.keep = True
+        self.http10 = False        # an HTTP/1.0 client keeps the connection only if told so in each answer
         self.events = selectors.EVENT_READ  # what the selector watches for (0: not registered)
         self.eof = False           # the client half-closed: answer what it sent, then close
 
@@ -309,7 +310,7 @@ class GmqHTTPServer:
             if conn.sock.fileno() < 0:
                 continue
             if rejected is None:
-                if conn.keep and not conn.closing:
+                if conn.keep and not conn.closing and not conn.http10:
                     conn.out += NO_CONTENT
                     self._flush(conn)
                 else:
@@ -328,6 +329,8 @@ class GmqHTTPServer:
         head += "Content-Length: %d\r\n" % len(reply.body)
         if conn.closing:
             head += "Connection: close\r\n"
+        elif conn.http10:
+            head += "Connection: keep-alive\r\n"
         conn.out += head.encode("latin-1") + b"\r\n"
         if not head_only:
             conn.out += reply.body
@@ -352,7 +355,8 @@ class GmqHTTPServer:
             del buf[:end + 4]
             _, _, version, headers, length = conn.head
             connection = headers.get("connection", "").lower()
-            conn.keep = connection == "keep-alive" if version == "HTTP/1.0" else connection != "close"
+            conn.http10 = version == "HTTP/1.0"
+            conn.keep = connection == "keep-alive" if conn.http10 else connection != "close"
             if length > len(buf) and headers.get("expect", "").lower() == "100-continue":
                 conn.out += b"HTTP/1.1 100 Continue\r\n\r\n"
                 self._flush(conn)

@@ -211,3 +211,16 @@ def test_gmq_status_talks_to_gmq_directly_even_with_a_proxy_in_the_environment(g
                             timeout=30)
     assert result.returncode == 0, result.stderr
     assert '"depth": 0' in result.stdout
+
+
+def test_http10_keep_alive_is_confirmed_in_every_answer(gmq):
+    with socket.create_connection(("127.0.0.1", gmq.port), timeout=5) as s:
+        s.sendall(b"POST /onep:v1/stack/alias HTTP/1.0\r\nConnection: keep-alive\r\nX-Exosite-VMS: p p s\r\n"
+                  b"Content-Length: 3\r\n\r\na=1")
+        answer = s.recv(1000)
+        assert answer.startswith(b"HTTP/1.1 204") and b"\r\nConnection: keep-alive\r\n" in answer
+        s.sendall(b"GET /timestamp HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        answer = s.recv(1000)
+        assert answer.startswith(b"HTTP/1.1 200") and b"\r\nConnection: keep-alive\r\n" in answer
+    answer = raw(gmq, b"GET /timestamp HTTP/1.0\r\n\r\n")  # without keep-alive: answered, then closed
+    assert answer.startswith(b"HTTP/1.1 200") and b"\r\nConnection: close\r\n" in answer
