@@ -96,7 +96,7 @@ class MqttTransport:
     """
 
     def __init__(self, url: str, *, http: Optional[Transport] = None, verify: Union[bool, str] = True,
-                 cert: Optional[Tuple[str, str]] = None, connect_timeout: float = 10.0,
+                 cert: Union[None, str, Tuple[str, str]] = None, connect_timeout: float = 10.0,
                  read_timeout: float = 60.0, keepalive: int = 60, usage: Optional[UsageLog] = None,
                  identity: str = "", subscribe_pushes: bool = False,
                  backoff: Tuple[float, float] = (0.5, 30.0)) -> None:
@@ -139,7 +139,10 @@ class MqttTransport:
         if password is not None:
             client.username_pw_set(username or "", password)
         if self.scheme == "mqtts":
-            certfile, keyfile = self.cert if self.cert else (None, None)
+            if isinstance(self.cert, str):  # certificate and key in one file, as requests takes it
+                certfile, keyfile = self.cert, None
+            else:
+                certfile, keyfile = self.cert if self.cert else (None, None)
             if self.verify is False:
                 client.tls_set(certfile=certfile, keyfile=keyfile, cert_reqs=ssl.CERT_NONE)
                 client.tls_insecure_set(True)

@@ -461,6 +461,45 @@ def test_tls_client_certificate_auth_sends_no_token(pki, usage_db):
     assert write["num"] == 1 and write["tot_tx"] > 100 and write["tot_rx"] > 20  # metered inside TLS too
 
 
+def test_mqtt_takes_a_combined_client_certificate_file_as_http_does(pki, tmp_path):
+    """``cert="combined.pem"`` (certificate and key in one file) is documented for both transports."""
+    combined = str(tmp_path / "client-combined.pem")
+    with open(combined, "w") as out:
+        for name in ("client.pem", "client.key"):
+            with open(os.path.join(pki, name)) as part:
+                out.write(part.read())
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(os.path.join(pki, "server.pem"), os.path.join(pki, "server.key"))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(os.path.join(pki, "ca.pem"))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    seen = []
+
+    def serve():  # a TLS endpoint that notes the client certificate, then hangs up
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    seen.append(dict(x[0] for x in tls.getpeercert()["subject"])["commonName"])
+            except (OSError, ssl.SSLError):
+                conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        with Device("https://127.0.0.1:9", transport="mqtt", mqtt_url="mqtts://127.0.0.1:%d" % listener.getsockname()[1],
+                    ca_file=os.path.join(pki, "ca.pem"), cert=combined, usage_db=False, connect_timeout=2) as dev:
+            with pytest.raises(errors.NetworkError):
+                dev.write("a", 1)  # the fake endpoint speaks no MQTT
+    finally:
+        listener.close()
+    assert seen and seen[0] == "client"
+
+
 class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
     """Answers every request with the server's next scripted (status, body, headers)."""
 
