@@ -199,7 +199,9 @@ class Device:
         if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or not 0 < timeout_ms <= MAX_LONG_POLL_MS:
             raise ValueError("timeout_ms must be an integer in 1..%d" % MAX_LONG_POLL_MS)
         if isinstance(since, (int, float)) and not isinstance(since, bool):
-            since = str(int(since))
+            if not math.isfinite(since) or since < 0:
+                raise ValueError("since must be an HTTP date, unix seconds or None")
+            since = str(since) if isinstance(since, int) else repr(since)  # truncating re-sends that second
         elif since is not None and (not isinstance(since, str) or _CONTROL.search(since)):
             raise ValueError("since must be an HTTP date, unix seconds or None")
         values, last_modified = self._call(

@@ -139,6 +139,13 @@ def test_long_poll_from_last_modified_neither_repeats_nor_misses_a_set(device, m
     assert device.long_poll("cfg", timeout_ms=300, since=again) == ({}, again)
 
 
+def test_long_poll_since_float_seconds_keeps_its_fraction(device, murano):
+    murano.set("gw-1", "cfg", "v1")
+    set_at = murano.state("gw-1")["cfg"]["timestamp"] / 1e6
+    assert device.long_poll("cfg", timeout_ms=300, since=set_at - 0.000002)[0] == {"cfg": "v1"}
+    assert device.long_poll("cfg", timeout_ms=300, since=set_at + 0.000002)[0] == {}  # already seen
+
+
 def test_record_keeps_the_given_timestamps(device, murano):
     device.record({"data_in": [(1554975272.470659, '{"a": 1}'), (1554975273, '{"a": 2}')], "temp": [(1700000000, 5)]})
     assert murano.history("gw-1", "data_in") == [
