@@ -260,6 +260,14 @@ class Engine:
             self.device.write({FETCH_STATUS: json.dumps(request_error_status(raw, str(exc)), sort_keys=True)})
             return
         for job in jobs:
+            if self.stopping.is_set():  # SIGTERM: the install in progress was finished; start no other
+                status = request_error_status(raw, "gwe stopped before installing %s; ask again" % job.name)
+                from otau import parse_package_name
+
+                package = parse_package_name(job.name)
+                status.update(package=job.name, name=package.name, version=package.version)
+                self.device.write({FETCH_STATUS: json.dumps(status, sort_keys=True)})
+                continue
             log.info("engine_fetch: installing %s", job.name)
             status = fetch_and_install(self.device, job, self.paths)
             log.info("engine_fetch: %s -> %s", job.name, status["status"])

@@ -137,3 +137,38 @@ def test_deeply_nested_engine_fetch_gets_a_request_fetch_status(gwe_home, superv
         assert gwe.poll() is None
     finally:
         stop_process(gwe)
+
+
+def test_sigterm_during_an_engine_fetch_finishes_the_install_but_starts_no_other(gwe_home, supervisord, murano,
+                                                                                  tmp_path):
+    """After SIGTERM gwe went on with every remaining package of the request (up to 32), long past
+    supervisord's stopwaitsecs, so it was SIGKILLed in the middle of a later install."""
+    import json
+    import signal
+
+    from gwe_helpers import reported_json, upload
+    from otau_helpers import make_app
+
+    configure_gateway(murano)
+    marker = tmp_path / "first-started"
+    first = make_app(str(tmp_path), "first", "1", command=None,
+                     install_sh="#!/bin/sh\ntouch %s\nsleep 2\n" % marker)
+    second = make_app(str(tmp_path), "second", "1", command=None)
+    upload(murano, first)
+    upload(murano, second)
+    gwe = start_gwe(gwe_home)
+    try:
+        wait_for(lambda: reported(murano, "engine_report"), 20, message="gwe running")
+        murano.set(SERIAL, "engine_fetch", json.dumps({"install": [{"name": "first.v1.tar.gz"},
+                                                                   {"name": "second.v1.tar.gz"}]}))
+        wait_for(marker.exists, 20, message="first install.sh running")
+        gwe.send_signal(signal.SIGTERM)
+        assert gwe.wait(20) == 0
+        import otau
+        from atomic_config import gwe_paths
+        versions = otau.installed_versions(gwe_paths(str(gwe_home)))
+        assert versions.get("first") == "1" and "second" not in versions
+        status = reported_json(murano, "fetch_status")
+        assert status["package"] == "second.v1.tar.gz" and status["status"] == "failed", status
+    finally:
+        stop_process(gwe)
