@@ -4,7 +4,7 @@ For each client it takes the oldest values (a prefix of its queue, so per-alias 
 holds), sends them as one record request with their original timestamps, and deletes
 them only after Murano answered 2xx. Failures:
 
-- network error, 5xx, 408 or 429: the values stay; that client waits (exponential backoff with
+- network error, 5xx, 408, 429 or a redirect (3xx): the values stay; that client waits (exponential backoff with
   jitter between the configured initial and maximum delay);
 - 401: the upstream token is dropped and the client re-provisions at once;
 - 409 naming timestamps: those values go to the dead-letter table, the rest are resent;
@@ -212,7 +212,7 @@ class Forwarder(threading.Thread):
             self._retry_later(client, st, "%s: upstream refuses this client: %s" % (exc.status, exc))
             return False
         except errors.DeviceAPIError as exc:
-            if exc.status in RETRY_LATER:  # the request was fine; the server was busy
+            if exc.status in RETRY_LATER or not 400 <= (exc.status or 0) < 500:  # busy, or a redirect: not the value
                 self._retry_later(client, st, "%s: %s" % (exc.status, exc))
                 return False
             return self._bad_batch(client, st, values, exc.status, str(exc) or "status %s" % exc.status)

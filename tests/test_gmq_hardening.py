@@ -105,7 +105,7 @@ class ThrottlingUpstream:
         self.server.server_close()
 
 
-@pytest.mark.parametrize("status", [429, 408])
+@pytest.mark.parametrize("status", [429, 408, 301, 302])
 def test_throttled_upstream_is_retried_never_dead_lettered(gwe_home, status):
     upstream = ThrottlingUpstream(6, status)
     gmq = GmqProcess(str(gwe_home), upstream={"host": upstream.url, "backoff_initial": 0.05, "backoff_max": 0.2,
