@@ -150,6 +150,8 @@ class AdminApi:
             if req.header("Content-Length") is None:
                 raise HttpError(411, "send Content-Length")
             ctype = req.header("Content-Type") or "application/octet-stream"
+            if "," in ctype:  # the device API's info line is comma-separated: the size would shift
+                raise HttpError(400, "Content-Type must not contain a comma")
             meta = req.header("X-Content-Meta") or ""
             if "\n" in meta or "\r" in meta or len(meta) > 1024:
                 raise HttpError(400, "X-Content-Meta must be one line up to 1024 characters")

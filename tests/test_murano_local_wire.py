@@ -270,6 +270,10 @@ def test_bad_product_and_content_names(device):
     assert requests.get(murano.url + "/api:1/service/bad%20pid/device2/identity/").status_code == 400
     r = requests.put(murano.url + "/api:1/service/localproduct/content/item/a%2Cb", data=b"x")
     assert r.status_code == 400
+    # the info line is "<type>,<size>,<updated>,<meta>": a comma in the type would shift the size
+    r = requests.put(murano.url + "/api:1/service/localproduct/content/item/ab", data=b"x",
+                     headers={"Content-Type": "application/x-thing; v=1,2"})
+    assert r.status_code == 400 and "Content-Type" in r.text
     assert requests.get(murano.url + "/api:1/service/localproduct/content/item").json() == []
 
 
