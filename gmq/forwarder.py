@@ -212,7 +212,7 @@ class Forwarder(threading.Thread):
             self._retry_later(client, st, "%s: upstream refuses this client: %s" % (exc.status, exc))
             return False
         except errors.DeviceAPIError as exc:
-            if exc.status in RETRY_LATER or not 400 <= (exc.status or 0) < 500:  # busy, or a redirect: not the value
+            if exc.status in RETRY_LATER or (exc.status is not None and not 400 <= exc.status < 500):  # busy, 3xx
                 self._retry_later(client, st, "%s: %s" % (exc.status, exc))
                 return False
             return self._bad_batch(client, st, values, exc.status, str(exc) or "status %s" % exc.status)
