@@ -90,6 +90,7 @@ class Engine:
                 except Shutdown:
                     raise
                 except Exception as exc:
+                    self._since = None  # ask again for everything still pending: nothing is lost
                     if self._reactivate_if_rejected(exc):
                         continue
                     delay = backoff.next_delay()
@@ -151,13 +152,17 @@ class Engine:
     # --- steps ---
 
     def _recover_installs(self) -> None:
-        from otau import OtauError, recover
+        from otau import recover
 
         try:
             self._pending_statuses = [s.to_dict() for s in recover(self.paths)]
-        except OtauError as exc:
-            log.error("install recovery failed: %s", exc)
-            self._pending_statuses = []
+        except Exception as exc:  # a failed recovery must not keep gwe from reporting it
+            log.error("install recovery failed: %s", _describe(exc))
+            now = time.time()
+            self._pending_statuses = [{"name": None, "version": None, "package": None, "status": "failed",
+                                       "step": "recover", "error": "install recovery failed: %s" % _describe(exc),
+                                       "exit_code": None, "output": "", "timings": {},
+                                       "started_at": now, "finished_at": now}]
 
     def _activated_device(self):
         """A Device with a token, activating (with retries) when Gateway.cfg has none.
