@@ -104,6 +104,7 @@ class GmqHTTPServer:
         self._ready: Set[_Conn] = set()
         self._gathered: List[Tuple[_Conn, Store]] = []
         self._running = False
+        self._accept_paused = False  # out of file descriptors: the listener rests until one is freed
 
     @property
     def open_connections(self) -> int:
@@ -129,6 +130,7 @@ class GmqHTTPServer:
             if now - last_tick >= TICK_S:
                 last_tick = now
                 self._expire(now)
+                self._resume_accept()  # descriptors may have been freed elsewhere (the forwarder)
 
     def _poll(self, timeout: float) -> int:
         events = self._sel.select(timeout)
@@ -176,7 +178,9 @@ class GmqHTTPServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and friends: leave the rest in the backlog for now
-                log.warning("accept failed: %s", exc)
+                log.warning("accept failed: %s; accepting again once a connection closes", exc)
+                self._sel.unregister(self._listener)  # else the ready listener spins the loop
+                self._accept_paused = True
                 return
             if len(self._conns) >= self.app.max_connections:
                 try:
@@ -202,7 +206,13 @@ class GmqHTTPServer:
                 except (KeyError, ValueError):
                     pass
             conn.sock.close()
+            self._resume_accept()
         self._ready.discard(conn)
+
+    def _resume_accept(self) -> None:
+        if self._accept_paused:
+            self._accept_paused = False
+            self._sel.register(self._listener, selectors.EVENT_READ, None)
 
     def _read(self, conn: _Conn) -> None:
         try:

@@ -1,5 +1,6 @@
 """Defects found in review of gmq's front end and forwarder: each test failed before its fix."""
 import os
+import resource
 import socket
 import sqlite3
 import subprocess
@@ -224,3 +225,31 @@ def test_http10_keep_alive_is_confirmed_in_every_answer(gmq):
         assert answer.startswith(b"HTTP/1.1 200") and b"\r\nConnection: keep-alive\r\n" in answer
     answer = raw(gmq, b"GET /timestamp HTTP/1.0\r\n\r\n")  # without keep-alive: answered, then closed
     assert answer.startswith(b"HTTP/1.1 200") and b"\r\nConnection: close\r\n" in answer
+
+
+def test_out_of_file_descriptors_neither_spins_nor_floods_the_log(gwe_home):
+    import psutil
+    gmq = GmqProcess(str(gwe_home))
+    with open(gmq.log, "ab") as log:
+        gmq.proc = subprocess.Popen([sys.executable, "-m", "gmq", "serve"], env=dict(os.environ, GWE_HOME=gmq.home),
+                                    stdout=subprocess.DEVNULL, stderr=log,
+                                    preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)))
+    socks = []
+    try:
+        wait_for(gmq._up, 15)
+        for _ in range(60):  # more connections than the process has descriptors
+            socks.append(socket.create_connection(("127.0.0.1", gmq.port), timeout=5))
+        proc = psutil.Process(gmq.proc.pid)
+        wait_for(lambda: "accept failed" in gmq.log_text(), 5)
+        before = sum(proc.cpu_times()[:2])
+        time.sleep(1.0)  # measure the idle cost of a listener it cannot serve
+        assert sum(proc.cpu_times()[:2]) - before < 0.3
+        assert gmq.log_text().count("accept failed") < 20
+        for s in socks:
+            s.close()
+        socks = []
+        wait_for(lambda: gmq.post("/onep:v1/stack/alias", "a=1").status_code == 204, 15)
+    finally:
+        for s in socks:
+            s.close()
+        gmq.stop()
