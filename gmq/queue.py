@@ -502,9 +502,18 @@ class DurableQueue:
     # -- housekeeping -------------------------------------------------------------------------
     def expire(self) -> int:
         """Drop values older than the TTL (by arrival time); returns how many."""
+        total = 0
+        while True:  # a loop, not recursion: a backlog of 500,000 expired values is 1,000 chunks
+            n, more = self._expire_chunk()
+            total += n
+            if not more:
+                return total
+
+    def _expire_chunk(self) -> Tuple[int, bool]:
+        """Expire among the oldest SCAN values; returns (how many, whether to look further)."""
         ttl = self.limits.ttl
         if ttl <= 0:
-            return 0
+            return 0, False
         cutoff = self.clock() - ttl
         with self._rlock:
             rows = self._rconn.execute("SELECT id, arrived FROM queue ORDER BY id LIMIT ?", (SCAN,)).fetchall()
@@ -514,13 +523,13 @@ class DurableQueue:
                 break
             last = rid
         if last is None:
-            return 0
+            return 0, False
         with self._transaction() as conn:
             sizes = conn.execute("DELETE FROM queue WHERE id <= ? RETURNING client, size", (last,)).fetchall()
             self._removed(sizes)
             self._count("expired", len(sizes))
         log.info("expired %d values older than %gs", len(sizes), ttl)
-        return len(sizes) + self.expire() if len(rows) == SCAN else len(sizes)
+        return len(sizes), len(rows) == SCAN
 
     def maintain(self) -> None:
         """Periodic work (expiry); call it every second or so from one thread.

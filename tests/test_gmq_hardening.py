@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from device_client.form import decode_form
-from gmq.queue import DurableQueue
+from gmq.queue import DurableQueue, Limits
 from gmq_harness import GmqProcess
 from harness import free_port, wait_for
 
@@ -253,3 +253,15 @@ def test_out_of_file_descriptors_neither_spins_nor_floods_the_log(gwe_home):
         for s in socks:
             s.close()
         gmq.stop()
+
+
+def test_ttl_expires_a_backlog_of_half_a_million_values_without_recursion_error(tmp_path):
+    now = [1700000000.0]
+    q = DurableQueue(str(tmp_path / "gmq.db"), Limits(ttl=10, max_bytes=10 ** 9), clock=lambda: now[0])
+    try:
+        q.append_many([(1, [("a", None, "x")] * 510000)])
+        now[0] += 100
+        assert q.expire() == 510000  # was: RecursionError after 1,000 chunks of 500
+        assert q.depth == 0 and q.counters()["expired"] == 510000
+    finally:
+        q.close()
