@@ -57,7 +57,8 @@ class App(Protocol):
 
 
 class _Conn:
-    __slots__ = ("sock", "inbuf", "out", "busy", "closing", "seen", "started", "head", "keep", "http10", "events", "eof")
+    __slots__ = ("sock", "inbuf", "out", "busy", "closing", "seen", "started", "head", "keep", "http10", "events",
+                 "eof")
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
@@ -367,7 +368,7 @@ class GmqHTTPServer:
             connection = headers.get("connection", "").lower()
             conn.http10 = version == "HTTP/1.0"
             conn.keep = connection == "keep-alive" if conn.http10 else connection != "close"
-            if length > len(buf) and headers.get("expect", "").lower() == "100-continue":
+            if length > len(buf) and headers.get("expect", "").lower() == "100-continue" and not conn.http10:
                 conn.out += b"HTTP/1.1 100 Continue\r\n\r\n"
                 self._flush(conn)
         method, target, _, headers, length = conn.head

@@ -265,3 +265,15 @@ def test_ttl_expires_a_backlog_of_half_a_million_values_without_recursion_error(
         assert q.depth == 0 and q.counters()["expired"] == 510000
     finally:
         q.close()
+
+
+def test_expect_100_continue_is_ignored_for_http10_as_rfc_9110_requires(gmq):
+    with socket.create_connection(("127.0.0.1", gmq.port), timeout=5) as s:
+        s.sendall(b"POST /onep:v1/stack/alias HTTP/1.0\r\nExpect: 100-continue\r\nX-Exosite-VMS: p p s\r\n"
+                  b"Content-Length: 3\r\n\r\n")
+        s.settimeout(0.5)
+        with pytest.raises(socket.timeout):  # an HTTP/1.0 client cannot parse an interim 1xx answer
+            s.recv(1000)
+        s.settimeout(5)
+        s.sendall(b"a=1")
+        assert s.recv(1000).startswith(b"HTTP/1.1 204")
