@@ -56,6 +56,8 @@ def call(method: str, path: str, timeout: float = 10.0) -> dict:
         raise RuntimeError("%s %s: %s" % (exc.code, path, exc.read().decode("utf-8", "replace").strip())) from None
     except (urllib.error.URLError, OSError) as exc:
         raise RuntimeError("gmq is not answering at %s: %s" % (url, getattr(exc, "reason", exc))) from None
+    except ValueError:  # JSON or UTF-8: something else listens on gmq's port
+        raise RuntimeError("what answers at %s is not gmq (no JSON)" % url) from None
 
 
 if __name__ == "__main__":

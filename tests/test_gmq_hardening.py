@@ -277,3 +277,27 @@ def test_expect_100_continue_is_ignored_for_http10_as_rfc_9110_requires(gmq):
         s.settimeout(5)
         s.sendall(b"a=1")
         assert s.recv(1000).startswith(b"HTTP/1.1 204")
+
+
+def test_gmq_status_against_something_else_on_the_port_is_one_line_not_a_traceback(gwe_home):
+    class Html(BaseHTTPRequestHandler):
+        def do_GET(self):
+            data = b"<html>not gmq</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        GmqProcess(str(gwe_home), port=other.server_address[1])  # writes gmq.cfg only
+        result = _gmq_cli(gwe_home, "status")
+        assert result.returncode == 1 and result.stderr.startswith("gmq: ") and result.stderr.count("\n") == 1, \
+            result.stderr
+    finally:
+        other.shutdown()
+        other.server_close()
