@@ -178,6 +178,8 @@ class GmqHTTPServer:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            except ConnectionAbortedError:  # the client gave up while in the backlog
+                continue
             except OSError as exc:  # EMFILE and friends: leave the rest in the backlog for now
                 log.warning("accept failed: %s; accepting again once a connection closes", exc)
                 self._sel.unregister(self._listener)  # else the ready listener spins the loop
