@@ -36,11 +36,9 @@ class Shutdown(Exception):
 class Engine:
     """One gwe process. ``run()`` returns the exit code."""
 
-    def __init__(self, paths: Optional[GwePaths] = None, once: bool = False,
-                 gmq_status_url: Optional[str] = None) -> None:
+    def __init__(self, paths: Optional[GwePaths] = None, once: bool = False) -> None:
         self.paths = paths or gwe_paths()
         self.once = once
-        self.gmq_status_url = gmq_status_url
         self.stopping = threading.Event()
         self._interruptible = False
         self.device = None
@@ -229,8 +227,7 @@ class Engine:
         self._pending_statuses = []
         usage = UsageLog()
         snapshot = usage.snapshot()
-        report = engine_report(self.paths, self._processes,
-                               lambda: fetch_gmq_status(self.gmq_status_url or _gmq_status_url()))
+        report = engine_report(self.paths, self._processes, fetch_gmq_status)
         self.device.write({
             "device_info": json.dumps(device_info(), sort_keys=True),
             "engine_report": json.dumps(report, sort_keys=True),
@@ -277,12 +274,6 @@ class Engine:
             status = fetch_and_install(self.device, job, self.paths)
             log.info("engine_fetch: %s -> %s", job.name, status["status"])
             self.device.write({FETCH_STATUS: json.dumps(status, sort_keys=True)})
-
-
-def _gmq_status_url() -> str:
-    from .engine_report import gmq_status_url
-
-    return gmq_status_url()
 
 
 def _version() -> str:

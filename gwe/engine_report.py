@@ -5,7 +5,6 @@ import hashlib
 import json
 import logging
 import time
-import urllib.request
 from typing import Callable, Dict, List, Optional
 
 from atomic_config import GwePaths
@@ -37,20 +36,13 @@ def build_id(versions: Dict[str, Optional[str]]) -> str:
     return hashlib.sha1(text).hexdigest()[:12]
 
 
-def gmq_status_url() -> str:
-    """Where the local gmq answers ``GET /status`` (its configured listen address)."""
-    from atomic_config import gwe_paths
-    from gmq import config as gmq_config
+def fetch_gmq_status() -> dict:
+    """The local gmq's ``GET /status`` JSON, or ``{"error": ...}`` when gmq does not answer."""
+    from gmq.cli import call
 
-    return gmq_config.local_url(gmq_config.load(gwe_paths()), "/status")
-
-
-def fetch_gmq_status(url: str, timeout: float = 2.0) -> dict:
-    """gmq's ``GET /status`` JSON, or ``{"error": ...}`` when gmq does not answer."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return json.loads(response.read(1 << 20).decode("utf-8"))
-    except (OSError, ValueError) as exc:
+        return call("GET", "/status", timeout=2.0)
+    except Exception as exc:  # gmq down, gmq.cfg unreadable...: the report goes out anyway
         return {"error": "gmq status unavailable: %s" % exc}
 
 

@@ -11,17 +11,11 @@ def gateway_status() -> dict:
     from otau.supervisord import Supervisor
 
     from . import config
-    from .engine_report import engine_report, fetch_gmq_status, gmq_status_url
+    from .engine_report import engine_report, fetch_gmq_status
 
     paths = gwe_paths()
     gateway = config.load_gateway_config()
-    try:
-        gmq_url = gmq_status_url()
-    except Exception as exc:  # a broken gmq.cfg must not hide the rest
-        gmq_url = None
-        gmq_error = {"error": "gmq.cfg: %s" % exc}
-    report = engine_report(paths, Supervisor(paths.supervisor_socket).all_processes,
-                           lambda: fetch_gmq_status(gmq_url) if gmq_url else gmq_error)
+    report = engine_report(paths, Supervisor(paths.supervisor_socket).all_processes, fetch_gmq_status)
     report["gateway"] = {"serial": gateway.uuid, "product_id": gateway.product_id, "host": gateway.host,
                          "activated": bool(gateway.cik)}
     report["last_installs"] = sorted(load_statuses(paths), key=lambda s: s.get("finished_at") or 0)[-5:]
