@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -10,10 +11,28 @@ from typing import Dict, List, Optional
 import requests
 
 from atomic_config import gwe_paths, set_option
-from harness import free_port, port_open, stop_process, wait_for
+from harness import ManagedProcess, free_port, port_open, wait_for
 
 
-class GmqProcess:
+def raw(gmq: "GmqProcess", data: bytes, timeout: float = 5.0, shut: bool = False) -> bytes:
+    """Send raw bytes on a fresh connection (``shut``: then half-close); return all until EOF or quiet."""
+    with socket.create_connection(("127.0.0.1", gmq.port), timeout=timeout) as s:
+        s.sendall(data)
+        if shut:
+            s.shutdown(socket.SHUT_WR)
+        chunks = []
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except socket.timeout:
+            pass
+    return b"".join(chunks)
+
+
+class GmqProcess(ManagedProcess):
     def __init__(self, home: str, port: Optional[int] = None, **settings: Dict[str, object]) -> None:
         self.home = str(home)
         self.paths = gwe_paths(self.home).ensure()
@@ -46,15 +65,6 @@ class GmqProcess:
     def log_text(self) -> str:
         with open(self.log, errors="replace") as f:
             return f.read()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
 
     def status(self) -> dict:
         resp = requests.get(self.url + "/status", timeout=10)

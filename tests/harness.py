@@ -65,6 +65,22 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         proc.wait(timeout)
 
 
+class ManagedProcess:
+    """A server subprocess a test starts: ``kill()`` is a power cut, ``stop()`` a clean SIGTERM."""
+
+    proc: Optional[subprocess.Popen] = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a power cut would; nothing is flushed on the way out."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
 def supervisor_proxy(socket_path: str) -> xmlrpc.client.ServerProxy:
     """An XML-RPC proxy to supervisord over its unix socket, using supervisor's own transport."""
     transport = SupervisorTransport(None, None, serverurl="unix://" + socket_path)
@@ -159,7 +175,7 @@ class Mosquitto:
             stop_process(self.proc)
 
 
-class MuranoLocal:
+class MuranoLocal(ManagedProcess):
     """A real ``murano_local`` server subprocess on a free loopback port, data under ``workdir``.
 
     ``start()`` after ``kill()`` or ``stop()`` restarts it on the same port and data directory.
@@ -204,16 +220,6 @@ class MuranoLocal:
             with open(self.log, errors="replace") as f:
                 raise RuntimeError("murano_local exited %s: %s" % (self.proc.returncode, f.read()[-2000:]))
         return requests.get(self.url + "/timestamp", timeout=1).status_code == 200  # MQTT listens before HTTP
-
-    def kill(self) -> None:
-        """SIGKILL, as a power cut would; nothing is flushed on the way out."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
 
     def _admin(self, method: str, path: str, **kwargs):
         resp = requests.request(method, "%s/api:1/service/%s/device2%s" % (self.url, self.product_id, path),

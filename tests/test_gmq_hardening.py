@@ -14,7 +14,7 @@ import requests
 
 from device_client.form import decode_form
 from gmq.queue import DurableQueue, Limits
-from gmq_harness import GmqProcess
+from gmq_harness import GmqProcess, raw
 from harness import free_port, wait_for
 
 
@@ -24,24 +24,6 @@ def gmq(gwe_home):
     server.start()
     yield server
     server.stop()
-
-
-def raw(gmq, data: bytes, timeout: float = 5.0, shut: bool = False) -> bytes:
-    """Send raw bytes on a fresh connection (``shut``: then half-close); return all until EOF or quiet."""
-    with socket.create_connection(("127.0.0.1", gmq.port), timeout=timeout) as s:
-        s.sendall(data)
-        if shut:
-            s.shutdown(socket.SHUT_WR)
-        chunks = []
-        try:
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        except socket.timeout:
-            pass
-    return b"".join(chunks)
 
 
 @pytest.mark.parametrize("length,status", [(b"\xb2", b"400"), (b"9" * 5000, b"413")])

@@ -10,7 +10,7 @@ import pytest
 import requests
 from murano_client.http import MuranoHTTP
 
-from gmq_harness import GmqProcess
+from gmq_harness import GmqProcess, raw
 from harness import free_port, wait_for
 
 
@@ -20,22 +20,6 @@ def gmq(gwe_home):
     server.start()
     yield server
     server.stop()
-
-
-def raw(gmq, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send raw bytes on a fresh connection; return everything until the server closes or goes quiet."""
-    with socket.create_connection(("127.0.0.1", gmq.port), timeout=timeout) as s:
-        s.sendall(data)
-        chunks = []
-        try:
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        except socket.timeout:
-            pass
-    return b"".join(chunks)
 
 
 def test_write_record_and_alias_record_are_queued_durably(gmq):
