@@ -6,12 +6,57 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional
 
 import requests
 
 from atomic_config import gwe_paths, set_option
+from device_client.form import decode_form
 from harness import ManagedProcess, free_port, port_open, wait_for
+
+
+class ScriptedUpstream:
+    """A scripted Device API server (real HTTP on loopback) for gmq's forwarder.
+
+    Activation always succeeds; every other POST is answered by ``answer(pairs)``, which
+    subclasses define, returning ``(status, body text)``.
+    """
+
+    def __init__(self) -> None:
+        self.requests = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.requests += 1
+                if self.path == "/provision/activate":
+                    status, text = 200, "t" * 40
+                else:
+                    status, text = outer.answer(decode_form(body))
+                data = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, pairs: List[tuple]) -> tuple:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def raw(gmq: "GmqProcess", data: bytes, timeout: float = 5.0, shut: bool = False) -> bytes:

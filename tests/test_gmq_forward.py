@@ -1,12 +1,9 @@
 """gmq forwarding to a real murano_local: order, original timestamps, 401, dead letters, 409, outage."""
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote
 
 import requests
 
-from device_client.form import decode_form
-from gmq_harness import GmqProcess
+from gmq_harness import GmqProcess, ScriptedUpstream
 from harness import wait_for
 
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.4, "batch_size": 50}
@@ -77,55 +74,28 @@ def test_value_upstream_refuses_is_dead_lettered_and_the_rest_flows(gwe_home, mu
         gmq.stop()
 
 
-class ConflictingUpstream:
-    """A scripted Device API server (real HTTP on loopback) whose record answers 409 for chosen timestamps."""
+class ConflictingUpstream(ScriptedUpstream):
+    """Record answers 409 for chosen timestamps."""
 
     def __init__(self, conflicts):
         self.conflicts = set(conflicts)
         self.recorded = []
-        self.requests = 0
-        outer = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.requests += 1
-                if self.path == "/provision/activate":
-                    return self._send(200, "t" * 40)
-                pairs = decode_form(body)
-                alias = None
-                clash, points = [], []
-                for k, v in pairs:
-                    if k == "alias":
-                        alias = v
-                    elif k in outer.conflicts:
-                        clash.append((alias, k))
-                    else:
-                        points.append((alias, k, v))
-                if clash:
-                    return self._send(409, "&".join("%s=%s" % c for c in clash))
-                outer.recorded.extend(points)
-                self._send(204, "")
-
-            def _send(self, status, text):
-                data = text.encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(self, pairs):
+        alias = None
+        clash, points = [], []
+        for k, v in pairs:
+            if k == "alias":
+                alias = v
+            elif k in self.conflicts:
+                clash.append((alias, k))
+            else:
+                points.append((alias, k, v))
+        if clash:
+            return 409, "&".join("%s=%s" % c for c in clash)
+        self.recorded.extend(points)
+        return 204, ""
 
 
 def test_record_conflict_dead_letters_the_clash_without_loss_or_endless_retry(gwe_home):

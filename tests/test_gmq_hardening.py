@@ -12,9 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from device_client.form import decode_form
 from gmq.queue import DurableQueue, Limits
-from gmq_harness import GmqProcess, raw
+from gmq_harness import GmqProcess, ScriptedUpstream, raw
 from harness import free_port, wait_for
 
 
@@ -44,48 +43,24 @@ def test_pipelined_requests_then_half_close_are_all_answered(gmq):
     wait_for(lambda: gmq.status()["connections"] == 1, 5)  # only the status request's own connection
 
 
-class ThrottlingUpstream:
-    """A scripted Device API server (real HTTP on loopback): the first ``throttled`` records get ``status``."""
+class ThrottlingUpstream(ScriptedUpstream):
+    """The first ``throttled`` records get ``status``."""
 
     def __init__(self, throttled: int, status: int) -> None:
         self.left, self.status, self.recorded = throttled, status, []
-        outer = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.path == "/provision/activate":
-                    return self._send(200, "t" * 40)
-                if outer.left > 0:
-                    outer.left -= 1
-                    return self._send(outer.status, "slow down")
-                alias = None
-                for k, v in decode_form(body):
-                    if k == "alias":
-                        alias = v
-                    else:
-                        outer.recorded.append((alias, v))
-                self._send(204, "")
-
-            def _send(self, status, text):
-                data = text.encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(self, pairs):
+        if self.left > 0:
+            self.left -= 1
+            return self.status, "slow down"
+        alias = None
+        for k, v in pairs:
+            if k == "alias":
+                alias = v
+            else:
+                self.recorded.append((alias, v))
+        return 204, ""
 
 
 @pytest.mark.parametrize("status", [429, 408, 301, 302])
