@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 
@@ -31,67 +29,12 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from device_client import Device  # noqa: E402
-from harness import MuranoLocal  # noqa: E402
+from harness import CountingRelay, MuranoLocal  # noqa: E402
 
 SERIAL = "bench1"
 
 
 
-
-
-class CountingRelay:
-    """A loopback TCP relay to ``port`` that counts the bytes it carries each way."""
-
-    def __init__(self, port: int) -> None:
-        self.target = port
-        self.sent = self.received = 0
-        self._lock = threading.Lock()
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            for sock in (client, upstream):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, outbound: bool) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                with self._lock:
-                    if outbound:
-                        self.sent += len(data)
-                    else:
-                        self.received += len(data)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def take(self) -> int:
-        with self._lock:
-            total, self.sent, self.received = self.sent + self.received, 0, 0
-        return total
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def make_device(kind: str, url: str, mqtt_port: int, token: str) -> Device:

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import xmlrpc.client
 from typing import Callable, Optional, TypeVar
@@ -79,6 +80,61 @@ class ManagedProcess:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
+
+
+class CountingRelay:
+    """A TCP relay on 127.0.0.1 in front of a server, counting the bytes each way."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.to_server = 0
+        self.to_client = 0
+        self._lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._sockets = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, "to_server"), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, "to_client"), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, counter: str) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                with self._lock:
+                    setattr(self, counter, getattr(self, counter) + len(data))
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def take(self) -> int:
+        """Bytes carried both ways since the last call."""
+        with self._lock:
+            total, self.to_server, self.to_client = self.to_server + self.to_client, 0, 0
+        return total
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self._sockets:
+            s.close()
 
 
 def supervisor_proxy(socket_path: str) -> xmlrpc.client.ServerProxy:

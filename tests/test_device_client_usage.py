@@ -4,62 +4,15 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 
 import psutil
 import requests
 
 from device_client import Device, UsageLog, usage_report
 from device_client.usage import InterfaceResolver
+from harness import CountingRelay
 
 METRICS = {"num", "type", "tot_rx", "max_rx", "tot_tx", "max_tx", "rq_time_avg", "rq_time_max"}
-
-
-class CountingRelay:
-    """A TCP relay on 127.0.0.1 in front of a server, counting the bytes each way."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.to_server = 0
-        self.to_client = 0
-        self._lock = threading.Lock()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self._sockets = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            self._sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, "to_server"), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, "to_client"), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, counter: str) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                with self._lock:
-                    setattr(self, counter, getattr(self, counter) + len(data))
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            try:
-                dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.listener.close()
-        for s in self._sockets:
-            s.close()
 
 
 def totals(per_identity: dict, field: str) -> int:
