@@ -93,7 +93,7 @@ def main() -> None:
         for i in range(args.runs):
             t0 = time.monotonic()
             sup.add_program("anchor%d" % i, "/bin/sleep 600", startsecs=0)
-            wait_for(lambda: rpc.getProcessInfo("anchor%d" % i)["statename"] == "RUNNING", 10, interval=0.005)
+            wait_for(lambda n=i: rpc.getProcessInfo("anchor%d" % n)["statename"] == "RUNNING", 10, interval=0.005)
             anchor.append(time.monotonic() - t0)
 
         latencies = []
@@ -108,7 +108,7 @@ def main() -> None:
                 return info["statename"] == "RUNNING" and ("/%s" % v) in _cwd(info["pid"])
             wait_for(running_new, 60, interval=0.005, message="benchapp v%d RUNNING" % version)
             latencies.append(time.monotonic() - t0)
-            wait_for(lambda: json.loads(reported(murano, "fetch_status") or "{}").get("version") == str(version),
+            wait_for(lambda v=str(version): json.loads(reported(murano, "fetch_status") or "{}").get("version") == v,
                      60, message="fetch_status v%d" % version)
 
         pids = {p["name"]: p["pid"] for p in rpc.getAllProcessInfo() if p["name"] in ("gwe", "gmq")}

@@ -99,8 +99,8 @@ def idle_polls(url: str, proc: psutil.Process, count: int) -> dict:
     """Hold ``count`` long polls, sample the server's CPU and RSS while idle, then wake them all."""
     tokens = []
     for i in range(count):
-        requests.put(url + "/api:1/service/localproduct/device2/identity/poll%d" % i, json={}).raise_for_status()
-        tokens.append(requests.post(url + "/provision/activate", data={"id": "poll%d" % i}).text)
+        requests.put(url + "/api:1/service/localproduct/device2/identity/poll%d" % i, json={}, timeout=30).raise_for_status()
+        tokens.append(requests.post(url + "/provision/activate", data={"id": "poll%d" % i}, timeout=30).text)
     rss_before = proc.memory_info().rss
     socks = []
     for token in tokens:
@@ -109,7 +109,7 @@ def idle_polls(url: str, proc: psutil.Process, count: int) -> dict:
                    "Request-Timeout: 300000\r\n\r\n" % token).encode())
         socks.append(s)
     end = time.monotonic() + 30
-    while requests.get(url + "/api:1/info").json()["long_polls_waiting"] < count:
+    while requests.get(url + "/api:1/info", timeout=30).json()["long_polls_waiting"] < count:
         if time.monotonic() > end:
             raise SystemExit("long polls did not all block")
         time.sleep(0.1)
@@ -166,8 +166,8 @@ def main() -> None:
     figures = {}
     try:
         wait_up(url)
-        requests.put(url + "/api:1/service/localproduct/device2/identity/bench", json={}).raise_for_status()
-        token = requests.post(url + "/provision/activate", data={"id": "bench"}).text
+        requests.put(url + "/api:1/service/localproduct/device2/identity/bench", json={}, timeout=30).raise_for_status()
+        token = requests.post(url + "/provision/activate", data={"id": "bench"}, timeout=30).text
         figures.update(throughput(url, token, work, levels, args.seconds, args.repeat))
         figures["long_polls"] = idle_polls(url, psutil.Process(server.pid), args.polls)
     finally:

@@ -91,7 +91,7 @@ def bench_upgrades(work: str, runs: int) -> dict:
             name = "anchor%d" % n
             start = time.monotonic()
             sup.add_program(name, "sleep 600", startsecs=0)
-            wait_for(lambda: sup.state(name) == "RUNNING", 30, interval=0.005)
+            wait_for(lambda n=name: sup.state(n) == "RUNNING", 30, interval=0.005)
             anchors.append(time.monotonic() - start)
     finally:
         sup.stop()

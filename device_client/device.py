@@ -287,7 +287,7 @@ class Device:
         part = dest + ".part"
         source = part + ".source"
         known_size = self._match_part_to_source(name, part, source)
-        for attempt in range(2):
+        for _attempt in range(2):
             result = self._download_once(name, dest, part, expected, progress, max_bytes, known_size)
             if result is not None:
                 _remove(source)

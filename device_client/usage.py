@@ -144,9 +144,7 @@ class UsageLog:
             # NORMAL: a usage log is statistics; losing the last rows to a power cut is fine,
             # an fsync per request is not.
             conn = connect_sqlite(self.path, synchronous="NORMAL", busy_timeout_ms=self.busy_timeout_ms,
-                                  check_same_thread=False)
-            for statement in _SCHEMA:
-                conn.execute(statement)
+                                  check_same_thread=False, schema=_SCHEMA)
         except Exception as exc:
             self._failed_open_at = time.monotonic()
             self.failures += 1

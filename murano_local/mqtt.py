@@ -110,6 +110,12 @@ class MqttFrontEnd:
         self._ready = threading.Event()
         self._failure: Optional[BaseException] = None
         self._stopped: Optional[asyncio.Event] = None
+        self._tasks: Set[asyncio.Future] = set()  # referenced until done: the loop keeps only weak references
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- lifecycle (any thread) -------------------------------------------------------------
     def start(self, timeout: float = 15.0) -> "MqttFrontEnd":
@@ -198,7 +204,7 @@ class MqttFrontEnd:
             return
         pending = self.murano.pending_sets(client.pid, client.identity)
         if pending:
-            asyncio.ensure_future(self._push(client_id, client.session, pending))
+            self._spawn(self._push(client_id, client.session, pending))
 
     def disconnected(self, client_id: str, session) -> None:
         client = self._clients.get(client_id)
@@ -238,11 +244,11 @@ class MqttFrontEnd:
                 token = self.murano.activate(client.pid, identity)
             except (Conflict, NotFound) as exc:
                 log.info("MQTT provisioning of %r refused: %s", identity[:64], exc.__class__.__name__)
-                asyncio.ensure_future(self._close(client_id, client.session))
+                self._spawn(self._close(client_id, client.session))
                 return
             client.identity, client.token = identity, token  # the token's holder may act as the device
             self._devices.setdefault((client.pid, identity), set()).add(client_id)
-            asyncio.ensure_future(self._reply_and_push(client_id, client, topic, token))
+            self._spawn(self._reply_and_push(client_id, client, topic, token))
             return
         if client.identity is None:
             raise BadPublish("anonymous clients may only provision")
@@ -263,7 +269,7 @@ class MqttFrontEnd:
         packet.data = None  # amqtt acknowledges nothing without data
         client = self._clients.get(client_id)
         if client is not None:
-            asyncio.ensure_future(self._close(client_id, client.session))
+            self._spawn(self._close(client_id, client.session))
 
     async def _reply_and_push(self, client_id: str, client: _Client, topic: str, token: str) -> None:
         """The token goes back on the request's topic (clients take the first message as the token);
@@ -306,7 +312,7 @@ class MqttFrontEnd:
             client = self._clients.get(client_id)
             if client is not None:
                 values = [(alias, value, change.timestamp) for alias, value in change.values]
-                asyncio.ensure_future(self._push(client_id, client.session, values))
+                self._spawn(self._push(client_id, client.session, values))
 
 
 def _broker_class(broker_base):

@@ -85,7 +85,7 @@ class MuranoHTTPServer(ThreadingHTTPServer):
         """A client that resets its connection is routine; anything else is logged with its traceback."""
         if isinstance(sys.exc_info()[1], (ConnectionError, socket.timeout)):
             return
-        log.exception("error serving %s", client_address[0])
+        log.error("error serving %s", client_address[0], exc_info=sys.exc_info())  # called from an except
 
 
 def _error_for(exc: BaseException) -> Optional[HttpError]:

@@ -14,6 +14,7 @@ Every package gets ``gwe-manifest.json`` (sha256 of every file); with a key it a
 from __future__ import annotations
 
 import fnmatch
+import functools
 import glob
 import hashlib
 import io
@@ -266,7 +267,7 @@ def _scan(tarball: str) -> Tuple[Dict[str, Entry], List[str]]:
                 if member.isreg():
                     digest = hashlib.sha256()
                     source = tf.extractfile(member)
-                    for chunk in iter(lambda: source.read(CHUNK), b""):
+                    for chunk in iter(functools.partial(source.read, CHUNK), b""):
                         digest.update(chunk)
                     entries[rel] = ("file", digest.hexdigest(), member.size, safe_mode(member.mode))
                 elif member.issym():

@@ -37,9 +37,30 @@ class RunResult:
         return self.exit_code == 0 and not self.timed_out
 
 
+def suite_python(home: str, executable: Optional[str] = None) -> str:
+    """The interpreter the suite runs in, by a path that outlives the suite's own updates.
+
+    An over-the-air gwe runs from ``apps/gwe/<version>/venv``; apps installed by it must not
+    name that version, which is pruned later, but ``apps/gwe/current/...``. Symlinks are not
+    resolved: a virtualenv's python is a link to the base interpreter.
+    """
+    executable = os.path.abspath(executable or sys.executable)
+    apps = os.path.join(os.path.abspath(home), "var", "lib", "gwe", "apps") + os.sep
+    if executable.startswith(apps):
+        parts = executable[len(apps):].split(os.sep)
+        if len(parts) > 2 and parts[1] not in ("current", ""):
+            return os.path.join(apps, parts[0], "current", *parts[2:])
+    return executable
+
+
 def app_environment(name: str, version: str, app_dir: str, home: str) -> Dict[str, str]:
-    """What an app (its installer and its program) is told about itself."""
-    return {"GWE_APP_NAME": name, "GWE_APP_VERSION": version, "GWE_APP_DIR": app_dir, "GWE_HOME": home}
+    """What an app (its installer and its program) is told about itself.
+
+    ``GWE_PYTHON`` lets a program name the suite's interpreter (``command = %(ENV_GWE_PYTHON)s app.py``)
+    instead of whatever ``python3`` comes first on supervisord's PATH.
+    """
+    return {"GWE_APP_NAME": name, "GWE_APP_VERSION": version, "GWE_APP_DIR": app_dir, "GWE_HOME": home,
+            "GWE_PYTHON": suite_python(home)}
 
 
 def install_environment(name: str, version: str, app_dir: str, home: str,
@@ -50,7 +71,6 @@ def install_environment(name: str, version: str, app_dir: str, home: str,
     env.setdefault("PATH", os.defpath)
     env.update(app_environment(name, version, app_dir, home))
     env["GWE_APP_PREVIOUS_VERSION"] = previous_version or ""
-    env["GWE_PYTHON"] = sys.executable  # the interpreter (and so the virtualenv) gwe runs in
     return env
 
 

@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -9,10 +11,33 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
 
 
+SHORT_BASETEMP = pytest.StashKey[str]()
+RUN_PASSED = pytest.StashKey[bool]()
+
+
+def pytest_configure(config):
+    """A short base directory for tmp_path, unique to this run: supervisord's unix socket lives under
+    each test's GWE_HOME and must fit sun_path (pytest's default base plus xdist's per-worker
+    directory does not). Removed when the run passed, kept for a look when it failed."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        base = tempfile.gettempdir()
+        config.option.basetemp = config.stash[SHORT_BASETEMP] = tempfile.mkdtemp(
+            prefix="g", dir=base if len(base) <= 16 else "/tmp")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.stash[RUN_PASSED] = exitstatus == 0
+
+
+def pytest_unconfigure(config):
+    if config.stash.get(RUN_PASSED, False) and SHORT_BASETEMP in config.stash:
+        shutil.rmtree(config.stash[SHORT_BASETEMP], ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def gwe_home(tmp_path, monkeypatch):
     """A fresh GWE_HOME for every test, exported to the environment (and so to subprocesses)."""
-    home = tmp_path / "gwe_home"
+    home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("GWE_HOME", str(home))
     return home

@@ -14,7 +14,7 @@ import requests
 
 from atomic_config import gwe_paths, set_option
 from device_client.form import decode_form
-from harness import ManagedProcess, free_port, port_open, wait_for
+from harness import GiveUp, ManagedProcess, free_port, port_open, wait_for
 
 
 class ScriptedUpstream:
@@ -104,7 +104,7 @@ class GmqProcess(ManagedProcess):
 
     def _up(self) -> bool:
         if self.proc.poll() is not None:
-            raise RuntimeError("gmq exited %s: %s" % (self.proc.returncode, self.log_text()[-2000:]))
+            raise GiveUp("gmq exited %s: %s" % (self.proc.returncode, self.log_text()[-2000:]))
         return port_open(self.port)
 
     def log_text(self) -> str:

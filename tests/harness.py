@@ -23,6 +23,11 @@ class WaitTimeout(AssertionError):
     pass
 
 
+class GiveUp(Exception):
+    """Raised by a ``wait_for`` condition when what it waits for can no longer happen (the server
+    exited): the wait ends at once with this error instead of running out its timeout."""
+
+
 def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
              message: str = "condition") -> T:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
@@ -33,6 +38,8 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float 
             value = condition()
             if value:
                 return value
+        except GiveUp:
+            raise
         except Exception as exc:  # the condition may be unready (connection refused...)
             last_exc = exc
         if time.monotonic() >= deadline:
@@ -174,7 +181,8 @@ class Supervisord:
 
     def _running(self) -> bool:
         if self.proc.poll() is not None:
-            raise RuntimeError("supervisord exited: %s" % self.proc.stderr.read().decode(errors="replace"))
+            raise GiveUp("supervisord exited %s: %s" % (self.proc.returncode,
+                                                        self.proc.stderr.read().decode(errors="replace")))
         return self.rpc().supervisor.getState()["statename"] == "RUNNING"
 
     def rpc(self) -> xmlrpc.client.ServerProxy:
@@ -222,9 +230,14 @@ class Mosquitto:
             f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n" % self.port)
         self.proc = subprocess.Popen([mosquitto_binary(), "-c", self.conf],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: self.proc.poll() is None and port_open(self.port), timeout,
+        wait_for(lambda: self._exited() or port_open(self.port), timeout,
                  message="mosquitto on port %d" % self.port)
         return self
+
+    def _exited(self) -> bool:
+        if self.proc.poll() is not None:
+            raise GiveUp("mosquitto exited %s" % self.proc.returncode)
+        return False
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -274,7 +287,7 @@ class MuranoLocal(ManagedProcess):
     def _answers(self) -> bool:
         if self.proc.poll() is not None:
             with open(self.log, errors="replace") as f:
-                raise RuntimeError("murano_local exited %s: %s" % (self.proc.returncode, f.read()[-2000:]))
+                raise GiveUp("murano_local exited %s: %s" % (self.proc.returncode, f.read()[-2000:]))
         return requests.get(self.url + "/timestamp", timeout=1).status_code == 200  # MQTT listens before HTTP
 
     def _admin(self, method: str, path: str, **kwargs):

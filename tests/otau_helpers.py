@@ -44,11 +44,12 @@ def supervisor_conf(command: str, startsecs: int = 1, **options: object) -> str:
     return "\n".join(lines) + "\n"
 
 
+PYTHON = "%(ENV_GWE_PYTHON)s"  # the suite's interpreter, as otau tells the program (never PATH's python3)
 SLEEPER = "import os, time\nprint('app', os.environ.get('GWE_APP_VERSION'), flush=True)\ntime.sleep(3600)\n"
 
 
 def app_files(version: str, install_sh: str = "#!/bin/sh\necho installing $GWE_APP_NAME $GWE_APP_VERSION\n",
-              command: Optional[str] = "python3 app.py", startsecs: int = 1,
+              command: Optional[str] = PYTHON + " app.py", startsecs: int = 1,
               extra: Optional[Dict[str, FileSpec]] = None) -> Dict[str, FileSpec]:
     files: Dict[str, FileSpec] = {"install.sh": (install_sh, 0o755), "app.py": SLEEPER,
                                   "VERSION": version + "\n"}

@@ -3,6 +3,7 @@ import multiprocessing
 import os
 import random
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -193,3 +194,35 @@ def test_atomic_write_bytes_and_read_recovering(tmp_path):
     path.write_bytes(b'{"a": ')
     assert read_recovering(path, json.loads) == {"a": 1}
     assert read_recovering(tmp_path / "missing.json", json.loads) is None
+
+
+OPENER = """
+import os, sys, time
+from atomic_config import connect_sqlite
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):  # start together
+    time.sleep(0.001)
+conn = connect_sqlite(sys.argv[1], busy_timeout_ms=10000, schema=(
+    "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, who TEXT)",
+    "CREATE TABLE IF NOT EXISTS u (k TEXT PRIMARY KEY)"))
+conn.execute("INSERT INTO t (who) VALUES (?)", (sys.argv[3],))
+"""
+
+
+def test_processes_opening_a_new_database_together_all_succeed(tmp_path):
+    """Switching to WAL and creating the schema race between processes (sqlite answers the lock
+    upgrade with SQLITE_BUSY at once, not after the busy timeout): every opener must still succeed."""
+    for attempt in range(3):
+        db, go = str(tmp_path / ("race%d.db" % attempt)), str(tmp_path / ("go%d" % attempt))
+        procs = [subprocess.Popen([sys.executable, "-c", OPENER, db, go, str(i)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE) for i in range(8)]
+        assert [p.stdout.readline() for p in procs] == [b"ready\n"] * 8
+        open(go, "w").close()
+        results = [(p.wait(60), p.stderr.read().decode()) for p in procs]
+        for p in procs:
+            p.stdout.close()
+            p.stderr.close()
+        assert [code for code, _ in results] == [0] * 8, results
+        conn = sqlite3.connect(db)
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (8,)
+        conn.close()

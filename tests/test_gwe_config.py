@@ -23,7 +23,7 @@ def test_host_overrides_murano_url(gwe_home):
 
 def test_no_product_id_is_a_clear_error(gwe_home):
     with pytest.raises(ConfigError, match="set-product-id"):
-        load_gateway_config().murano_url
+        _ = load_gateway_config().murano_url
 
 
 def test_serial_from_uuid_else_iface_mac_written_back(gwe_home):

@@ -100,7 +100,7 @@ def test_install_gateway_runs_gwe_and_gmq_and_reinstalls_in_place(tmp_path, mura
             return supervisor_proxy(paths.supervisor_socket).supervisor.getProcessInfo(name)
 
         for name in ("gmq", "gwe"):
-            wait_for(lambda: info(name)["statename"] == "RUNNING", 30, message="%s RUNNING" % name)
+            wait_for(lambda n=name: info(n)["statename"] == "RUNNING", 30, message="%s RUNNING" % name)
         assert requests.get("http://127.0.0.1:%d/status" % gmq_port, timeout=5).status_code == 200
         wait_for(lambda: murano.state(SERIAL).get("engine_report", {}).get("reported"), 30,
                  message="gwe's engine_report on murano_local")

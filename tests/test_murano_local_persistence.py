@@ -71,7 +71,7 @@ def test_every_acknowledged_write_survives_kill_9_mid_stream(murano):
         stop.clear()
         thread = threading.Thread(target=writer)
         thread.start()
-        wait_for(lambda: len(acked) >= 20 * (_round + 1), 30, message="writes acknowledged")
+        wait_for(lambda r=_round: len(acked) >= 20 * (r + 1), 30, message="writes acknowledged")
         murano.kill()
         stop.set()
         thread.join(10)
@@ -186,7 +186,7 @@ def test_sigterm_stops_promptly_even_while_connections_arrive(tmp_path):
         server.start()
         stop = threading.Event()
 
-        def hammer():
+        def hammer(stop=stop):
             while not stop.is_set():
                 try:
                     socket.create_connection(("127.0.0.1", server.port), timeout=1).close()

@@ -79,7 +79,7 @@ def write_project(directory):
     with open(os.path.join(directory, "install.sh"), "w") as f:
         f.write("#!/bin/sh\ncp -r src \"$GWE_APP_DIR/installed\"\n")
     with open(os.path.join(directory, "supervisor.conf"), "w") as f:
-        f.write("[supervisord]\ncommand = python3 src/main.py\n")
+        f.write("[supervisord]\ncommand = %(ENV_GWE_PYTHON)s src/main.py\n")
     with open(os.path.join(directory, "src", "main.py"), "w") as f:
         f.write("print('hi')\n")
     with open(os.path.join(directory, "src", "__pycache__", "main.cpython-311.pyc"), "wb") as f:

@@ -38,8 +38,7 @@ class Gateway:
     rogue_key: str    # a key the gateway does not trust
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
+def _new_gateway(tmp_path_factory) -> Gateway:
     root = str(tmp_path_factory.mktemp("otau_corpus"))
     home = os.path.join(root, "home")
     pkgs = os.path.join(root, "pkgs")
@@ -59,8 +58,38 @@ def gateway(tmp_path_factory):
     status = otau.install_package(write_tarball(os.path.join(pkgs, NAME + ".v1.tar.gz"), app_files("1")),
                                   paths=paths, settings=settings)
     assert status.ok, status.to_json()
-    yield Gateway(root, pkgs, outside, paths, settings, sup, key, rogue)
-    sup.stop()
+    return Gateway(root, pkgs, outside, paths, settings, sup, key, rogue)
+
+
+def _v1_running(gw: Gateway) -> bool:
+    """What every case assumes: v1 current and RUNNING from its own directory, nothing half-done."""
+    try:
+        info = gw.sup.rpc().supervisor.getProcessInfo(NAME)
+        app_root = os.path.join(gw.paths.apps, NAME)
+        return (info["statename"] == "RUNNING" and psutil.Process(info["pid"]).cwd() == os.path.join(app_root, "1")
+                and os.readlink(os.path.join(app_root, "current")) == "1"
+                and not os.path.exists(os.path.join(gw.paths.var_lib, "otau", "journal.json")))
+    except Exception:  # supervisord gone, process gone, link missing: not the assumed state
+        return False
+
+
+@pytest.fixture(scope="module")
+def corpus_gateways(tmp_path_factory):
+    """One gateway shared by the module's cases (a list, so a broken one can be replaced)."""
+    gateways = [_new_gateway(tmp_path_factory)]
+    yield gateways
+    gateways[-1].sup.stop()
+
+
+@pytest.fixture
+def gateway(corpus_gateways, tmp_path_factory):
+    """The shared gateway in the state every case assumes; a case that broke it is not inherited:
+    the next one gets a fresh gateway instead of failing with it."""
+    gw = corpus_gateways[-1]
+    if not _v1_running(gw):
+        gw.sup.stop()
+        corpus_gateways.append(_new_gateway(tmp_path_factory))
+    return corpus_gateways[-1]
 
 
 def _pkg(gw: Gateway, files: Dict, extra: Optional[Callable] = None, name: str = NAME + ".v2.tar.gz") -> str:
@@ -276,7 +305,7 @@ def empty_file(gw):
 
 
 def conf_unparsable_command(gw):
-    return _pkg(gw, dict(good_files(), **{"supervisor.conf": supervisor_conf("python3 'unbalanced")}))
+    return _pkg(gw, dict(good_files(), **{"supervisor.conf": supervisor_conf("%(ENV_GWE_PYTHON)s 'unbalanced")}))
 
 
 def conf_no_command(gw):
@@ -297,12 +326,14 @@ def conf_missing_binary(gw):
 
 def crash_loop(gw):
     return _pkg(gw, dict(good_files(), **{"supervisor.conf": supervisor_conf(
-        "python3 -c 'import sys; sys.exit(1)'")}))
+        "%(ENV_GWE_PYTHON)s -c 'import sys; sys.exit(1)'")}))
 
 
 def dies_after_start(gw):
+    """Reaches RUNNING (startsecs 1), then exits 2.5 s after it started: seconds inside the 6 s health
+    window of its case, whatever the machine's load does to the start."""
     return _pkg(gw, dict(good_files(), **{"supervisor.conf": supervisor_conf(
-        "python3 -c 'import time; time.sleep(1.1)'")}))
+        "%(ENV_GWE_PYTHON)s -c 'import time; time.sleep(2.5)'")}))
 
 
 REFUSED = "failed"
@@ -350,7 +381,7 @@ CORPUS = {
     "conf_bad_value": (conf_bad_value, REFUSED, "rejected by supervisor", {}),
     "conf_missing_binary": (conf_missing_binary, "rolled_back", "rolled back to 1", {}),
     "crash_loop": (crash_loop, "rolled_back", "rolled back to 1", {}),
-    "dies_after_start": (dies_after_start, "rolled_back", "rolled back to 1", {}),
+    "dies_after_start": (dies_after_start, "rolled_back", "rolled back to 1", {"settle_seconds": 5}),
 }
 
 

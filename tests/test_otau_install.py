@@ -44,7 +44,7 @@ def test_install_upgrade_then_failed_upgrade_rolls_back(supervisord, gwe_home, t
     assert os.readlink(os.path.join(paths.apps, "counter", "current")) == "2"
 
     st3 = otau.install_package(make_app(str(tmp_path), "counter", "3",
-                                        command="python3 -c 'import sys; sys.exit(2)'"), settings=FAST)
+                                        command="%(ENV_GWE_PYTHON)s -c 'import sys; sys.exit(2)'"), settings=FAST)
     assert st3.status == "rolled_back", st3.to_json()
     assert st3.running_version == "2" and "rolled back to 2" in st3.error
     assert running_version(supervisord, "counter")[0] == "2"
@@ -58,7 +58,7 @@ def test_install_upgrade_then_failed_upgrade_rolls_back(supervisord, gwe_home, t
 
 
 def test_program_file_has_reference_defaults_and_environment(supervisord, gwe_home, tmp_path):
-    conf = supervisor_conf("python3 app.py", environment='A="1"') + "environment = B=\"2\"\n"
+    conf = supervisor_conf("%(ENV_GWE_PYTHON)s app.py", environment='A="1"') + "environment = B=\"2\"\n"
     files = app_files("1", extra={"supervisor.conf": conf,
                                   "app.py": "import os, time\nprint(os.environ['GWE_APP_VERSION'], "
                                             "os.environ['B'], os.environ.get('A'), flush=True)\ntime.sleep(60)\n"})
@@ -67,13 +67,27 @@ def test_program_file_has_reference_defaults_and_environment(supervisord, gwe_ho
     paths = gwe_paths(str(gwe_home))
     with open(os.path.join(paths.supervisor_include, "envapp.conf")) as f:
         conf_text = f.read()
-    assert conf_text.startswith("[program:envapp]\ncommand = python3 app.py\n")
+    assert conf_text.startswith("[program:envapp]\ncommand = %(ENV_GWE_PYTHON)s app.py\n")
     for line in ("redirect_stderr = true", "stdout_logfile_maxbytes = 200KB", "stdout_logfile_backups = 1",
                  "stdout_logfile = %s" % os.path.join(paths.log, "envapp.log")):
         assert line in conf_text
     log = os.path.join(paths.log, "envapp.log")
     # duplicate environment keys: the last one wins, as the original tolerated
     wait_for(lambda: os.path.exists(log) and "1 2 None" in open(log).read(), 10, message="app output")
+
+
+def test_program_can_name_the_suites_interpreter(supervisord, gwe_home, tmp_path):
+    """``%(ENV_GWE_PYTHON)s`` in a command runs the suite's interpreter (with its libraries), not the
+    python3 first on supervisord's PATH, which on a fresh gateway has none of them."""
+    app = "import sys, time, psutil\nprint('suite python', sys.executable, flush=True)\ntime.sleep(60)\n"
+    files = app_files("1", command="%(ENV_GWE_PYTHON)s app.py", extra={"app.py": app})
+    status = otau.install_package(write_tarball(str(tmp_path / "pyapp.v1.tar.gz"), files), settings=FAST)
+    assert status.ok, status.to_json()
+    info = supervisord.rpc().supervisor.getProcessInfo("pyapp")
+    proc = psutil.Process(info["pid"])
+    assert proc.cmdline()[0] == sys.executable and proc.environ()["GWE_PYTHON"] == sys.executable
+    log = os.path.join(gwe_paths(str(gwe_home)).log, "pyapp.log")
+    wait_for(lambda: "suite python %s" % sys.executable in open(log).read(), 10, message="app output")
 
 
 def test_other_apps_keep_running(supervisord, gwe_home, tmp_path):

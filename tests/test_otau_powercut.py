@@ -110,7 +110,7 @@ def test_sigkill_at_each_step(gateway, point):
 
 def test_sigkill_during_rollback(gateway):
     paths, pkgs, sup, name = gateway
-    bad = make_app(pkgs, name, "2", command="python3 -c 'import sys; sys.exit(1)'")
+    bad = make_app(pkgs, name, "2", command="%(ENV_GWE_PYTHON)s -c 'import sys; sys.exit(1)'")
     killed = gwe(paths, "-I", bad, crash_at="rolling_back")
     assert killed.returncode == -signal.SIGKILL
     recovered = gwe(paths, "--recover", "--json")

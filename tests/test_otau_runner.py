@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import psutil
 
 from harness import wait_for
 
-from otau.runner import app_environment, install_environment, run_installer
+from otau.runner import app_environment, install_environment, run_installer, suite_python
 
 
 def sh(tmp_path, script, timeout=5.0, limit=1024):
@@ -50,5 +51,15 @@ def test_environment(tmp_path, monkeypatch):
     assert "GWE_OTAU_CRASH_AT" not in env and env["PATH"]
     assert env["GWE_APP_PREVIOUS_VERSION"] == "1"
     assert {k: env[k] for k in app_environment("app", "2", "/d", "/h")} == {
-        "GWE_APP_NAME": "app", "GWE_APP_VERSION": "2", "GWE_APP_DIR": "/d", "GWE_HOME": "/h"}
+        "GWE_APP_NAME": "app", "GWE_APP_VERSION": "2", "GWE_APP_DIR": "/d", "GWE_HOME": "/h",
+        "GWE_PYTHON": sys.executable}
     assert os.environ["GWE_OTAU_CRASH_AT"] == "installing"
+
+
+def test_suite_python_outlives_an_over_the_air_gwe_version():
+    """An app installed by an over-the-air gwe names its interpreter through ``current``: the
+    version directory it ran from is pruned by later updates."""
+    ota = "/h/var/lib/gwe/apps/gwe/1.2/venv/bin/python"
+    assert suite_python("/h", ota) == "/h/var/lib/gwe/apps/gwe/current/venv/bin/python"
+    assert suite_python("/h/", "/h/var/lib/gwe/apps/gwe/current/venv/bin/python").endswith("gwe/current/venv/bin/python")
+    assert suite_python("/h", "/opt/gateway-engine/venv/bin/python") == "/opt/gateway-engine/venv/bin/python"

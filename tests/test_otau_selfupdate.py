@@ -23,7 +23,7 @@ from otau_helpers import make_app
 import otau
 from otau.selfupdate import marker_path
 
-CRASH = "python3 -c 'import sys; sys.exit(1)'"
+CRASH = "%(ENV_GWE_PYTHON)s -c 'import sys; sys.exit(1)'"
 
 
 def gwe_cli(*args, crash_at=None):
@@ -142,7 +142,7 @@ while True:
 """
 
 
-def daemon_package(directory, version, command="python3 app.py"):
+def daemon_package(directory, version, command="%(ENV_GWE_PYTHON)s app.py"):
     return make_app(directory, "gwe", version, command=command, startsecs=0, extra={"app.py": DAEMON})
 
 
@@ -160,7 +160,7 @@ def test_gwe_daemon_updates_itself(gwe_v1, broken):
     paths, sup, tmp = gwe_v1
     assert gwe_cli("-I", daemon_package(str(tmp), "1.1")).returncode == 0
     wait_for(lambda: running_dir(sup) == os.path.join(paths.apps, "gwe", "1.1"), 10)
-    new = daemon_package(str(tmp), "2", command=CRASH if broken else "python3 app.py")
+    new = daemon_package(str(tmp), "2", command=CRASH if broken else "%(ENV_GWE_PYTHON)s app.py")
     with open(os.path.join(paths.var_lib, "install-me"), "w") as f:
         f.write(new)
 
