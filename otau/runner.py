@@ -56,11 +56,14 @@ def suite_python(home: str, executable: Optional[str] = None) -> str:
 def app_environment(name: str, version: str, app_dir: str, home: str) -> Dict[str, str]:
     """What an app (its installer and its program) is told about itself.
 
-    ``GWE_PYTHON`` lets a program name the suite's interpreter (``command = %(ENV_GWE_PYTHON)s app.py``)
-    instead of whatever ``python3`` comes first on supervisord's PATH.
+    ``GWE_PYTHON`` names the suite's interpreter (``command = %(ENV_GWE_PYTHON)s app.py``), and
+    ``PATH`` starts with its directory, so a legacy ``command = python app.py`` (or an install.sh
+    calling ``python``, ``gwe -C``, ``gdc``) runs the suite's interpreter and commands (docs/legacy.md).
     """
+    python = suite_python(home)
     return {"GWE_APP_NAME": name, "GWE_APP_VERSION": version, "GWE_APP_DIR": app_dir, "GWE_HOME": home,
-            "GWE_PYTHON": suite_python(home)}
+            "GWE_PYTHON": python,
+            "PATH": os.pathsep.join([os.path.dirname(python), os.environ.get("PATH") or os.defpath])}
 
 
 def install_environment(name: str, version: str, app_dir: str, home: str,
@@ -68,7 +71,6 @@ def install_environment(name: str, version: str, app_dir: str, home: str,
     """The installer's environment: gwe's own (as the original passed it on) plus the GWE_* facts."""
     env = dict(os.environ)
     env.pop("GWE_OTAU_CRASH_AT", None)
-    env.setdefault("PATH", os.defpath)
     env.update(app_environment(name, version, app_dir, home))
     env["GWE_APP_PREVIOUS_VERSION"] = previous_version or ""
     return env

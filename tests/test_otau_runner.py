@@ -52,7 +52,7 @@ def test_environment(tmp_path, monkeypatch):
     assert env["GWE_APP_PREVIOUS_VERSION"] == "1"
     assert {k: env[k] for k in app_environment("app", "2", "/d", "/h")} == {
         "GWE_APP_NAME": "app", "GWE_APP_VERSION": "2", "GWE_APP_DIR": "/d", "GWE_HOME": "/h",
-        "GWE_PYTHON": sys.executable}
+        "GWE_PYTHON": sys.executable, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     assert os.environ["GWE_OTAU_CRASH_AT"] == "installing"
 
 
