@@ -123,7 +123,6 @@ def serve(host: str, port: int, data_dir: str, product_id: str, allow_self_regis
         except MqttUnavailable as exc:
             raise CliError(str(exc))
     try:
-        os.makedirs(data_dir, exist_ok=True)
         murano = Murano(data_dir, default_pid=product_id, allow_self_register=allow_self_register,
                         history_limit=history_limit)
     except (OSError, sqlite3.Error) as exc:

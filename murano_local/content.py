@@ -13,7 +13,7 @@ from typing import BinaryIO, List, Optional, Tuple
 
 from atomic_config import fsync_dir
 
-from .store import NotFound, Store
+from .store import NotFound, Store, private_directory
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def check_name(name: str) -> str:
 class ContentArea:
     def __init__(self, data_dir: str, store: Store) -> None:
         self.directory = os.path.join(data_dir, "content")
-        os.makedirs(self.directory, exist_ok=True)
+        private_directory(self.directory)
         self.store = store
         self._remove_orphans()
 

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 
 from device_client.form import FormError, decode_alias_query, decode_form, encode_form
 
-from .service import Murano, check_identity
+from .service import MAX_VALUES_PER_REQUEST, Murano, check_identity
 from .store import ceil_second_us
 from .wire import HttpError, Request, Response, text
 
@@ -19,6 +19,10 @@ FORM_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 SECONDS_LIMIT = 1e11  # record timestamps below this are seconds, above it microseconds
 STACK_ALIAS = "/onep:v1/stack/alias"
 STACK_RECORD = "/onep:v1/stack/record"
+# Counted before decoding, so a body of millions of tiny fields is refused before it takes memory;
+# a record body may hold an alias= field per point.
+MAX_FORM_FIELDS = 2 * MAX_VALUES_PER_REQUEST
+MAX_READ_ALIASES = 1000
 
 
 def form_response(pairs: List[Tuple[str, str]], headers: Optional[List[Tuple[str, str]]] = None) -> Response:
@@ -118,13 +122,18 @@ class DeviceApi:
         ctype = (req.header("Content-Type") or "").split(";")[0].strip().lower()
         if ctype and ctype != "application/x-www-form-urlencoded":
             raise HttpError(415, "Content-Type must be application/x-www-form-urlencoded")
+        body = req.body()
+        if body.count(b"&") >= MAX_FORM_FIELDS:
+            raise HttpError(413, "more than %d fields in one form body" % MAX_FORM_FIELDS)
         try:
-            return decode_form(req.body())
+            return decode_form(body)
         except FormError as exc:
             raise HttpError(400, "malformed form body: %s" % exc)
 
     @staticmethod
     def _aliases(query: str) -> List[str]:
+        if query.count("&") >= MAX_READ_ALIASES:
+            raise HttpError(413, "more than %d aliases in one read" % MAX_READ_ALIASES)
         try:
             return decode_alias_query(query)
         except FormError as exc:

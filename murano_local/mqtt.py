@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Set, Tuple
 
 from .events import Change
-from .service import Invalid, Murano, TooLarge, Unauthorized
+from .service import MAX_VALUES_PER_REQUEST, Invalid, Murano, TooLarge, Unauthorized
 from .store import Conflict, NotFound
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ def batch_points(payload: str) -> List[Tuple[str, int, str]]:
         us = int(round(ts * 1_000_000)) if ts < SECONDS_LIMIT else int(ts)
         if us >= 10 ** 17:
             raise BadPublish("$resource.batch timestamp %r out of range" % (ts,))
+        if len(points) + len(entry["values"]) > MAX_VALUES_PER_REQUEST:
+            raise BadPublish("more than %d values in one $resource.batch" % MAX_VALUES_PER_REQUEST)
         for alias, value in entry["values"].items():
             text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
             points.append((alias, us, text))

@@ -130,6 +130,16 @@ class Handler(BaseHTTPRequestHandler):
             self.request_version = self.protocol_version
         self._send(text(code, message or self.responses.get(code, ("error",))[0]))
 
+    def parse_request(self) -> bool:
+        """http.server answers nothing to an empty line and serves HTTP/0.9: both get a 400 here."""
+        words = self.raw_requestline.split()
+        if len(words) < 3:  # checked before http.server, which reads headers after an HTTP/0.9 line
+            self.request_version, self.command, self.requestline = self.protocol_version, None, ""
+            self.send_error(400, ("empty line before the request line", "bad request line",
+                                  "HTTP/0.9 requests are not supported")[len(words)])
+            return False
+        return super().parse_request()
+
     def do_GET(self) -> None:
         self._serve()
 
@@ -167,9 +177,14 @@ class Handler(BaseHTTPRequestHandler):
         raw_length = self.headers.get("Content-Length")
         length = 0
         if raw_length is not None:
-            if not (raw_length.strip().isascii() and raw_length.strip().isdigit()):
+            digits = raw_length.strip()
+            if not (digits.isascii() and digits.isdigit()):
                 raise HttpError(400, "bad Content-Length")
-            length = int(raw_length)
+            digits = digits.lstrip("0")
+            if len(digits) > 18:  # int() refuses over 4300 digits; anything this long is over every limit
+                self.close_connection = True
+                raise HttpError(413, "Content-Length over every limit")
+            length = int(digits or "0")
         target = self.path
         if "://" in target.split("?", 1)[0]:
             target = "/" + target.split("://", 1)[1].partition("/")[2]

@@ -14,6 +14,7 @@ from .events import Change, ChangeHub
 from .store import DEFAULT_HISTORY_LIMIT, NotFound, Store, database_path
 
 MAX_VALUE_BYTES = 1024 * 1024
+MAX_VALUES_PER_REQUEST = 10000  # one request's values are applied in one transaction: bound how long it holds the store
 MAX_LONG_POLL_MS = 300000
 _HOST_PID = re.compile(r"^([a-z0-9]+)\.(?:devmode-)?m2\.", re.IGNORECASE)
 _ALIAS = re.compile(r"^[^.$]+$")
@@ -42,6 +43,11 @@ def check_identity(identity: str) -> str:
     if not identity or len(identity) > MAX_IDENTITY or any(ord(c) < 32 or ord(c) == 127 for c in identity):
         raise Invalid("invalid identity")
     return identity
+
+
+def check_count(values: Sequence) -> None:
+    if len(values) > MAX_VALUES_PER_REQUEST:
+        raise TooLarge("more than %d values in one request" % MAX_VALUES_PER_REQUEST)
 
 
 def check_value(value: str) -> str:
@@ -112,6 +118,7 @@ class Murano:
 
     # -- data ---------------------------------------------------------------------------
     def write(self, pid: str, identity: str, values: Sequence[Tuple[str, str]]) -> int:
+        check_count(values)
         for alias, value in values:
             check_alias(alias)
             check_value(value)
@@ -120,6 +127,7 @@ class Murano:
         return ts
 
     def record(self, pid: str, identity: str, points: Sequence[Tuple[str, int, str]]) -> None:
+        check_count(points)
         for alias, _ts, value in points:
             check_alias(alias)
             check_value(value)
@@ -128,6 +136,7 @@ class Murano:
                                 max((t for _a, t, _v in points), default=0)))
 
     def operator_set(self, pid: str, identity: str, values: Sequence[Tuple[str, str]]) -> int:
+        check_count(values)
         for alias, value in values:
             check_alias(alias)
             check_value(value)

@@ -17,6 +17,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from atomic_config import connect_sqlite
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
+PRIVATE_FILE = 0o600  # the database holds every device's token
+PRIVATE_DIR = 0o700
 TOKEN_LENGTH = 40
 DEFAULT_HISTORY_LIMIT = 100000
 SCHEMA_VERSION = 1
@@ -118,6 +120,7 @@ class Store:
 
     def __init__(self, path: str, history_limit: int = DEFAULT_HISTORY_LIMIT) -> None:
         self.path = path
+        make_private(path)
         self._conn = connect_sqlite(path, check_same_thread=False)
         self._lock = threading.RLock()
         self._pending_lock = threading.Lock()
@@ -431,6 +434,29 @@ def _device_row(row: tuple) -> dict:
 def _content_row(row: tuple) -> dict:
     name, content_type, size, updated, meta, file = row
     return {"name": name, "type": content_type, "size": size, "updated": updated, "meta": meta, "file": file}
+
+
+def private_directory(directory: str) -> None:
+    """Create ``directory`` (mode 0700), or take group and other access away from an existing one."""
+    os.makedirs(directory, mode=PRIVATE_DIR, exist_ok=True)
+    if os.stat(directory).st_mode & 0o077:
+        os.chmod(directory, PRIVATE_DIR)
+
+
+def make_private(path: str) -> None:
+    """The database and its ``-wal``/``-shm`` files 0600 in a 0700 directory, before sqlite opens them.
+
+    sqlite creates ``-wal`` and ``-shm`` with the mode of the database file, so the database
+    is created 0600 first; files left 0644 by an older version are tightened.
+    """
+    private_directory(os.path.dirname(os.path.abspath(path)))
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            if os.stat(path + suffix).st_mode & 0o077:
+                os.chmod(path + suffix, PRIVATE_FILE)
+        except FileNotFoundError:
+            pass
 
 
 def database_path(data_dir: str) -> str:

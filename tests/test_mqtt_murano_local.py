@@ -174,7 +174,9 @@ def test_refusals(server, tmp_path):
 
     for topic, payload in (("$resource/bad.alias", b"1"), ("$resource.batch", b"not json"),
                            ("$resource.batch", b'[{"timestamp": "x", "values": {"a": 1}}]'),
-                           ("$resource/temp", b"\xff\xfe")):
+                           ("$resource/temp", b"\xff\xfe"),
+                           ("$resource.batch", json.dumps([{"timestamp": 1700000000 + i, "values": {"t": i}}
+                                                           for i in range(10001)]).encode())):
         raw = RawClient(server.mqtt_port, "", token).wait_connected()
         info = raw.publish(topic, payload)
         wait_for(raw.disconnected.is_set, 5, message="refused publish on %s" % topic)

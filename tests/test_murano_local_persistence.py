@@ -1,7 +1,9 @@
 """murano_local keeps everything in its data directory across kill -9 and restart; the operator CLI."""
 import json
+import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -204,3 +206,28 @@ def test_sigterm_stops_promptly_even_while_connections_arrive(tmp_path):
             for t in threads:
                 t.join(5)
             server.kill()
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_database_and_data_directory_are_private(murano, tmp_path):
+    auth = activate(murano, "secret")  # the token is in the -wal until a checkpoint
+    assert requests.post(murano.url + "/onep:v1/stack/alias", data="a=1", headers=auth).status_code == 204
+    database = os.path.join(murano.data, "murano_local.sqlite3")
+    for suffix in ("", "-wal", "-shm"):
+        assert _mode(database + suffix) == 0o600, suffix
+    assert _mode(murano.data) == 0o700 and _mode(os.path.join(murano.data, "content")) == 0o700
+    # a data directory left readable by an older version is tightened at start
+    murano.stop()
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(database + suffix):
+            os.chmod(database + suffix, 0o644)
+    os.chmod(murano.data, 0o755)
+    murano.start()
+    assert requests.get(murano.url + "/onep:v1/stack/alias?a", headers=auth).text == "a=1"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(database + suffix):
+            assert _mode(database + suffix) == 0o600, suffix
+    assert _mode(murano.data) == 0o700

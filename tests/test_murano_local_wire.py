@@ -219,6 +219,9 @@ def test_oversize_body_is_413_without_reading_it(device):
     b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: x\r\nContent-Length: twelve\r\n\r\nkeep=2",
     b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nkeep=2\r\n0\r\n\r\n",
     b"GET /onep:v1/stack/alias?keep HTTP/1.1\r\nHost: x\r\n" + b"X-Long: " + b"a" * 70000 + b"\r\n\r\n",
+    b"GET /onep:v1/stack/alias?keep\r\n",  # HTTP/0.9
+    b"\r\nGET /onep:v1/stack/alias?keep HTTP/1.1\r\nHost: x\r\n\r\n",  # as h11: no empty line before it
+    b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\nkeep=2",
 ])
 def test_garbage_requests_and_headers_are_4xx(device, raw):
     murano, token = device
@@ -227,7 +230,9 @@ def test_garbage_requests_and_headers_are_4xx(device, raw):
                                                               + token.encode() + b"\r\n"))
     assert 400 <= status < 500 and body
     assert headers.get("content-type", "").startswith("text/plain")
-    assert_unchanged(murano, before)
+    assert_unchanged(murano, before)  # and the server still answers
+    with open(murano.log) as log:
+        assert "Traceback" not in log.read()
 
 
 def test_request_body_shorter_than_content_length_changes_nothing(device):
