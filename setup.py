@@ -23,7 +23,9 @@ setup(
         "test": ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3.5", "murano-client==21.12.22",
                  "amqtt==0.12.1; python_version >= '3.10'",
                  "ruff==0.17.6",  # pinned: a newer ruff may add findings to the selected rules
-                 "wheel"],  # scripts/release and scripts/install-gateway build wheels offline in the tests
+                 "wheel",  # scripts/release and scripts/install-gateway build wheels offline in the tests
+                 "mfusepy==3.1.1",  # the reliability lab's power-loss filesystem (tests/powerloss_fs.py)
+                 "hypothesis>=6.100"],  # the reliability lab's fuzz tests
         "mqtt-server": ["amqtt==0.12.1; python_version >= '3.10'"],  # murano-local serve --mqtt-port
     },
     entry_points={"console_scripts": [

@@ -5,6 +5,7 @@ import tempfile
 import pytest
 
 from harness import Mosquitto, MuranoLocal, Supervisord
+from powerloss_fs import PowerLossMount, fuse_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Subprocesses started by tests import the checkout under test, installed or not.
@@ -66,3 +67,24 @@ def murano(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def powerloss(tmp_path):
+    """A factory of power-loss filesystems (tests/powerloss_fs.py) mounted under this test's
+    tmp_path: ``powerloss("name")`` mounts one; all are unmounted afterwards."""
+    reason = fuse_available()
+    if reason:
+        pytest.fail("the power-loss filesystem needs FUSE (scripts/test installs fuse3): %s" % reason)
+    mounts = []
+
+    def make(name: str = "disk") -> PowerLossMount:
+        m = PowerLossMount(str(tmp_path / (name + ".backing")), str(tmp_path / name))
+        mounts.append(m)
+        return m.mount()
+
+    yield make
+    for m in mounts:
+        m.unmount()
+    errors = [e for m in mounts for e in m.internal_errors()]
+    assert not errors, "the power-loss filesystem failed inside (see its .log): %s" % errors[:3]
