@@ -89,6 +89,23 @@ class Context:
                 raise GdcError(str(exc), EXIT_USAGE) from None
         return self._device
 
+    def use_cik(self, cik: str) -> None:
+        """The original ``gdc write CIK ALIAS VALUE``: that CIK, on the gateway's Murano unless --host says."""
+        cik = cik.strip()
+        if cik in ("", "''", '""'):
+            raise GdcError("the CIK is empty: the gateway is not activated yet (gwe --gateway-cik printed '')",
+                           EXIT_NOT_ACTIVATED)
+        if self.options["token"] and self.options["token"] != cik:
+            raise GdcError("--token and the CIK argument differ", EXIT_USAGE)
+        self.options["token"] = cik
+        if not self.options["host"] and not self.options["product_id"]:
+            from gwe.config import ConfigError, load_gateway_config  # the gateway's Murano, as gwe and gmq use it
+
+            try:
+                self.options["host"] = load_gateway_config(gwe_paths().gateway_cfg).murano_url
+            except ConfigError as exc:
+                raise GdcError("give --host: %s" % exc, EXIT_USAGE) from None
+
     def emit(self, data: object, human: str) -> None:
         click.echo(json.dumps(data, sort_keys=True) if self.as_json else human)
 
@@ -201,8 +218,20 @@ def _assignments(items: Tuple[str, ...], what: str) -> List[Tuple[str, str]]:
 @click.argument("assignments", nargs=-1, required=True)
 @click.pass_obj
 def write(obj: Context, assignments: Tuple[str, ...]) -> None:
-    """Write ALIAS=VALUE pairs (all in one request)."""
-    values = dict(_assignments(assignments, "ALIAS"))
+    """Write ALIAS=VALUE pairs (all in one request).
+
+    The original gdc's form works too: write CIK ALIAS VALUE (e.g. the CIK from gwe --gateway-cik),
+    to the gateway's Murano (Gateway.cfg) unless --host is given.
+    """
+    if "=" not in assignments[0]:  # a CIK never holds "="; ALIAS=VALUE always does
+        if len(assignments) != 3:
+            raise click.BadParameter("expected ALIAS=VALUE... or CIK ALIAS VALUE, got %d argument(s), "
+                                     "the first without '='" % len(assignments))  # never echo a CIK
+        cik, alias, value = assignments
+        obj.use_cik(cik)
+        values = {alias: value}
+    else:
+        values = dict(_assignments(assignments, "ALIAS"))
     obj.device().write(values)
     obj.emit({"written": sorted(values)}, "written: %s" % ", ".join(values))
 

@@ -123,3 +123,35 @@ def test_a_stored_token_is_never_sent_to_another_host(murano, gwe_home):
     finally:
         other.shutdown()
         other.server_close()
+
+
+def test_the_original_form_gdc_write_cik_alias_value(murano, gwe_home, tmp_path):
+    """Reference §8: ``gdc write "$(gwe --gateway-cik)" fetch_status "…"``, run by a shell as the
+    original docs did, lands on the gateway's Murano (Gateway.cfg); before activation gwe prints
+    ``''`` and gdc says so in one line (exit 3) instead of sending anything."""
+    from device_client import Device
+    from gwe import config
+
+    config.update_gateway_config({"host": murano.url, "vendor": murano.product_id, "model": murano.product_id,
+                                  "uuid": "gw-legacy"})
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    line = 'gdc write "$(gwe --gateway-cik)" fetch_status "install log: a=1 & b=2"'
+    before = subprocess.run(["sh", "-c", line], capture_output=True, text=True, timeout=60, env=env)
+    assert before.returncode == 3 and before.stderr.count("\n") == 1 and "not activated" in before.stderr
+    assert "Traceback" not in before.stderr
+
+    murano.add_device("gw-legacy")
+    with Device(murano.url, serial="gw-legacy", usage_db=False) as device:
+        config.update_gateway_config({"cik": device.activate()})
+    done = subprocess.run(["sh", "-c", line], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert murano.state("gw-legacy")["fetch_status"]["reported"] == "install log: a=1 & b=2"
+    usage = json.loads(gdc("usage", "--json").stdout)
+    assert usage["lo"]["gdc"]["write:['fetch_status']"]["num"] == 1
+
+    # today's form is unchanged, and a first argument without "=" needs exactly CIK ALIAS VALUE
+    cik = config.load_gateway_config().cik
+    assert gdc("--host", murano.url, "--token", cik, "write", "a=1", "b=2").returncode == 0
+    assert murano.state("gw-legacy")["b"]["reported"] == "2"
+    wrong = gdc("write", cik, "fetch_status")
+    assert wrong.returncode == 2 and "CIK ALIAS VALUE" in wrong.stderr and cik not in wrong.stderr
