@@ -8,6 +8,7 @@ identity: a CIK gwe writes there is picked up, and one this Device obtains is wr
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -15,6 +16,7 @@ import time
 
 from atomic_config import read_config
 from device_client import Device as DeviceClient, errors
+from device_client.device import __version__ as CLIENT_VERSION
 
 from .api import ExositeAPI
 from .handlers import ActivationHandler, Requests_Response
@@ -150,6 +152,10 @@ class Device(ExositeAPI):
             log.error("could not write the CIK into %s: %s", self._cfg_file, exc)
 
     # -- the original's getters -----------------------------------------------------------------
+
+    def __str__(self) -> str:
+        return json.dumps({"version": CLIENT_VERSION, "model": self._model, "vendor": self._vendor,
+                           "uuid": self._uuid})
 
     def cfg_file(self) -> str:
         return self._cfg_file

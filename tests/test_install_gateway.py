@@ -74,6 +74,9 @@ def test_install_gateway_runs_gwe_and_gmq_and_reinstalls_in_place(tmp_path, mura
     where = subprocess.check_output([os.path.join(bin_dir, "python"), "-c", "import gwe; print(gwe.__file__)"],
                                     env=clean_env(home), text=True, cwd=home).strip()
     assert where.startswith(venv + os.sep)
+    legacy = subprocess.check_output([os.path.join(bin_dir, "python"), "-c", "import GatewayEngine.utils, exo.device; "
+                                      "print(exo.device.__file__)"], env=clean_env(home), text=True, cwd=home).strip()
+    assert legacy.startswith(venv + os.sep)  # the original app API is installed with the suite
     for directory in (paths.etc, paths.supervisor_include, paths.var_lib, paths.apps, paths.log, paths.run):
         assert os.path.isdir(directory)
     for name in ("gwe", "gmq"):

@@ -1,6 +1,7 @@
 """The original app API (GatewayEngine.utils, exo.api, exo.device, exo.handlers) against a real
 murano_local, a real gwe and real scripted HTTP servers: the calls and answer shapes of the
 reference (§2, §8) and of Exosite's public example apps."""
+import json
 import os
 import stat
 import subprocess
@@ -51,6 +52,7 @@ def test_an_app_shares_gwes_identity_through_gwe_conf(murano, gwe_home):
     assert murano.state(SERIAL)["coffee_dataport"]["reported"] == "Full"
     assert (device.vendor(), device.model(), device.uuid(), device.cfg_file()) == (PRODUCT, PRODUCT, SERIAL,
                                                                                  gwe_conf())
+    assert json.loads(str(device))["uuid"] == SERIAL and cik not in repr(device) + str(device)
     calls = usage_report()["lo"]["BestCoffeeCompany-V1"]
     assert set(calls) == {"write:['coffee_dataport']"} and calls["write:['coffee_dataport']"]["num"] == 1
 
