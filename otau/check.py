@@ -1,4 +1,5 @@
-"""Everything that can be checked before anything runs: unpack, signature, manifest, installer, program.
+"""Everything that can be checked before anything runs: signature and manifest (while unpacking),
+installer, program.
 
 Shared by the install pipeline and ``gwe --check-tarball`` (which does it in a scratch directory).
 """
@@ -13,13 +14,14 @@ from typing import List, Optional
 from atomic_config import GwePaths, gwe_paths
 
 from .errors import OtauError, PackageError
-from .package import (INSTALL_SH, MANIFEST, SIGNATURE, SUPERVISOR_CONF, PackageName, Program, parse_package_name,
-                      read_supervisor_conf, render_program)
+from .package import INSTALL_SH, SUPERVISOR_CONF, PackageName, parse_package_name
+from .program import Program, read_supervisor_conf, render_program
 from .runner import app_environment
 from .selfupdate import guard_argv
 from .settings import OtauSettings, load_settings
 from .unpack import Unpacked, unpack_package
-from .verify import SignatureResult, check_manifest, check_signature, check_size, load_trusted_keys
+from .verify import (ManifestGate, SignatureResult, check_signature, check_size, load_trusted_keys,
+                     signature_requirement)
 
 MAX_SUPERVISOR_CONF_BYTES = 64 * 1024
 
@@ -44,23 +46,22 @@ def prepare(tarball: str, package: PackageName, staging: str, target: str, paths
             settings: OtauSettings, log_dir: str) -> Prepared:
     """Unpack into ``target`` and check everything that can be checked before running anything.
 
-    ``log_dir`` (which must exist) is where the program's log goes. On failure ``target``
-    is removed and the error raised.
+    The signature is decided on before anything is extracted, and every member is checked
+    against the manifest while it streams (:mod:`otau.unpack`). ``log_dir`` (which must
+    exist) is where the program's log goes. On failure ``target`` is removed and the error raised.
     """
-    unpacked = unpack_package(tarball, staging, target, settings.max_unpacked_bytes, settings.max_members)
+    trusted = load_trusted_keys(paths.trusted_keys)
+    required = signature_requirement(settings.require_signatures, trusted, package.is_self_update)
+    decided: List[SignatureResult] = []
+
+    def head_check(manifest: Optional[bytes], signature: Optional[bytes]) -> Optional[ManifestGate]:
+        decided.append(check_signature(manifest, signature, trusted, required))
+        return ManifestGate(manifest, package) if manifest is not None else None
+
+    unpacked = unpack_package(tarball, staging, target, settings.max_unpacked_bytes, settings.max_members,
+                              head_check)
     try:
-        entries = dict(unpacked.entries)
-        manifest = signature = None
-        if entries.get(MANIFEST, ("",))[0] == "file":
-            manifest = _read_member(target, MANIFEST, 16 << 20)
-        if entries.get(SIGNATURE, ("",))[0] == "file":
-            signature = _read_member(target, SIGNATURE, 4096)
-        entries.pop(MANIFEST, None)
-        entries.pop(SIGNATURE, None)
-        sig = check_signature(manifest, signature, load_trusted_keys(paths.trusted_keys),
-                              settings.require_signatures)
-        if manifest is not None:
-            check_manifest(manifest, package, entries)
+        entries = unpacked.entries
         layout = unpacked.layout
         if layout.installer == INSTALL_SH and not entries[INSTALL_SH][3] & 0o100:
             raise PackageError("install.sh is not executable (mode %04o); set its x bit"
@@ -76,18 +77,15 @@ def prepare(tarball: str, package: PackageName, staging: str, target: str, paths
             wrap = None
             if package.is_self_update:
                 wrap = guard_argv(paths, package.name, package.version, settings.boot_attempts)
-                try:
-                    retries = int(options.get("startretries", "3"))
-                except ValueError:
-                    raise PackageError("supervisor.conf: startretries must be a number")
+                retries = int(options.get("startretries", "3"))
                 options["startretries"] = str(max(retries, settings.boot_attempts + 1))
             env = app_environment(package.name, package.version, target, paths.home)
-            program = render_program(package.name, options, target, env, log_dir, wrap)
+            user = None if package.is_self_update else (settings.app_user or None)
+            program = render_program(package.name, options, target, env, log_dir, wrap, user)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
-    return Prepared(package, unpacked, sig, program)
-
+    return Prepared(package, unpacked, decided[0], program)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from .check import prepare
 from .errors import OtauError, PackageError
 from .journal import (COMMITTED, INSTALLING, REGISTERING, ROLLING_BACK, UNPACKING, Journal, clear_journal,
                       install_lock, read_journal, write_journal)
-from .package import NAME_RE, parse_package_name, parse_program
+from .package import NAME_RE, parse_package_name
+from .program import parse_program
 from .runner import install_environment, installer_argv, installer_identity, kill_orphaned_installer, run_installer
 from .settings import OtauSettings, load_settings
 from .status import FAILED, INSTALLED, ROLLED_BACK, FetchStatus, save_status
@@ -248,7 +249,7 @@ class Installer:
         name = journal.name
         restored = ""
         try:
-            self.store.write_conf(name, journal.previous_conf)
+            self.store.write_conf(name, journal.previous_conf, verify=False)
             self.store.switch_current(name, journal.previous_version)
             self._apply(name, journal.previous_conf, journal.new_conf)
             if journal.previous_conf is not None:

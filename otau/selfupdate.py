@@ -17,7 +17,7 @@ from atomic_config import GwePaths, atomic_write
 
 from . import boot_guard
 from .errors import PackageError
-from .package import parse_program
+from .program import parse_program
 from .settings import otau_dir
 from .store import CURRENT
 

@@ -14,9 +14,25 @@ log = logging.getLogger(__name__)
 SECTION = "otau"
 
 
+SIGNATURE_POLICIES = ("auto", "true", "false")
+
+
+def signature_policy(raw: object) -> str:
+    """``auto``, ``true`` or ``false`` from a setting (booleans and their usual words accepted)."""
+    low = str(raw).strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return "true"
+    if low in ("0", "false", "no", "off"):
+        return "false"
+    if low == "auto":
+        return "auto"
+    raise ValueError("require_signatures must be auto, true or false, not %r" % raw)
+
+
 @dataclass(frozen=True)
 class OtauSettings:
-    require_signatures: bool = False
+    require_signatures: str = "auto"       # auto: as soon as a trusted key is configured (verify.py)
+    app_user: str = ""                     # the user apps run as; empty: supervisord's own
     keep_versions: int = 3                 # installed versions kept on disk, the current one included
     install_timeout: float = 600.0         # seconds for install.sh / setup.py, then the group is killed
     settle_seconds: float = 5.0            # RUNNING this long past startsecs before an install counts
@@ -26,6 +42,9 @@ class OtauSettings:
     max_members: int = 20000
     output_limit: int = 64 * 1024          # bytes of install output kept (the tail)
     boot_attempts: int = 3                 # starts of a self-updated gwe/gmq before it is reverted
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "require_signatures", signature_policy(self.require_signatures))
 
 
 def otau_dir(paths: GwePaths) -> str:
@@ -45,10 +64,10 @@ def load_settings(paths: Optional[GwePaths] = None) -> OtauSettings:
             continue
         raw = cfg.get(SECTION, field.name).strip()
         try:
-            if field.type in ("bool", bool):
-                if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                    raise ValueError(raw)
-                values[field.name] = raw.lower() in ("1", "true", "yes", "on")
+            if field.name == "require_signatures":
+                values[field.name] = signature_policy(raw)
+            elif field.type in ("str", str):
+                values[field.name] = "" if raw in ("''", '""') else raw
             elif field.type in ("int", int):
                 values[field.name] = int(raw)
             else:

@@ -17,6 +17,8 @@ from typing import Dict, List, Optional
 
 from atomic_config import GwePaths, atomic_write, fsync_dir, read_recovering
 
+from .program import check_program_file
+
 log = logging.getLogger(__name__)
 
 STATE = "state.json"
@@ -69,13 +71,20 @@ class AppStore:
         except FileNotFoundError:
             return None
 
-    def write_conf(self, name: str, conf: Optional[str]) -> None:
-        """Install ``conf`` as the program file, or remove the file when ``conf`` is None."""
+    def write_conf(self, name: str, conf: Optional[str], verify: bool = True) -> None:
+        """Install ``conf`` as the program file, or remove the file when ``conf`` is None.
+
+        With ``verify`` (a file otau generated), the written file is read back with supervisor's
+        parser: it must hold exactly ``[program:<name>]`` with ``conf``'s values (PackageError
+        otherwise). A previous file being restored, perhaps the operator's own, is put back as it was.
+        """
         path = self.conf_path(name)
         if conf is not None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             if self.read_conf(name) != conf:
                 atomic_write(path, conf, mode=0o644)
+            if verify:
+                check_program_file(name, path, conf)
             return
         try:
             os.unlink(path)

@@ -6,33 +6,36 @@ device files and fifos, sparse files, duplicates, symlinks or hard links that le
 outside the package, writes through a symlinked directory, and archives over the
 member-count or unpacked-size limits (checked from each header before its data is
 read, so a gzip bomb is stopped without inflating it), and pax or GNU long-name headers over
-1 MiB (tarfile would read them whole into memory). Files are written with
+1 MiB (tarfile would read them whole into memory). The manifest and its signature must lead
+the archive: they are decided on (signature policy, :mod:`otau.verify`) before anything else is
+written, and every later member is checked against the manifest as it streams. Files are written with
 O_EXCL|O_NOFOLLOW, hashed while written, stripped of setuid/setgid/sticky and
 group/other write bits, and fsynced, so an unpacked version survives a power cut.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import stat
 import tarfile
 import zlib
 from dataclasses import dataclass
-from typing import Dict, Optional, Set
+from typing import BinaryIO, Callable, Dict, List, Optional, Set
 
 from atomic_config import fsync_dir
 
-from .errors import UnpackError
-from .package import Layout, find_layout
-from .verify import CHUNK, Entry
+from .errors import UnpackError, VerifyError
+from .package import MANIFEST, SIGNATURE, Layout, find_layout
+from .verify import CHUNK, Entry, ManifestGate
 
 
 @dataclass(frozen=True)
 class Unpacked:
     directory: str               # the package root, now at its final place
     layout: Layout
-    entries: Dict[str, Entry]    # relative to the package root
+    entries: Dict[str, Entry]    # relative to the package root, manifest and signature left out
     unpacked_bytes: int
     members: int
 
@@ -84,23 +87,67 @@ class _BoundedTarInfo(tarfile.TarInfo):
         return super()._proc_member(tarfile_obj)
 
 
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_SIGNATURE_BYTES = 4096
+# Decides on the package's head (manifest and signature bytes, or None) before anything is written:
+# raises to refuse it, returns the gate every member is then checked against (or None: no manifest).
+HeadCheck = Callable[[Optional[bytes], Optional[bytes]], Optional[ManifestGate]]
+
+
 class _Extractor:
-    def __init__(self, root: str, max_bytes: int, max_members: int) -> None:
+    """Writes members one by one. The manifest and its signature must lead the archive: they are
+    held in memory, and ``head_check`` decides on them before the first other member (or the
+    first directory) is written. From then on every member is checked against the manifest:
+    kind, size and mode from its header before its data is read, sha256 right after."""
+
+    def __init__(self, root: str, max_bytes: int, max_members: int, head_check: Optional[HeadCheck]) -> None:
         self.root = root
         self.max_bytes = max_bytes
         self.max_members = max_members
+        self.head_check = head_check
+        self.decided = head_check is None
+        self.held: Dict[str, bytes] = {}         # manifest / signature, by archive path
+        self.held_dirs: List[tarfile.TarInfo] = []
+        self.gate: Optional[ManifestGate] = None
+        self.prefix = ""                         # the package root in the archive, from the manifest's path
         self.entries: Dict[str, Entry] = {}
         self.dirs: Set[str] = set()
         self.total = 0
         self.count = 0
 
-    def _makedirs(self, rel: str, member: str) -> None:
-        if not rel:
+    def _head_member(self, member: tarfile.TarInfo, rel: str) -> bool:
+        """Is this the manifest or its signature, at the top level or in a top directory?"""
+        return member.isreg() and rel.count("/") <= 1 and os.path.basename(rel) in (MANIFEST, SIGNATURE)
+
+    def _hold(self, tf: tarfile.TarFile, member: tarfile.TarInfo, rel: str) -> None:
+        if rel in self.held:
+            raise UnpackError("duplicate member %r" % rel)
+        limit = MAX_MANIFEST_BYTES if rel.endswith(MANIFEST) else MAX_SIGNATURE_BYTES
+        if member.size > limit:
+            raise VerifyError("%s is larger than %d bytes" % (rel, limit))
+        data = tf.extractfile(member).read(limit + 1)
+        if len(data) != member.size:
+            raise UnpackError("member %r is truncated" % rel)
+        self.total += len(data)
+        self.held[rel] = data
+
+    def decide(self) -> None:
+        """Run the head check on what was held, then write the held members."""
+        if self.decided:
             return
-        _check_no_symlinked_parent(self.root, rel + "/", member)
-        path = os.path.join(self.root, rel)
-        os.makedirs(path, mode=0o755, exist_ok=True)
-        self.dirs.add(rel)
+        self.decided = True
+        roots = {os.path.dirname(rel) for rel in self.held}
+        if len(roots) > 1:
+            raise VerifyError("gwe-manifest.json and gwe-manifest.sig are in different directories")
+        root = roots.pop() if roots else ""
+        self.prefix = root + "/" if root else ""
+        manifest = self.held.get(self.prefix + MANIFEST)
+        self.gate = self.head_check(manifest, self.held.get(self.prefix + SIGNATURE))
+        for member in self.held_dirs:
+            self._directory(member, clean_member_name(member.name))
+        for rel, data in self.held.items():
+            self._makedirs(os.path.dirname(rel), rel)
+            self._write(rel, io.BytesIO(data), len(data), 0o644)
 
     def member(self, tf: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         self.count += 1
@@ -109,11 +156,19 @@ class _Extractor:
         rel = clean_member_name(member.name)
         if rel is None:
             return
+        if not self.decided:
+            if self._head_member(member, rel):
+                self._hold(tf, member, rel)
+                return
+            if member.isdir():
+                self.held_dirs.append(member)
+                return
+            self.decide()
+        elif self._head_member(member, rel):
+            raise VerifyError("%s comes after the package's files; it must lead the archive "
+                              "(gwe --sign-tarball puts it there)" % rel)
         if member.isdir():
-            if rel in self.entries:
-                raise UnpackError("duplicate member %r" % rel)
-            self._makedirs(rel, rel)
-            os.chmod(os.path.join(self.root, rel), safe_mode(member.mode, True))
+            self._directory(member, rel)
             return
         if rel in self.entries or rel in self.dirs:
             raise UnpackError("duplicate member %r" % rel)
@@ -122,8 +177,13 @@ class _Extractor:
         if member.issparse():
             raise UnpackError("sparse file %r in archive" % rel)
         if member.isreg():
-            self._file(tf, member, rel)
+            self._expect(rel, "file", member.size, safe_mode(member.mode))
+            self.total += member.size
+            if self.total > self.max_bytes:
+                raise UnpackError("archive unpacks to more than %d bytes" % self.max_bytes)
+            self._write(rel, tf.extractfile(member), member.size, member.mode)
         elif member.issym():
+            self._expect(rel, "link", 0, 0, member.linkname)
             self._symlink(member, rel)
         elif member.islnk():
             self._hardlink(member, rel)
@@ -133,13 +193,42 @@ class _Extractor:
             raise UnpackError("fifo %r in archive" % rel)
         else:
             raise UnpackError("unsupported member type for %r" % rel)
+        self._confirm(rel)
 
-    def _file(self, tf: tarfile.TarFile, member: tarfile.TarInfo, rel: str) -> None:
-        self.total += member.size
-        if self.total > self.max_bytes:
-            raise UnpackError("archive unpacks to more than %d bytes" % self.max_bytes)
+    def _package_path(self, rel: str) -> Optional[str]:
+        """``rel`` relative to the package root, or None when it lies outside (refused with a manifest)."""
+        if not self.prefix:
+            return rel
+        return rel[len(self.prefix):] if rel.startswith(self.prefix) else None
+
+    def _expect(self, rel: str, kind: str, size: int, mode: int, link: str = "") -> None:
+        if self.gate is None:
+            return
+        path = self._package_path(rel)
+        if path is None:
+            raise VerifyError("%s is outside the manifest's directory" % rel)
+        self.gate.expect(path, kind, size, mode, link)
+
+    def _confirm(self, rel: str) -> None:
+        if self.gate is not None:
+            self.gate.confirm(self._package_path(rel), self.entries[rel])
+
+    def _directory(self, member: tarfile.TarInfo, rel: str) -> None:
+        if rel in self.entries:
+            raise UnpackError("duplicate member %r" % rel)
+        self._makedirs(rel, rel)
+        os.chmod(os.path.join(self.root, rel), safe_mode(member.mode, True))
+
+    def _makedirs(self, rel: str, member: str) -> None:
+        if not rel:
+            return
+        _check_no_symlinked_parent(self.root, rel + "/", member)
         path = os.path.join(self.root, rel)
-        source = tf.extractfile(member)
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        self.dirs.add(rel)
+
+    def _write(self, rel: str, source: BinaryIO, size: int, member_mode: int) -> None:
+        path = os.path.join(self.root, rel)
         digest = hashlib.sha256()
         written = 0
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -153,9 +242,9 @@ class _Extractor:
                 while view:
                     view = view[os.write(fd, view):]
                 written += len(chunk)
-            if written != member.size:
+            if written != size:
                 raise UnpackError("member %r is truncated" % rel)
-            mode = safe_mode(member.mode, False)
+            mode = safe_mode(member_mode, False)
             os.fchmod(fd, mode)
             os.fsync(fd)
         finally:
@@ -198,21 +287,24 @@ def _fsync_tree(root: str) -> None:
         fsync_dir(directory)
 
 
-def unpack_package(tarball: str, staging: str, target: str, max_bytes: int, max_members: int) -> Unpacked:
+def unpack_package(tarball: str, staging: str, target: str, max_bytes: int, max_members: int,
+                   head_check: Optional[HeadCheck] = None) -> Unpacked:
     """Extract ``tarball`` into ``staging`` (must not exist), then move its root to ``target``.
 
-    On any error both directories are removed and UnpackError (or PackageError for a bad
-    layout) is raised; nothing is ever written outside them.
+    ``head_check`` decides on the manifest and signature before anything else is written
+    (see :class:`_Extractor`). On any error both directories are removed and UnpackError
+    (VerifyError, or PackageError for a bad layout) is raised; nothing is ever written outside them.
     """
     if os.path.lexists(target):
         raise UnpackError("%s already exists" % target)
     os.makedirs(staging, mode=0o755)
-    extractor = _Extractor(staging, max_bytes, max_members)
+    extractor = _Extractor(staging, max_bytes, max_members, head_check)
     try:
         try:
             with tarfile.open(tarball, mode="r|gz", tarinfo=_BoundedTarInfo) as tf:
                 for member in tf:
                     extractor.member(tf, member)
+            extractor.decide()
         except (tarfile.TarError, EOFError, zlib.error) as exc:
             raise UnpackError("corrupt archive: %s" % exc)
         except OSError as exc:
@@ -225,7 +317,12 @@ def unpack_package(tarball: str, staging: str, target: str, max_bytes: int, max_
         if layout.root and os.path.islink(source):
             raise UnpackError("top directory %r is a symlink" % layout.root)
         prefix = layout.root + "/" if layout.root else ""
-        entries = {rel[len(prefix):]: e for rel, e in extractor.entries.items() if rel.startswith(prefix)}
+        entries = {rel[len(prefix):]: e for rel, e in extractor.entries.items()
+                   if rel.startswith(prefix) and rel[len(prefix):] not in (MANIFEST, SIGNATURE)}
+        if extractor.gate is not None:
+            if extractor.prefix != prefix:
+                raise VerifyError("gwe-manifest.json is not in the package's top directory")
+            extractor.gate.finish(entries)
         _fsync_tree(staging)
         os.rename(source, target)
         fsync_dir(os.path.dirname(target))

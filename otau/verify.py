@@ -67,8 +67,7 @@ def build_manifest(package: PackageName, entries: Mapping[str, Entry]) -> bytes:
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
 
-def check_manifest(raw: bytes, package: PackageName, entries: Mapping[str, Entry]) -> None:
-    """The unpacked ``entries`` must be exactly what the manifest lists, for this name and version."""
+def _parse_manifest(raw: bytes, package: PackageName) -> Dict[str, Dict]:
     try:
         doc = json.loads(raw.decode("utf-8"))
         if not isinstance(doc, dict):
@@ -83,20 +82,42 @@ def check_manifest(raw: bytes, package: PackageName, entries: Mapping[str, Entry
     if doc.get("name") != package.name or doc.get("version") != package.version:
         raise VerifyError("manifest is for %s %s, not %s %s"
                           % (doc.get("name"), doc.get("version"), package.name, package.version))
-    for path, (kind, value, size, mode) in sorted(entries.items()):
-        want = files.get(path)
+    return files
+
+
+class ManifestGate:
+    """The manifest, checked against each member while the archive streams (see :mod:`otau.unpack`):
+    a member's kind, size and mode from its header before its data is read, its sha256 as soon
+    as its data has been written, and at the end that nothing listed is missing."""
+
+    def __init__(self, raw: bytes, package: PackageName) -> None:
+        self.files = _parse_manifest(raw, package)
+
+    def expect(self, path: str, kind: str, size: int, mode: int, link: str = "") -> None:
+        want = self.files.get(path)
         if want is None:
             raise VerifyError("%s is not in the manifest" % path)
         if kind == "link":
-            if want.get("link") != value:
+            if want.get("link") != link:
                 raise VerifyError("symlink %s does not match the manifest" % path)
-        elif want.get("sha256") != value or want.get("size") != size:
-            raise VerifyError("%s does not match its sha256 in the manifest" % path)
-        elif want.get("mode") not in (None, "%04o" % (mode & 0o777)):
+            return
+        if "link" in want or want.get("size") != size:
+            raise VerifyError("%s does not match its sha256 in the manifest (size %d)" % (path, size))
+        if want.get("mode") not in (None, "%04o" % (mode & 0o777)):
             raise VerifyError("%s has mode %04o, manifest says %s" % (path, mode & 0o777, want.get("mode")))
-    missing = sorted(set(files) - set(entries))
-    if missing:
-        raise VerifyError("%s is in the manifest but not in the package" % missing[0])
+
+    def confirm(self, path: str, entry: Entry) -> None:
+        kind, value, size, mode = entry
+        self.expect(path, kind, size, mode, value if kind == "link" else "")
+        if kind == "file" and self.files[path].get("sha256") != value:
+            raise VerifyError("%s does not match its sha256 in the manifest" % path)
+
+    def finish(self, entries: Mapping[str, Entry]) -> None:
+        for path, entry in sorted(entries.items()):
+            self.confirm(path, entry)
+        missing = sorted(set(self.files) - set(entries))
+        if missing:
+            raise VerifyError("%s is in the manifest but not in the package" % missing[0])
 
 
 # --- ed25519 keys and signatures (cryptography is imported only when a key is used) ---
@@ -195,16 +216,33 @@ class SignatureResult:
         return self.state + (" (key %s)" % self.key_id if self.key_id else "")
 
 
+def signature_requirement(policy: str, trusted: Mapping[str, object], self_update: bool) -> Optional[str]:
+    """Why this package must carry a valid signature by a trusted key, or None when it need not.
+
+    ``policy`` is ``[otau] require_signatures``: ``auto`` (the default) requires one as soon as
+    any trusted key is configured, ``true`` always, ``false`` never, except that Gateway
+    Engine's own packages (self-update) need one whenever a key is configured.
+    """
+    if self_update and trusted:
+        return "Gateway Engine's own packages must be signed when a trusted key is configured"
+    if policy == "true":
+        return "require_signatures = true"
+    if policy == "auto" and trusted:
+        return "a trusted key is configured"
+    return None
+
+
 def check_signature(manifest: Optional[bytes], signature: Optional[bytes], trusted: Mapping[str, object],
-                    required: bool) -> SignatureResult:
+                    required: Optional[str]) -> SignatureResult:
     """Decide whether a package's signature is acceptable.
 
     A signature by a trusted key must verify. Without a signature, or signed by a key the
-    gateway does not know, the package passes only when signatures are not required.
+    gateway does not know, the package passes only when no signature is ``required`` (the
+    reason, from :func:`signature_requirement`).
     """
     if signature is None:
         if required:
-            raise VerifyError("package is not signed and signatures are required")
+            raise VerifyError("package is not signed and signatures are required (%s)" % required)
         return SignatureResult("unsigned")
     if manifest is None:
         raise VerifyError("package has a signature but no gwe-manifest.json")
@@ -221,7 +259,7 @@ def check_signature(manifest: Optional[bytes], signature: Optional[bytes], trust
     key = trusted.get(kid)
     if key is None:
         if required:
-            raise VerifyError("package is signed by key %s, which is not trusted" % kid)
+            raise VerifyError("package is signed by key %s, which is not trusted (%s)" % (kid, required))
         log.warning("signature by unknown key %s not checked (signatures not required)", kid)
         return SignatureResult("unverified", kid)
     from cryptography.exceptions import InvalidSignature

@@ -86,3 +86,19 @@ def tree_snapshot(root: str, skip: Iterable[str] = ()) -> Dict[str, Tuple[str, b
                 with open(path, "rb") as f:
                     snap[path] = ("file", f.read())
     return snap
+
+
+_SLEEP = "sleep 3600"  # on any PATH: an injection that would otherwise install
+# supervisor.conf texts that try to smuggle a second program, supervisord settings or root into the
+# program file (issue: configparser's read_string splits lines on LF only, supervisord on CR too)
+INJECTIONS = {
+    "bare_cr_program": "[supervisord]\ncommand = %s\rstartsecs = 1\r[program:evil]\rcommand = sleep 3601\r"
+                       "autostart = true\n" % _SLEEP,
+    "bare_cr_unix_http_server": "[supervisord]\ncommand = %s\r[unix_http_server]\rchmod = 0777\n" % _SLEEP,
+    "continuation_command": "[supervisord]\ncommand = sleep 3600\n  [program:evil]\n  command = sleep 3601\n",
+    "user_root": "[supervisord]\ncommand = %s\nuser = root\n" % _SLEEP,
+    "logfile_elsewhere": "[supervisord]\ncommand = %s\nstdout_logfile = /tmp/gwe-test-elsewhere.log\n" % _SLEEP,
+    "default_section": "[DEFAULT]\nuser = root\n[supervisord]\ncommand = %s\n" % _SLEEP,
+    "vertical_tab": "[supervisord]\ncommand = %s\x0b[program:evil]\n" % _SLEEP,
+    "unknown_key": "[supervisord]\ncommand = %s\nserverurl = http://127.0.0.1:1\n" % _SLEEP,
+}

@@ -12,7 +12,8 @@ import pytest
 from otau_helpers import add_special, app_files, write_tarball
 
 import otau
-from otau.package import PackageName, find_layout, parse_package_name, read_supervisor_conf, render_program
+from otau.package import PackageName, find_layout, parse_package_name
+from otau.program import read_supervisor_conf, render_program
 from otau.unpack import unpack_package
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from atomic_config import gwe_paths
 from harness import Supervisord, wait_for
-from otau_helpers import add_file, add_special, app_files, supervisor_conf, tree_snapshot, write_tarball
+from otau_helpers import INJECTIONS, add_file, add_special, app_files, supervisor_conf, tree_snapshot, write_tarball
 
 import otau
 
@@ -52,7 +52,10 @@ def _new_gateway(tmp_path_factory) -> Gateway:
     os.makedirs(paths.trusted_keys)
     with open(pub, "rb") as src, open(os.path.join(paths.trusted_keys, "publisher.pub"), "wb") as dst:
         dst.write(src.read())
-    settings = otau.OtauSettings(settle_seconds=0.3, health_timeout=10, install_timeout=1.5,
+    # signatures optional here (the cases that test the policy say so), so that the unpack and
+    # program-file defences are reached by unsigned packages
+    settings = otau.OtauSettings(require_signatures="false", settle_seconds=0.3, health_timeout=10,
+                                 install_timeout=1.5,
                                  max_unpacked_bytes=1 << 20, max_members=200, max_package_bytes=1 << 20)
     sup = Supervisord(home).start()
     status = otau.install_package(write_tarball(os.path.join(pkgs, NAME + ".v1.tar.gz"), app_files("1")),
@@ -324,6 +327,18 @@ def conf_missing_binary(gw):
     return _pkg(gw, dict(good_files(), **{"supervisor.conf": supervisor_conf("/nonexistent/bin/victim")}))
 
 
+def conf_injection(case):
+    def build(gw):
+        return _pkg(gw, dict(good_files(), **{"supervisor.conf": INJECTIONS[case]}))
+    build.__name__ = case
+    return build
+
+
+def conf_continuation_environment(gw):
+    conf = supervisor_conf("sleep 3600") + 'environment = A="1"\n  [program:evil]\n  command=/bin/sleep 3600\n'
+    return _pkg(gw, dict(good_files(), **{"supervisor.conf": conf}))
+
+
 def crash_loop(gw):
     return _pkg(gw, dict(good_files(), **{"supervisor.conf": supervisor_conf(
         "%(ENV_GWE_PYTHON)s -c 'import sys; sys.exit(1)'")}))
@@ -334,6 +349,18 @@ def dies_after_start(gw):
     window of its case, whatever the machine's load does to the start."""
     return _pkg(gw, dict(good_files(), **{"supervisor.conf": supervisor_conf(
         "%(ENV_GWE_PYTHON)s -c 'import time; time.sleep(2.5)'")}))
+
+
+def manifest_after_files(gw):
+    """A signed package rebuilt with its manifest and signature last: they must lead."""
+    path = signed(gw, good_files())
+    with tarfile.open(path, "r:gz") as tf:
+        members = [(m, tf.extractfile(m).read() if m.isreg() else None) for m in tf.getmembers()]
+    members.sort(key=lambda item: item[0].name.startswith("gwe-manifest"))
+    with tarfile.open(path, "w:gz") as tf:
+        for m, data in members:
+            tf.addfile(m, io.BytesIO(data) if data is not None else None)
+    return path
 
 
 REFUSED = "failed"
@@ -371,6 +398,11 @@ CORPUS = {
     "unsigned_when_required": (unsigned_when_required, REFUSED, "not signed", {"require_signatures": True}),
     "untrusted_key_when_required": (untrusted_key_when_required, REFUSED, "not trusted",
                                     {"require_signatures": True}),
+    "unsigned_with_a_trusted_key": (unsigned_when_required, REFUSED, "a trusted key is configured",
+                                    {"require_signatures": "auto"}),
+    "untrusted_key_with_a_trusted_key": (untrusted_key_when_required, REFUSED, "not trusted",
+                                         {"require_signatures": "auto"}),
+    "manifest_after_files": (manifest_after_files, REFUSED, "must lead the archive", {}),
     "renamed_signed_package": (renamed_signed_package, REFUSED, "manifest is for victim 9", {}),
     "truncated_gzip": (truncated_gzip, REFUSED, "corrupt archive", {}),
     "not_gzip": (not_gzip, REFUSED, "corrupt archive", {}),
@@ -378,7 +410,16 @@ CORPUS = {
     "conf_unparsable_command": (conf_unparsable_command, REFUSED, "bad command", {}),
     "conf_no_command": (conf_no_command, REFUSED, "has no command", {}),
     "conf_wrong_section": (conf_wrong_section, REFUSED, "[supervisord]", {}),
-    "conf_bad_value": (conf_bad_value, REFUSED, "rejected by supervisor", {}),
+    "conf_bad_value": (conf_bad_value, REFUSED, "bad autorestart", {}),
+    "conf_bare_cr_program": (conf_injection("bare_cr_program"), REFUSED, "bare CR", {}),
+    "conf_bare_cr_unix_http_server": (conf_injection("bare_cr_unix_http_server"), REFUSED, "bare CR", {}),
+    "conf_continuation_command": (conf_injection("continuation_command"), REFUSED, "continuation", {}),
+    "conf_continuation_environment": (conf_continuation_environment, REFUSED, "continuation", {}),
+    "conf_user_root": (conf_injection("user_root"), REFUSED, "[otau] app_user", {}),
+    "conf_logfile_elsewhere": (conf_injection("logfile_elsewhere"), REFUSED, "log files are placed by otau", {}),
+    "conf_default_section": (conf_injection("default_section"), REFUSED, "[DEFAULT]", {}),
+    "conf_vertical_tab": (conf_injection("vertical_tab"), REFUSED, "control character", {}),
+    "conf_unknown_key": (conf_injection("unknown_key"), REFUSED, "not allowed in a package", {}),
     "conf_missing_binary": (conf_missing_binary, "rolled_back", "rolled back to 1", {}),
     "crash_loop": (crash_loop, "rolled_back", "rolled back to 1", {}),
     "dies_after_start": (dies_after_start, "rolled_back", "rolled back to 1", {"settle_seconds": 5}),
