@@ -71,6 +71,8 @@ KEYS: Dict[Tuple[str, str], Tuple[Callable[[str], object], str, bool, str]] = {
     ("upstream", "ca_file"): (str, "", True, "CA bundle for TLS verification; empty = system"),
     ("upstream", "transport"): (_transport, "http", True, "http or mqtt (records as $resource.batch over MQTT)"),
     ("upstream", "mqtt_url"): (str, "", True, "mqtts://host:port; empty = the upstream host on 8883 (1883 for http)"),
+    ("upstream", "probe_interval"): (_seconds, "60", True, "seconds between checks of an idle link (GET /timestamp); "
+                                     "0 = never"),
     ("log", "level"): (_level, "INFO", True, "logging level"),
 }
 
@@ -93,6 +95,7 @@ class GmqConfig:
     log_level: str
     transport: str = "http"
     mqtt_url: Optional[str] = None
+    probe_interval: float = 60.0
 
 
 def parse_value(section: str, option: str, text: str) -> object:
@@ -165,7 +168,8 @@ def _build(v: Dict[Tuple[str, str], object], paths: GwePaths) -> GmqConfig:
         batch_size=v["upstream", "batch_size"], backoff_initial=v["upstream", "backoff_initial"],
         backoff_max=v["upstream", "backoff_max"], upstream_timeout=v["upstream", "timeout"],
         verify=v["upstream", "verify"], ca_file=v["upstream", "ca_file"] or None, log_level=v["log", "level"],
-        transport=v["upstream", "transport"], mqtt_url=(v["upstream", "mqtt_url"] or "").strip() or None)
+        transport=v["upstream", "transport"], mqtt_url=(v["upstream", "mqtt_url"] or "").strip() or None,
+        probe_interval=v["upstream", "probe_interval"])
 
 
 def get(paths: GwePaths, section: str, option: str) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Optional
 
 from device_client.backoff import Backoff
+from device_client.link import CONNECTED, LinkState
 
 from .clients import Client, ClientRegistry
 from .queue import DurableQueue, QueuedValue
@@ -46,6 +47,7 @@ class UpstreamSettings:
     ca_file: Optional[str] = None
     transport: str = "http"
     mqtt_url: Optional[str] = None
+    probe_interval: float = 60.0  # an idle link is checked with GET /timestamp this often; 0 = never
 
 
 @dataclass
@@ -82,6 +84,9 @@ class Forwarder(threading.Thread):
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._errors = None  # device_client.errors, imported in the thread
+        self.link = LinkState(settings.url)
+        self._probe_device = None
+        self._probe_backoff = self._backoff()
 
     # -- control ----------------------------------------------------------------------------
     def configure(self, settings: UpstreamSettings) -> None:
@@ -93,6 +98,9 @@ class Forwarder(threading.Thread):
                 st.backoff = self._backoff()
                 st.limit = settings.batch_size
                 st.next_try = 0.0
+            self.link.upstream = settings.url
+            self._close_probe()
+            self._probe_backoff = self._backoff()
         self.wake()
 
     def wake(self) -> None:
@@ -118,6 +126,7 @@ class Forwarder(threading.Thread):
         with self._lock:
             for st in self._states.values():
                 self._close(st)
+            self._close_probe()
 
     def _idle_wait(self) -> float:
         now = self.clock()
@@ -141,7 +150,40 @@ class Forwarder(threading.Thread):
                 st.state = "idle"  # nothing to send and nothing to provision: no query, no request
                 continue
             worked |= self._serve(client, st, settings)
+        if not self._stopping.is_set():
+            self._probe(settings)
         return worked
+
+    def _probe(self, settings: UpstreamSettings) -> None:
+        """Check an idle or failing link with ``GET /timestamp`` (no token) so ``link`` stays true."""
+        if not settings.probe_interval:
+            return
+        now = time.time()
+        if self.link.state == CONNECTED:
+            due = (self.link.checked_at() or 0.0) + settings.probe_interval
+        else:
+            due = self.link.next_retry() or 0.0
+        if now < due:
+            return
+        try:
+            if self._probe_device is None:
+                from device_client import Device  # noqa: E402  (lazy: pulls in requests)
+                timeout = min(settings.timeout, 10.0)
+                self._probe_device = Device(host=settings.url, identity="gmq", ca_file=settings.ca_file,
+                                            verify=settings.verify, connect_timeout=timeout, read_timeout=timeout)
+            self._probe_device.timestamp()
+        except ValueError as exc:
+            self.link.failed("upstream settings: %s" % exc, retry_in=settings.probe_interval)
+            return
+        except self._errors.DeviceAPIError as exc:
+            self.link.failed_with(exc, min(self._probe_backoff.next_delay(), settings.probe_interval))
+            return
+        self._probe_backoff.reset()
+        self.link.succeeded()
+
+    def _close_probe(self) -> None:
+        _close_quietly(self._probe_device)
+        self._probe_device = None
 
     def _state(self, client: Client) -> _ClientState:
         st = self._states.get(client.id)
@@ -167,12 +209,8 @@ class Forwarder(threading.Thread):
 
     @staticmethod
     def _close(st: _ClientState) -> None:
-        if st.device is not None:
-            try:
-                st.device.close()
-            except Exception:
-                log.debug("closing a device failed", exc_info=True)
-            st.device = None
+        _close_quietly(st.device)
+        st.device = None
 
     def _serve(self, client: Client, st: _ClientState, settings: UpstreamSettings) -> bool:
         """One step for one client; True if it did something worth an immediate next round."""
@@ -194,6 +232,7 @@ class Forwarder(threading.Thread):
             self.queue.mark_sent([v.id for v in values])
             dev.record(_payload(values))
         except errors.NotActivated:
+            self.link.succeeded()
             if client.can_provision:
                 self.clients.set_upstream_token(client.id, None)
                 st.last_error = "401: token rejected; re-provisioning"
@@ -206,16 +245,18 @@ class Forwarder(threading.Thread):
         except errors.Conflict as exc:
             return self._conflict(client, st, values, exc)
         except (errors.ServerError, errors.NetworkError) as exc:
-            self._retry_later(client, st, "%s: %s" % (exc.status or "network", exc))
+            self._retry_later(client, st, "%s: %s" % (exc.status or "network", exc), exc)
             return False
         except (errors.Forbidden, errors.NotFound) as exc:
-            self._retry_later(client, st, "%s: upstream refuses this client: %s" % (exc.status, exc))
+            self._retry_later(client, st, "%s: upstream refuses this client: %s" % (exc.status, exc), exc)
             return False
         except errors.DeviceAPIError as exc:
             if exc.status in RETRY_LATER or (exc.status is not None and not 400 <= exc.status < 500):  # busy, 3xx
-                self._retry_later(client, st, "%s: %s" % (exc.status, exc))
+                self._retry_later(client, st, "%s: %s" % (exc.status, exc), exc)
                 return False
+            self.link.succeeded()
             return self._bad_batch(client, st, values, exc.status, str(exc) or "status %s" % exc.status)
+        self.link.succeeded()
         self.queue.ack([v.id for v in values])
         st.backoff.reset()
         st.limit = min(settings.batch_size, st.limit * 2)  # after a narrowing, grow back step by step
@@ -232,19 +273,22 @@ class Forwarder(threading.Thread):
         try:
             token = dev.activate()
         except (errors.ServerError, errors.NetworkError) as exc:
-            self._retry_later(client, st, "activation: %s: %s" % (exc.status or "network", exc))
+            self._retry_later(client, st, "activation: %s: %s" % (exc.status or "network", exc), exc)
             return False
         except errors.DeviceAPIError as exc:
-            self._retry_later(client, st, "activation refused: %s %s" % (exc.status, exc))
+            self._retry_later(client, st, "activation refused: %s %s" % (exc.status, exc), exc)
             return False
+        self.link.succeeded()
         self.clients.set_upstream_token(client.id, token)
         st.backoff.reset()
         st.last_error = None
         log.info("client %s activated upstream", client.name)
         return True
 
-    def _retry_later(self, client: Client, st: _ClientState, why: str) -> None:
+    def _retry_later(self, client: Client, st: _ClientState, why: str, exc: Optional[BaseException] = None) -> None:
         delay = st.backoff.next_delay()
+        if exc is not None:
+            self.link.failed_with(exc, delay)
         st.next_try = self.clock() + delay
         st.state = "backoff"
         st.last_error = why
@@ -257,6 +301,7 @@ class Forwarder(threading.Thread):
         named = {(alias, float(ts)) for alias, stamps in (getattr(exc, "conflicts", None) or {}).items()
                  for ts in stamps if _is_number(ts)}
         clash = [v for v in values if (v.alias, round(v.ts, 6)) in {(a, round(t, 6)) for a, t in named}]
+        self.link.succeeded()
         if not clash:
             return self._bad_batch(client, st, values, 409, "record conflict")
         self.queue.dead_letter(clash, 409, "record conflict: upstream already has a value at this timestamp")
@@ -302,6 +347,14 @@ class Forwarder(threading.Thread):
             "recent_delays": list(self.stats.recent_delays),
             "clients": clients,
         }
+
+
+def _close_quietly(device) -> None:
+    if device is not None:
+        try:
+            device.close()
+        except Exception:
+            log.debug("closing a device failed", exc_info=True)
 
 
 def _is_number(text: object) -> bool:

@@ -33,6 +33,8 @@ class App(Protocol):
 
     def status(self) -> dict: ...
 
+    def connection(self) -> dict: ...
+
     def reread(self) -> dict: ...
 
     def clear_alarms(self) -> int: ...
@@ -105,9 +107,11 @@ def _route(app: App, req: Request) -> Union[Reply, Store]:
             return Reply(200, json.dumps(app.status(), sort_keys=True).encode() + b"\n", "application/json")
         if path == "/timestamp":
             return Reply(200, str(int(time.time())).encode())
+        if path == "/connection":
+            return Reply(200, json.dumps(app.connection(), sort_keys=True).encode() + b"\n", "application/json")
     if path.startswith(ALIAS_PATH) or path in (RECORD_PATH, ACTIVATE_PATH, "/reread", "/alarms/clear"):
         raise HTTPError(405, "gmq serves writes only: use POST")
-    if path in ("/status", "/timestamp"):
+    if path in ("/status", "/timestamp", "/connection"):
         raise HTTPError(405, "use GET")
     raise HTTPError(404, "no such path")
 

@@ -24,7 +24,8 @@ MAINTAIN_EVERY_S = 1.0
 def upstream_settings(cfg: config.GmqConfig) -> UpstreamSettings:
     return UpstreamSettings(url=cfg.upstream, batch_size=cfg.batch_size, backoff_initial=cfg.backoff_initial,
                             backoff_max=cfg.backoff_max, timeout=cfg.upstream_timeout, verify=cfg.verify,
-                            ca_file=cfg.ca_file, transport=cfg.transport, mqtt_url=cfg.mqtt_url)
+                            ca_file=cfg.ca_file, transport=cfg.transport, mqtt_url=cfg.mqtt_url,
+                            probe_interval=cfg.probe_interval)
 
 
 class Gmq:
@@ -88,7 +89,12 @@ class Gmq:
             "alarms": q.pop("alarms"),
             "queue": q,
             "forwarder": fwd,
+            "connection": self.connection(),
         }
+
+    def connection(self) -> dict:
+        """The upstream link's state (``GET /connection``), from the forwarder's last exchanges."""
+        return self.forwarder.link.snapshot()
 
     # -- running ------------------------------------------------------------------------------
     def _maintain(self) -> None:

@@ -14,6 +14,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from atomic_config import GwePaths, gwe_paths
+from device_client.link import LinkState
 
 from . import config
 from .config import ConfigError
@@ -44,6 +45,7 @@ class Engine:
         self.device = None
         self._since: Optional[float] = None
         self._pending_statuses: List[dict] = []
+        self.link = LinkState()
 
     # --- signals and waits ---
 
@@ -92,6 +94,7 @@ class Engine:
                     if self._reactivate_if_rejected(exc):
                         continue
                     delay = backoff.next_delay()
+                    self._link_failed(exc, delay)
                     log.warning("cycle failed (%s); retrying in %.1fs", _describe(exc), delay)
                     if self.once:
                         return 1
@@ -127,6 +130,7 @@ class Engine:
                 polled = time.monotonic()
                 values, self._since = self._interruptibly(self.device.long_poll, list(WATCHED),
                                                           timeout_ms=timeout_ms, since=self._since)
+            self._link_ok()
             new_interval = self.handle(values)
             if self.once:
                 return
@@ -183,6 +187,7 @@ class Engine:
                                 mqtt_url=(settings["mqtt_url"] or None) if settings["transport"] == "mqtt" else None)
             except ConfigError as exc:
                 raise SystemExit("gwe: %s" % exc)
+            self.link.upstream = gateway.murano_url
             if device.activated:
                 return device
             if backoff is None:
@@ -199,6 +204,7 @@ class Engine:
             except (DeviceAPIError, OSError) as exc:
                 device.close()
                 delay = backoff.next_delay()
+                self._link_failed(exc, delay)
                 log.warning("activation failed (%s); retrying in %.1fs", _describe(exc), delay)
                 if self.once:
                     raise SystemExit("gwe: activation failed: %s" % _describe(exc))
@@ -227,7 +233,8 @@ class Engine:
         self._pending_statuses = []
         usage = UsageLog()
         snapshot = usage.snapshot()
-        report = engine_report(self.paths, self._processes, fetch_gmq_status)
+        self._link_ok()  # a report that arrives went over a live link, and says so
+        report = engine_report(self.paths, self._processes, fetch_gmq_status, self.link.snapshot())
         self.device.write({
             "device_info": json.dumps(device_info(), sort_keys=True),
             "engine_report": json.dumps(report, sort_keys=True),
@@ -235,6 +242,23 @@ class Engine:
         })
         usage.flush(snapshot)
         usage.close()
+
+    # --- the link, as gwe status and engine_report show it ---
+
+    def _link_ok(self) -> None:
+        was = self.link.state
+        self.link.succeeded()
+        if self.link.state != was:
+            self._publish_link()
+
+    def _link_failed(self, exc: BaseException, delay: float) -> None:
+        self.link.failed_with(exc, delay)
+        self._publish_link()
+
+    def _publish_link(self) -> None:
+        from .link_state import write_link_state
+
+        write_link_state(self.paths, self.link.snapshot())
 
     def _processes(self) -> List[dict]:
         from otau.supervisord import Supervisor

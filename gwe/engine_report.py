@@ -47,8 +47,10 @@ def fetch_gmq_status() -> dict:
 
 
 def engine_report(paths: GwePaths, processes: Callable[[], List[dict]],
-                  gmq_status: Callable[[], dict]) -> dict:
-    """``{"apps": [{"<name>": {"exitstatus", "status", "uptime", "version"}}], ...}`` (DESIGN.md)."""
+                  gmq_status: Callable[[], dict], connection: Optional[dict] = None) -> dict:
+    """``{"apps": [{"<name>": {"exitstatus", "status", "uptime", "version"}}], ...}`` (DESIGN.md).
+
+    ``connection`` is gwe's own link (``device_client.link.LinkState.snapshot()``)."""
     from otau import installed_versions
 
     versions = suite_versions()
@@ -77,6 +79,7 @@ def engine_report(paths: GwePaths, processes: Callable[[], List[dict]],
         "device_client_version": versions["device_client"],
         "build_id": build_id(versions),
         "gmq": gmq_status(),
+        "connection": connection,
         "timestamp": int(time.time()),
     })
     return report

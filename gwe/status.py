@@ -12,14 +12,22 @@ def gateway_status() -> dict:
 
     from . import config
     from .engine_report import engine_report, fetch_gmq_status
+    from .link_state import read_link_state
 
     paths = gwe_paths()
     gateway = config.load_gateway_config()
-    report = engine_report(paths, Supervisor(paths.supervisor_socket).all_processes, fetch_gmq_status)
+    report = engine_report(paths, Supervisor(paths.supervisor_socket).all_processes, fetch_gmq_status,
+                           read_link_state(paths))
     report["gateway"] = {"serial": gateway.uuid, "product_id": gateway.product_id, "host": gateway.host,
                          "activated": bool(gateway.cik)}
     report["last_installs"] = sorted(load_statuses(paths), key=lambda s: s.get("finished_at") or 0)[-5:]
     return report
+
+
+def _clock(ts: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 def render_status(doc: dict) -> str:
@@ -39,6 +47,11 @@ def render_status(doc: dict) -> str:
                                                         app["exitstatus"]))
     gmq = doc.get("gmq", {})
     lines.append("")
+    for who, link in (("gwe", doc.get("connection")), ("gmq", gmq.get("connection"))):
+        if link:
+            lines.append("%s link: %s since %s%s" % (who, link["state"], _clock(link["since"]),
+                                                    "; last error: %s" % link["last_error"]
+                                                    if link.get("last_error") else ""))
     if "error" in gmq:
         lines.append("gmq: %s" % gmq["error"])
     else:
