@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
-from atomic_config import AtomicConfigParser, GwePaths, edit_config, read_config
+from atomic_config import DEFAULT_MIN_FREE_DISK, AtomicConfigParser, GwePaths, edit_config, read_config
 
 from .queue import POLICIES, Limits
 
@@ -58,7 +58,8 @@ KEYS: Dict[Tuple[str, str], Tuple[Callable[[str], object], str, bool, str]] = {
     ("server", "request_timeout"): (_seconds, "10", True, "seconds a connection may sit idle or trickle a request"),
     ("server", "max_connections"): (int, "512", True, "open connections at once (503 above)"),
     ("queue", "max_bytes"): (int, "67108864", True, "queued alias+value bytes at most"),
-    ("queue", "min_free_disk"): (int, "16777216", True, "free bytes to leave on the queue's filesystem (507)"),
+    ("queue", "min_free_disk"): (int, str(DEFAULT_MIN_FREE_DISK), True,
+                                 "free bytes to leave on the queue's filesystem (507); otau keeps it too"),
     ("queue", "policy"): (_policy, "drop_oldest", True, "when full: drop_oldest or reject_new (507)"),
     ("queue", "max_value_bytes"): (int, "65536", True, "largest alias+value (413 above)"),
     ("queue", "ttl"): (_seconds, "0", True, "seconds a value may wait before it expires; 0 = never"),

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from collections import deque
 from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from atomic_config import connect_sqlite, fsync_dir
+from atomic_config import DEFAULT_MIN_FREE_DISK, connect_sqlite, free_disk, fsync_dir
 
 from . import salvage
 
@@ -67,7 +67,7 @@ class Rejected(Exception):
 @dataclass
 class Limits:
     max_bytes: int = 64 * 1024 * 1024
-    min_free_disk: int = 16 * 1024 * 1024
+    min_free_disk: int = DEFAULT_MIN_FREE_DISK
     policy: str = "drop_oldest"
     max_value_bytes: int = 64 * 1024
     ttl: float = 0.0
@@ -373,8 +373,7 @@ class DurableQueue:
         """Free bytes on the queue's filesystem: statvfs at most every 50 ms, minus what we wrote since."""
         now = time.monotonic()
         if now - self._free_at > FREE_DISK_TTL_S:
-            s = os.statvfs(self.directory)
-            self._free, self._free_at, self._free_used = s.f_bavail * s.f_frsize, now, 0
+            self._free, self._free_at, self._free_used = free_disk(self.directory), now, 0
         return self._free - self._free_used
 
     def _stamp(self, rows: List[tuple]) -> List[tuple]:
@@ -396,8 +395,7 @@ class DurableQueue:
         return out
 
     def _free_disk(self) -> int:
-        s = os.statvfs(self.directory)
-        return s.f_bavail * s.f_frsize
+        return free_disk(self.directory)
 
     def _drop_oldest(self, conn: sqlite3.Connection, need: int) -> None:
         freed = 0

@@ -43,11 +43,12 @@ def _read_member(root: str, rel: str, limit: int) -> bytes:
 
 
 def prepare(tarball: str, package: PackageName, staging: str, target: str, paths: GwePaths,
-            settings: OtauSettings, log_dir: str) -> Prepared:
+            settings: OtauSettings, log_dir: str, min_free: int = 0) -> Prepared:
     """Unpack into ``target`` and check everything that can be checked before running anything.
 
     The signature is decided on before anything is extracted, and every member is checked
-    against the manifest while it streams (:mod:`otau.unpack`). ``log_dir`` (which must
+    against the manifest while it streams (:mod:`otau.unpack`), and no file is unpacked that would
+    leave less than ``min_free`` bytes free. ``log_dir`` (which must
     exist) is where the program's log goes. On failure ``target`` is removed and the error raised.
     """
     trusted = load_trusted_keys(paths.trusted_keys)
@@ -59,7 +60,7 @@ def prepare(tarball: str, package: PackageName, staging: str, target: str, paths
         return ManifestGate(manifest, package) if manifest is not None else None
 
     unpacked = unpack_package(tarball, staging, target, settings.max_unpacked_bytes, settings.max_members,
-                              head_check)
+                              head_check, min_free)
     try:
         entries = unpacked.entries
         layout = unpacked.layout

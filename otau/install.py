@@ -12,7 +12,7 @@ import signal
 import time
 from typing import Dict, List, Optional
 
-from atomic_config import GwePaths, gwe_paths
+from atomic_config import GwePaths, free_disk, gwe_paths, min_free_disk
 
 from . import selfupdate
 from .check import prepare
@@ -103,7 +103,9 @@ class Installer:
             _crash_point("unpacking")
             mark = time.monotonic()
             os.makedirs(self.paths.log, exist_ok=True)
-            prepared = prepare(tarball, package, journal.staging, target, self.paths, self.settings, self.paths.log)
+            reserve = min_free_disk(self.paths)
+            prepared = prepare(tarball, package, journal.staging, target, self.paths, self.settings, self.paths.log,
+                               reserve)
             timings["unpack"] = time.monotonic() - mark
         except OtauError as exc:
             return self._fail(status, str(exc), exc.step, started, root_existed)
@@ -119,13 +121,17 @@ class Installer:
                 self.supervisor.check()
         except OtauError as exc:
             return self._fail(status, str(exc), exc.step, started, root_existed, unpacked=True)
+        short = self._below_reserve(reserve)
+        if short:
+            return self._fail(status, "not enough disk to run the installer: %s" % short, "install", started,
+                              root_existed, unpacked=True)
         journal.status = status.to_dict()
         write_journal(self.paths, journal, INSTALLING)
         _crash_point("installing")
         env = install_environment(name, version, target, self.paths.home, state.current)
 
-        def journal_installer(pid: int) -> None:
-            journal.installer = installer_identity(pid)
+        def journal_installer(pid: int, cgroup: Optional[str]) -> None:
+            journal.installer = installer_identity(pid, cgroup)
             write_journal(self.paths, journal)
 
         try:
@@ -137,14 +143,37 @@ class Installer:
         timings["install"] = result.seconds
         status.exit_code = result.exit_code
         status.output = result.output
+        status.killed = list(result.killed)
         if not result.ok:
             what = ("timed out after %gs (process group killed)" % self.settings.install_timeout
                     if result.timed_out else "exited with status %s" % result.exit_code)
             return self._fail(status, "%s %s; previous version kept" % (prepared.unpacked.layout.installer, what),
                               "install", started, root_existed, unpacked=True)
+        short = self._below_reserve(reserve)
+        if short:
+            return self._fail(status, "%s left too little disk: %s; its directory is removed and the previous "
+                              "version kept" % (prepared.unpacked.layout.installer, short), "install", started,
+                              root_existed, unpacked=True)
         _crash_point("installed")
         journal.status = status.to_dict()
         return self._activate(journal, status, started)
+
+    def _below_reserve(self, reserve: int) -> Optional[str]:
+        """What is wrong when a filesystem the suite writes to (apps, gmq's queue) is below the reserve."""
+        seen = set()
+        for path in (self.paths.apps, self.paths.var_lib):
+            try:
+                device = os.stat(path).st_dev
+            except FileNotFoundError:
+                continue
+            if device in seen:
+                continue
+            seen.add(device)
+            free = free_disk(path)
+            if free < reserve:
+                return ("%d bytes free on the filesystem of %s, below the reserve of %d bytes that gmq keeps too "
+                        "(gmq.cfg [queue] min_free_disk)" % (free, path, reserve))
+        return None
 
     def _fail(self, status: FetchStatus, error: str, step: str, started: float, root_existed: bool,
               unpacked: bool = False) -> FetchStatus:

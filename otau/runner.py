@@ -1,14 +1,16 @@
 """Run a package's install.sh (``/bin/sh install.sh``) or ``setup.py install`` under limits.
 
 The installer runs in the unpacked directory, in a new session (so it and everything it
-starts form one process group), with stdin from /dev/null and stdout+stderr merged into a
-pipe of which only the last ``output_limit`` bytes are kept. Past ``timeout`` the whole
-group is killed (SIGTERM, then SIGKILL after a short grace). When the installer exits,
-anything it left running in its group is killed too: apps run under supervisord, not as
-leftovers of an install.
+starts form one process group) and, where the kernel offers one, a cgroup of its own
+(:mod:`otau.contain`), with stdin from /dev/null and stdout+stderr merged into a pipe of which
+only the last ``output_limit`` bytes are kept. Past ``timeout`` the whole group is killed
+(SIGTERM, then SIGKILL after a short grace). When the installer exits, anything it started
+that still runs is killed, whether it left the session (``setsid``, a double fork) or not:
+apps run under supervisord, not as leftovers of an install. :attr:`RunResult.killed` says what.
 """
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
@@ -16,9 +18,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
+from . import contain
 from .package import INSTALL_SH
+
+log = logging.getLogger(__name__)
 
 KILL_GRACE_S = 2.0
 DRAIN_AFTER_EXIT_S = 1.0
@@ -31,6 +36,8 @@ class RunResult:
     output_bytes: int            # everything it printed, kept or not
     timed_out: bool
     seconds: float
+    killed: Tuple[str, ...] = ()  # processes it left running, killed when it was done
+    contained_by: str = "sweep"   # "cgroup" or "sweep"
 
     @property
     def ok(self) -> bool:
@@ -112,15 +119,16 @@ class _Tail:
         return True
 
 
-def installer_identity(pid: int) -> Dict[str, float]:
-    """What identifies the installer's process group after this process dies (see kill_orphaned_installer)."""
+def installer_identity(pid: int, cgroup: Optional[str] = None) -> Dict:
+    """What identifies the installer's process group (and cgroup) after this process dies
+    (see kill_orphaned_installer)."""
     import psutil
 
     try:
         started = psutil.Process(pid).create_time()
     except psutil.Error:
         started = time.time()
-    return {"pgid": pid, "started": started, "boot": psutil.boot_time()}
+    return {"pgid": pid, "started": started, "boot": psutil.boot_time(), "cgroup": cgroup}
 
 
 def kill_orphaned_installer(identity: Optional[Mapping[str, float]]) -> bool:
@@ -131,6 +139,11 @@ def kill_orphaned_installer(identity: Optional[Mapping[str, float]]) -> bool:
 
     if not identity or abs(psutil.boot_time() - identity.get("boot", 0)) > 1.0:
         return False
+    if identity.get("cgroup") and os.path.isdir(identity["cgroup"]):
+        group = contain.Cgroup(identity["cgroup"])
+        killed = group.kill()
+        group.remove()
+        return bool(killed)
     pgid = int(identity["pgid"])
     found = False
     for proc in psutil.process_iter():
@@ -145,19 +158,69 @@ def kill_orphaned_installer(identity: Optional[Mapping[str, float]]) -> bool:
     return found
 
 
+def _created(pid: int) -> float:
+    """A process's start time on psutil's clock (which may differ from time.time() by a second or two;
+    for one that is already gone, a time safely before it)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return time.time() - 5.0
+
+
+# Holds the installer until the parent has moved it into its cgroup, so nothing it forks escapes.
+# It waits on stdin, a pipe, then runs the installer with stdin from /dev/null.
+_WAIT_FOR_CGROUP = 'read -r _ || exit 125; exec "$@" </dev/null'
+
+
+def _start(argv: List[str], cwd: str, env: Dict[str, str], cgroup: Optional[contain.Cgroup]) -> subprocess.Popen:
+    if cgroup is None:
+        return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    hold, go = os.pipe()
+    try:
+        proc = subprocess.Popen(["/bin/sh", "-c", _WAIT_FOR_CGROUP, "gwe-otau-installer", *argv], cwd=cwd, env=env,
+                                stdin=hold, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+        os.close(hold)
+        hold = -1
+        try:
+            cgroup.add(proc.pid)
+        except OSError as exc:  # still held: it runs, and the sweep catches what it leaves
+            log.warning("could not move the installer into %s: %s", cgroup.path, exc)
+        os.write(go, b"go\n")
+    finally:
+        if hold >= 0:
+            os.close(hold)
+        os.close(go)
+    return proc
+
+
 def run_installer(argv: List[str], cwd: str, env: Mapping[str, str], timeout: float,
-                  output_limit: int, on_start: Optional[Callable[[int], None]] = None) -> RunResult:
-    """Run the installer in its own session; ``on_start(pid)`` is called once it exists."""
+                  output_limit: int, on_start: Optional[Callable[[int, Optional[str]], None]] = None,
+                  use_cgroup: bool = True) -> RunResult:
+    """Run the installer in its own session (and cgroup); ``on_start(pid, cgroup_path)`` is called once it
+    exists. ``use_cgroup=False`` relies on the sweep alone (what happens where there is no cgroup v2)."""
     started = time.monotonic()
     deadline = started + timeout
-    proc = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    token = contain.new_token()
+    env = dict(env, **{contain.TOKEN_ENV: token})
+    cgroup = contain.Cgroup.create() if use_cgroup else None
+    try:
+        proc = _start(argv, cwd, env, cgroup)
+    except BaseException:
+        if cgroup is not None:
+            cgroup.remove()
+        raise
+    since = _created(proc.pid)
     fd = proc.stdout.fileno()
     tail = _Tail(output_limit)
     timed_out = False
+    killed: List[str] = []
     try:
         if on_start is not None:
-            on_start(proc.pid)
+            on_start(proc.pid, cgroup.path if cgroup else None)
         pipe_open = True
         exited_at: Optional[float] = None
         while pipe_open:
@@ -182,14 +245,22 @@ def run_installer(argv: List[str], cwd: str, env: Mapping[str, str], timeout: fl
             except subprocess.TimeoutExpired:
                 pass
     finally:
-        _kill_group(proc.pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        if cgroup is not None:
+            killed += cgroup.kill()
+        killed += contain.sweep(token, proc.pid, since, cwd)
+        _kill_group(proc.pid, signal.SIGKILL)
+        if cgroup is not None:
+            cgroup.remove()
         drain_until = time.monotonic() + DRAIN_AFTER_EXIT_S
         while time.monotonic() < drain_until and tail.read_from(fd, 0.05):
             pass
         proc.stdout.close()
+    if killed:
+        log.warning("killed what the installer left running: %s", "; ".join(killed))
     return RunResult(exit_code=None if timed_out else proc.returncode,
                      output=tail.data.decode("utf-8", errors="replace"), output_bytes=tail.total,
-                     timed_out=timed_out, seconds=time.monotonic() - started)
+                     timed_out=timed_out, seconds=time.monotonic() - started, killed=tuple(killed),
+                     contained_by="cgroup" if cgroup is not None else "sweep")

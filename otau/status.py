@@ -35,6 +35,7 @@ class FetchStatus:
     running_version: Optional[str] = None      # what is installed once this is over
     signature: Optional[str] = None
     sha256: Optional[str] = None
+    killed: List[str] = field(default_factory=list)  # what the installer left running, killed after it
     timings: Dict[str, float] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     finished_at: Optional[float] = None

@@ -24,7 +24,7 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Dict, List, Optional, Set
 
-from atomic_config import fsync_dir
+from atomic_config import free_disk, fsync_dir
 
 from .errors import UnpackError, VerifyError
 from .package import MANIFEST, SIGNATURE, Layout, find_layout
@@ -100,8 +100,10 @@ class _Extractor:
     first directory) is written. From then on every member is checked against the manifest:
     kind, size and mode from its header before its data is read, sha256 right after."""
 
-    def __init__(self, root: str, max_bytes: int, max_members: int, head_check: Optional[HeadCheck]) -> None:
+    def __init__(self, root: str, max_bytes: int, max_members: int, head_check: Optional[HeadCheck],
+                 min_free: int = 0) -> None:
         self.root = root
+        self.min_free = min_free
         self.max_bytes = max_bytes
         self.max_members = max_members
         self.head_check = head_check
@@ -228,6 +230,11 @@ class _Extractor:
         self.dirs.add(rel)
 
     def _write(self, rel: str, source: BinaryIO, size: int, member_mode: int) -> None:
+        if self.min_free:
+            free = free_disk(self.root)
+            if free - size < self.min_free:
+                raise UnpackError("unpacking %s (%d bytes) would leave %d bytes free, below the disk reserve of %d "
+                                  "bytes" % (rel, size, max(0, free - size), self.min_free))
         path = os.path.join(self.root, rel)
         digest = hashlib.sha256()
         written = 0
@@ -288,17 +295,18 @@ def _fsync_tree(root: str) -> None:
 
 
 def unpack_package(tarball: str, staging: str, target: str, max_bytes: int, max_members: int,
-                   head_check: Optional[HeadCheck] = None) -> Unpacked:
+                   head_check: Optional[HeadCheck] = None, min_free: int = 0) -> Unpacked:
     """Extract ``tarball`` into ``staging`` (must not exist), then move its root to ``target``.
 
     ``head_check`` decides on the manifest and signature before anything else is written
-    (see :class:`_Extractor`). On any error both directories are removed and UnpackError
+    (see :class:`_Extractor`); no file is written that would leave less than ``min_free`` bytes
+    free on the filesystem. On any error both directories are removed and UnpackError
     (VerifyError, or PackageError for a bad layout) is raised; nothing is ever written outside them.
     """
     if os.path.lexists(target):
         raise UnpackError("%s already exists" % target)
     os.makedirs(staging, mode=0o755)
-    extractor = _Extractor(staging, max_bytes, max_members, head_check)
+    extractor = _Extractor(staging, max_bytes, max_members, head_check, min_free)
     try:
         try:
             with tarfile.open(tarball, mode="r|gz", tarinfo=_BoundedTarInfo) as tf:

@@ -6,9 +6,11 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from harness import wait_for
 
+from otau import contain
 from otau.runner import app_environment, install_environment, run_installer, suite_python
 
 
@@ -63,3 +65,61 @@ def test_suite_python_outlives_an_over_the_air_gwe_version():
     assert suite_python("/h", ota) == "/h/var/lib/gwe/apps/gwe/current/venv/bin/python"
     assert suite_python("/h/", "/h/var/lib/gwe/apps/gwe/current/venv/bin/python").endswith("gwe/current/venv/bin/python")
     assert suite_python("/h", "/opt/gateway-engine/venv/bin/python") == "/opt/gateway-engine/venv/bin/python"
+
+
+def require_cgroup():
+    group = contain.Cgroup.create()
+    if group is None:
+        pytest.fail("this machine has no writable cgroup v2 (the suite runs as root on one)")
+    group.remove()
+
+
+def sleepers(*marks):
+    return [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] in [["sleep", m] for m in marks]]
+
+
+@pytest.mark.parametrize("use_cgroup", [True, False], ids=["cgroup", "sweep"])
+def test_setsid_and_double_forked_daemons_do_not_survive(tmp_path, use_cgroup):
+    """A daemon that leaves the installer's session (setsid) or is re-parented to init (a double fork)
+    is killed once the installer exits, and the result says what was killed."""
+    if use_cgroup:
+        require_cgroup()
+    script = ("setsid sleep 81.5 >/dev/null 2>&1 &\n"
+              "( ( exec sleep 82.5 >/dev/null 2>&1 & ) & )\n"
+              "(cd / && setsid sleep 83.5 </dev/null >/dev/null 2>&1 &)\n"
+              "sleep 0.3; echo done\n")
+    (tmp_path / "install.sh").write_text("#!/bin/sh\n" + script)
+    result = run_installer(["/bin/sh", "install.sh"], str(tmp_path), install_environment("a", "1", str(tmp_path), "/h"),
+                           10, 1024, use_cgroup=use_cgroup)
+    assert result.exit_code == 0 and result.output == "done\n"
+    assert result.contained_by == ("cgroup" if use_cgroup else "sweep")
+    wait_for(lambda: not sleepers("81.5", "82.5", "83.5"), 5, message="leftovers gone")
+    assert sorted(k.split(": ", 1)[1] for k in result.killed) == ["sleep 81.5", "sleep 82.5", "sleep 83.5"]
+
+
+def test_a_cgroup_catches_what_no_sweep_can(tmp_path):
+    """setsid, cwd outside the package, no inherited environment, nothing open in the package."""
+    require_cgroup()
+    (tmp_path / "install.sh").write_text("#!/bin/sh\ncd / && setsid env -i sleep 84.5 </dev/null >/dev/null 2>&1 &\n"
+                                         "sleep 0.3\n")
+    result = run_installer(["/bin/sh", "install.sh"], str(tmp_path), install_environment("a", "1", str(tmp_path), "/h"),
+                           10, 1024)
+    assert [k.split(": ", 1)[1] for k in result.killed] == ["sleep 84.5"]
+    wait_for(lambda: not sleepers("84.5"), 5, message="leftover gone")
+
+
+def test_gwe_install_reports_the_daemon_it_killed(gwe_home, tmp_path):
+    """``gwe -I`` used to report installed while a setsid daemon of install.sh ran on with PPID 1."""
+    import json
+    import subprocess
+
+    from otau_helpers import make_app
+
+    package = make_app(str(tmp_path), "leaky", "1", command=None,
+                       install_sh="#!/bin/sh\nsetsid sleep 85.5 </dev/null >/dev/null 2>&1 &\necho started\n")
+    done = subprocess.run([sys.executable, "-m", "gwe", "-I", package, "--json"], capture_output=True, text=True,
+                          timeout=60)
+    status = json.loads(done.stdout)
+    assert done.returncode == 0 and status["status"] == "installed", done
+    assert [k.split(": ", 1)[1] for k in status["killed"]] == ["sleep 85.5"]
+    assert not sleepers("85.5")
