@@ -1,6 +1,7 @@
 """Crash-safe files for Gateway Engine: atomic writes, INI configs, locked edits, paths, sqlite."""
 from .disk import DEFAULT_MIN_FREE_DISK, free_disk, min_free_disk
-from .files import RecoveryError, atomic_write, fsync_dir, previous_path, read_recovering, remove_stale_temps
+from .files import (RecoveryError, atomic_write, fsync_dir, make_dirs, previous_path, read_recovering,
+                    remove_stale_temps)
 from .locking import edit_config, file_lock, read_config, set_option
 from .parser import AtomicConfigParser
 from .paths import GwePaths, gwe_paths
@@ -8,6 +9,6 @@ from .sqlite import connect_sqlite
 
 __all__ = [
     "AtomicConfigParser", "DEFAULT_MIN_FREE_DISK", "GwePaths", "RecoveryError", "atomic_write", "connect_sqlite",
-    "edit_config", "file_lock", "free_disk", "fsync_dir", "gwe_paths", "min_free_disk", "previous_path",
-    "read_config", "read_recovering", "remove_stale_temps", "set_option",
+    "edit_config", "file_lock", "free_disk", "fsync_dir", "gwe_paths", "make_dirs", "min_free_disk",
+    "previous_path", "read_config", "read_recovering", "remove_stale_temps", "set_option",
 ]

@@ -49,6 +49,21 @@ def fsync_dir(directory: PathLike) -> None:
         os.close(fd)
 
 
+def make_dirs(path: PathLike, mode: int = 0o777) -> None:
+    """``os.makedirs(path, mode, exist_ok=True)``, and each directory it creates made durable in
+    its parent: without the parent's fsync a power cut can take a new directory back, and with
+    it every file already fsynced inside (sqlite fsyncs only the directory holding its WAL)."""
+    path = os.path.abspath(os.fspath(path))
+    created = []
+    probe = path
+    while not os.path.isdir(probe):
+        created.append(probe)
+        probe = os.path.dirname(probe)
+    os.makedirs(path, mode=mode, exist_ok=True)
+    for directory in reversed(created):
+        fsync_dir(os.path.dirname(directory))
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

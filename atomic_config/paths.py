@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from .files import make_dirs
+
 
 @dataclass(frozen=True)
 class GwePaths:
@@ -81,7 +83,7 @@ class GwePaths:
         """Create the directory tree (private where secrets live)."""
         for directory, mode in ((self.etc, 0o755), (self.supervisor_include, 0o755), (self.var_lib, 0o755),
                                 (self.apps, 0o755), (self.tokens, 0o700), (self.log, 0o755), (self.run, 0o755)):
-            os.makedirs(directory, mode=mode, exist_ok=True)
+            make_dirs(directory, mode=mode)
         return self
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from atomic_config import connect_sqlite
+from atomic_config import connect_sqlite, make_dirs
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 PRIVATE_FILE = 0o600  # the database holds every device's token
@@ -438,7 +438,7 @@ def _content_row(row: tuple) -> dict:
 
 def private_directory(directory: str) -> None:
     """Create ``directory`` (mode 0700), or take group and other access away from an existing one."""
-    os.makedirs(directory, mode=PRIVATE_DIR, exist_ok=True)
+    make_dirs(directory, mode=PRIVATE_DIR)
     if os.stat(directory).st_mode & 0o077:
         os.chmod(directory, PRIVATE_DIR)
 

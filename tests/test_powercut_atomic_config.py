@@ -115,3 +115,16 @@ def test_the_lab_catches_atomic_write_without_its_file_fsync(powerloss, monkeypa
     numbers = figure("atomic_config_power_cut_without_file_fsync",
                      **run_cuts(powerloss(), rng("atomic_config_nofsync"), count(6, 20)))
     assert numbers["lost"] > 0, "the lab did not notice atomic_write skipping its fsync: %s" % numbers
+
+
+def test_a_fresh_gwe_home_survives_a_cut(powerloss):
+    """gwe_paths().ensure() on an empty disk, then a config written (acknowledged): after a cut the
+    config is there, because the directories holding it were made durable in their parents."""
+    from atomic_config import gwe_paths
+
+    disk = powerloss()
+    paths = gwe_paths(disk.mountpoint).ensure()
+    set_option(paths.gateway_cfg, "device", "uuid", "gw-1")
+    disk.cut()
+    disk.mount()
+    assert read_config(paths.gateway_cfg)["device"]["uuid"] == "gw-1"
