@@ -393,6 +393,17 @@ class Device:
             os.fsync(out.fileno())
         return received
 
+    def upload_content(self, name: str, path: str, sha256: Optional[str] = None,
+                       content_type: str = "application/octet-stream",
+                       progress: Optional[Callable[[int, int], None]] = None, piece_bytes: int = 1024 * 1024,
+                       max_rate: Optional[float] = None):
+        """Upload ``path`` as ``name``, resuming what the server already holds: murano_local's
+        extension (Murano itself has no device upload; see :mod:`device_client.upload`)."""
+        from .upload import upload_resumable
+
+        return upload_resumable(self, _check_name(name), path, sha256, content_type, progress, piece_bytes,
+                                max_rate)
+
     # -- lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:

@@ -231,13 +231,14 @@ class HttpTransport:
 
     def _open(self, kind: str, method: str, path: str, *, aliases: Sequence[str] = (),
               token: Optional[str] = None, body: Optional[str] = None, headers: Optional[dict] = None,
-              read_timeout: Optional[float] = None, label: str = "") -> _Exchange:
-        """Send a request and read the status and headers; the body is left on the wire."""
+              read_timeout: Optional[float] = None, label: str = "", data: object = None) -> _Exchange:
+        """Send a request and read the status and headers; the body is left on the wire.
+
+        ``body`` is a form; ``data`` raw bytes or a readable object with ``__len__`` (uploads)."""
         exchange = _Exchange(self, kind, method, aliases)
         send_headers = dict(headers or {})
         if token:
             send_headers["X-Exosite-CIK"] = token
-        data = None
         if body is not None:
             send_headers["Content-Type"] = FORM
             data = body.encode("utf-8")
@@ -365,6 +366,12 @@ class HttpTransport:
             exchange.close()
             raise
         return ContentStream(exchange, start, total)
+
+    def send_file(self, token: Optional[str], method: str, path: str, headers: dict, data: object,
+                  expect: Tuple[int, ...], label: str) -> Tuple[int, str, dict]:
+        """One upload request (``data`` is bytes or a readable object with ``__len__``): status, body, headers."""
+        return self._call("upload_content", method, path, expect, aliases=[label], token=token,
+                          headers=dict(headers, **{"Accept": "*/*"}), data=data, label="upload %s" % label)
 
     def close(self) -> None:
         self._session.close()

@@ -445,6 +445,10 @@ class MqttTransport:
                      offset: int) -> ContentStream:
         return self._http().open_content(token, product_id, name, offset)
 
+    def send_file(self, token: Optional[str], method: str, path: str, headers: dict, data: object,
+                  expect: Tuple[int, ...], label: str) -> Tuple[int, str, dict]:
+        return self._http().send_file(token, method, path, headers, data, expect, label)
+
     def close(self) -> None:
         with self._lock:
             self._shutdown()

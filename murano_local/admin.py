@@ -137,7 +137,8 @@ class AdminApi:
         if len(rest) == 1 or (len(rest) == 2 and rest[1] == ""):
             if m != "GET":
                 raise HttpError(405, "method not allowed")
-            return json_response(200, [_content_json(c) for c in self.murano.content.list(pid)])
+            device = dict(_query(req)).get("device")  # local extension: one device's uploads
+            return json_response(200, [_content_json(c) for c in self.murano.content.list(pid, device)])
         name = "/".join(rest[1:])
         if m == "GET":
             return json_response(200, _content_json(self.murano.content.info(pid, name)))
@@ -164,7 +165,7 @@ class AdminApi:
 
 def _content_json(info: dict) -> dict:
     return {"id": info["name"], "type": info["type"], "length": info["size"], "updated": info["updated"],
-            "meta": info["meta"]}
+            "meta": info["meta"], "device": info["device"], "sha256": info["sha256"]}
 
 
 def _query(req: Request) -> List[Tuple[str, str]]:

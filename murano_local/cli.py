@@ -253,17 +253,19 @@ def content_upload(ctx: click.Context, file: str, name: Optional[str], content_t
 
 
 @content.command("list")
+@click.option("--device", metavar="IDENTITY", help="Only the files this device uploaded (with their sha256).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def content_list(ctx: click.Context, as_json: bool) -> None:
-    """List the content area."""
+def content_list(ctx: click.Context, device: Optional[str], as_json: bool) -> None:
+    """List the content area (id, bytes, type; and sha256 for a device's uploads)."""
     admin = _admin(ctx)
-    items = admin.call("GET", admin.content()).json()
+    items = admin.call("GET", admin.content(), params={"device": device} if device else None).json()
     if as_json:
         _dump(items)
         return
     for item in items:
-        click.echo("%s\t%d\t%s" % (item["id"], item["length"], item["type"]))
+        line = "%s\t%d\t%s" % (item["id"], item["length"], item["type"])
+        click.echo(line + ("\t%s" % item["sha256"] if item.get("sha256") else ""))
 
 
 @content.command("delete")

@@ -2,14 +2,16 @@
 
 A blob is streamed to a temporary file, fsynced and renamed to a random name before its
 metadata row is committed, so a crash leaves either the old blob or the new one, never a
-torn one. File names never come from the network.
+torn one. File names never come from the network. A device's upload (see
+:mod:`murano_local.device_uploads`) is moved in whole and is visible to that device only
+(and to the operator): logs are not for every device of the product to download.
 """
 from __future__ import annotations
 
 import logging
 import os
 import secrets
-from typing import BinaryIO, List, Optional, Tuple
+from typing import BinaryIO, Callable, List, Optional, Tuple
 
 from atomic_config import fsync_dir
 
@@ -76,35 +78,58 @@ class ContentArea:
         except BaseException:
             _unlink(tmp)
             raise
+        return self._record(pid, name, file, length, content_type, meta, None, lambda: _unlink(final))
+
+    def adopt(self, pid: str, name: str, path: str, content_type: str, meta: str,
+              uploaded_by: Tuple[str, str]) -> dict:
+        """Move the complete, fsynced file ``path`` (on this filesystem) in as ``name``, a device's
+        upload (``uploaded_by`` = identity, sha256). If the row cannot be committed the file goes back."""
+        check_name(name)
+        file = secrets.token_hex(16)
+        final = os.path.join(self.directory, file)
+        size = os.path.getsize(path)
+        os.replace(path, final)
+        fsync_dir(self.directory)
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+        return self._record(pid, name, file, size, content_type, meta, uploaded_by, lambda: os.replace(final, path))
+
+    def _record(self, pid: str, name: str, file: str, size: int, content_type: str, meta: str,
+                uploaded_by: Optional[Tuple[str, str]], undo: Callable[[], None]) -> dict:
         try:
-            replaced = self.store.content_put(pid, name, content_type, length, meta, file)
+            replaced = self.store.content_put(pid, name, content_type, size, meta, file, uploaded_by)
         except BaseException:
-            _unlink(final)
+            undo()
             raise
         if replaced:
             _unlink(os.path.join(self.directory, replaced))
         return self.info(pid, name)
 
-    def info(self, pid: str, name: str) -> dict:
+    def info(self, pid: str, name: str, visible_to: Optional[str] = None) -> dict:
+        """``visible_to``: the device asking; another device's upload is not found."""
         info = self.store.content_info(pid, name)
-        if info is None:
+        if info is None or not _visible(info, visible_to):
             raise NotFound("no such content")
         return info
 
-    def list(self, pid: str) -> List[dict]:
-        return self.store.content_list(pid)
+    def list(self, pid: str, device: Optional[str] = None, visible_to: Optional[str] = None) -> List[dict]:
+        """Blobs by name; ``device``: only its uploads; ``visible_to``: what that device may see."""
+        return [c for c in self.store.content_list(pid, device) if _visible(c, visible_to)]
 
     def delete(self, pid: str, name: str) -> None:
         file = self.store.content_delete(pid, name)
         _unlink(os.path.join(self.directory, file))
 
-    def open(self, pid: str, name: str) -> Tuple[dict, Optional[BinaryIO]]:
+    def open(self, pid: str, name: str, visible_to: Optional[str] = None) -> Tuple[dict, Optional[BinaryIO]]:
         """The blob's metadata and an open file (None if the file vanished)."""
-        info = self.info(pid, name)
+        info = self.info(pid, name, visible_to)
         try:
             return info, open(self.path(info), "rb")
         except FileNotFoundError:
             return info, None
+
+
+def _visible(info: dict, identity: Optional[str]) -> bool:
+    return identity is None or info.get("device") in (None, identity)
 
 
 def _unlink(path: str) -> None:

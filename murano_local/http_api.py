@@ -218,23 +218,23 @@ class DeviceApi:
         return Response(204)
 
     def content(self, req: Request) -> Response:
-        pid, _identity = self._device(req)
+        pid, identity = self._device(req)
         try:
             params = dict(parse_qsl(req.query, keep_blank_values=True, strict_parsing=False, errors="strict"))
         except (UnicodeDecodeError, ValueError):
             raise HttpError(400, "malformed query")
         name = params.get("id")
         if name is None:
-            names = [c["name"] for c in self.murano.content.list(pid)]
+            names = [c["name"] for c in self.murano.content.list(pid, visible_to=identity)]
             return Response(200, "".join(n + "\n" for n in names).encode("utf-8"), "text/csv; charset=utf-8")
         if params.get("info", "").lower() == "true":
-            info = self.murano.content.info(pid, name)
+            info = self.murano.content.info(pid, name, visible_to=identity)
             line = "%s,%d,%d,%s" % (info["type"], info["size"], info["updated"], info["meta"])
             return text(200, line)
-        return self._download(req, pid, name)
+        return self._download(req, pid, name, identity)
 
-    def _download(self, req: Request, pid: str, name: str) -> Response:
-        info, blob = self.murano.content.open(pid, name)
+    def _download(self, req: Request, pid: str, name: str, identity: str) -> Response:
+        info, blob = self.murano.content.open(pid, name, visible_to=identity)
         if blob is None:
             raise HttpError(404, "content not found")
         size = info["size"]

@@ -15,6 +15,7 @@ from device_client.form import FormError
 from . import __version__
 from .admin import AdminApi
 from .content import ContentError
+from .device_uploads import DeviceUploadApi
 from .hangup import HangupWatcher
 from .http_api import DeviceApi
 from .service import Invalid, Murano, TooLarge, Unauthorized
@@ -42,7 +43,7 @@ class MuranoHTTPServer(ThreadingHTTPServer):
     def __init__(self, address, murano: Murano, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
         self.murano = murano
         self.front_ends: List[Callable[[Request], Optional[Response]]] = [
-            DeviceApi(murano).handle, AdminApi(murano).handle]
+            DeviceApi(murano).handle, DeviceUploadApi(murano).handle, AdminApi(murano).handle]
         self.max_connections = max_connections
         self._connections = 0
         self._connections_lock = threading.Lock()

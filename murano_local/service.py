@@ -10,6 +10,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .content import ContentArea
+from .device_uploads import UploadArea
 from .events import Change, ChangeHub
 from .store import DEFAULT_HISTORY_LIMIT, NotFound, Store, database_path
 
@@ -67,6 +68,7 @@ class Murano:
         self.store = Store(database_path(data_dir), history_limit)
         self.store.ensure_product(self.default_pid, allow_self_register=allow_self_register)
         self.content = ContentArea(data_dir, self.store)
+        self.uploads = UploadArea(data_dir, self.content)
         self.hub = ChangeHub()
         self._last_seen: Dict[Tuple[str, str], int] = {}
 

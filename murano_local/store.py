@@ -66,6 +66,14 @@ CREATE TABLE IF NOT EXISTS content (
     file TEXT NOT NULL,
     PRIMARY KEY (pid, name)
 );
+CREATE TABLE IF NOT EXISTS device_uploads (
+    pid TEXT NOT NULL,
+    name TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (pid, name)
+);
+CREATE INDEX IF NOT EXISTS device_uploads_by_identity ON device_uploads (pid, identity);
 """
 
 
@@ -373,8 +381,12 @@ class Store:
 
     # -- content metadata ---------------------------------------------------------------
     def content_put(self, pid: str, name: str, content_type: str, size: int, meta: str,
-                    file: str) -> Optional[str]:
-        """Record a blob; returns the file name of the blob it replaced, if any."""
+                    file: str, uploaded_by: Optional[Tuple[str, str]] = None) -> Optional[str]:
+        """Record a blob; returns the file name of the blob it replaced, if any.
+
+        ``uploaded_by`` is ``(identity, sha256)`` for a device's upload, recorded in the same
+        transaction; an operator's blob (None) under that name is no device's any more.
+        """
         def work(conn: sqlite3.Connection) -> Optional[str]:
             row = conn.execute("SELECT file, updated FROM content WHERE pid = ? AND name = ?",
                                (pid, name)).fetchone()
@@ -384,6 +396,10 @@ class Store:
             conn.execute("INSERT OR REPLACE INTO content (pid, name, content_type, size, updated, meta, file) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (pid, name, content_type, size, updated, meta, file))
+            conn.execute("DELETE FROM device_uploads WHERE pid = ? AND name = ?", (pid, name))
+            if uploaded_by is not None:
+                conn.execute("INSERT INTO device_uploads (pid, name, identity, sha256) VALUES (?, ?, ?, ?)",
+                             (pid, name) + tuple(uploaded_by))
             return row[0] if row else None
         return self._transaction(work)
 
@@ -394,17 +410,20 @@ class Store:
             if row is None:
                 raise NotFound("no such content")
             conn.execute("DELETE FROM content WHERE pid = ? AND name = ?", (pid, name))
+            conn.execute("DELETE FROM device_uploads WHERE pid = ? AND name = ?", (pid, name))
             return row[0]
         return self._transaction(work)
 
     def content_info(self, pid: str, name: str) -> Optional[dict]:
-        rows = self._query("SELECT name, content_type, size, updated, meta, file FROM content "
-                           "WHERE pid = ? AND name = ?", (pid, name))
+        rows = self._query(_CONTENT_SELECT + "WHERE c.pid = ? AND c.name = ?", (pid, name))
         return _content_row(rows[0]) if rows else None
 
-    def content_list(self, pid: str) -> List[dict]:
-        rows = self._query("SELECT name, content_type, size, updated, meta, file FROM content "
-                           "WHERE pid = ? ORDER BY name", (pid,))
+    def content_list(self, pid: str, device: Optional[str] = None) -> List[dict]:
+        """The product's blobs by name; ``device``: only that device's uploads."""
+        if device is None:
+            rows = self._query(_CONTENT_SELECT + "WHERE c.pid = ? ORDER BY c.name", (pid,))
+        else:
+            rows = self._query(_CONTENT_SELECT + "WHERE c.pid = ? AND u.identity = ? ORDER BY c.name", (pid, device))
         return [_content_row(r) for r in rows]
 
     def content_files(self) -> List[str]:
@@ -431,9 +450,14 @@ def _device_row(row: tuple) -> dict:
             "status": "provisioned" if token else "whitelisted"}
 
 
+_CONTENT_SELECT = ("SELECT c.name, c.content_type, c.size, c.updated, c.meta, c.file, u.identity, u.sha256 "
+                   "FROM content c LEFT JOIN device_uploads u ON u.pid = c.pid AND u.name = c.name ")
+
+
 def _content_row(row: tuple) -> dict:
-    name, content_type, size, updated, meta, file = row
-    return {"name": name, "type": content_type, "size": size, "updated": updated, "meta": meta, "file": file}
+    name, content_type, size, updated, meta, file, device, sha256 = row
+    return {"name": name, "type": content_type, "size": size, "updated": updated, "meta": meta, "file": file,
+            "device": device, "sha256": sha256}
 
 
 def private_directory(directory: str) -> None:
