@@ -57,6 +57,18 @@ def test_an_app_shares_gwes_identity_through_gwe_conf(murano, gwe_home):
     assert set(calls) == {"write:['coffee_dataport']"} and calls["write:['coffee_dataport']"]["num"] == 1
 
 
+def test_a_cik_an_app_obtained_first_is_the_one_gwe_uses(murano, gwe_home):
+    configure_gateway(murano)
+    device = Device("early-app", gwe_conf())
+    device.activate()
+    assert device.activated() and gwe_cik() == device.cik()
+    gwe = subprocess.run([sys.executable, "-m", "gwe", "--once"], capture_output=True, text=True, timeout=60)
+    assert gwe.returncode == 0, gwe.stderr  # no activation of its own, which Murano would refuse (409)
+    assert gwe_cik() == device.cik()
+    report = json.loads(murano.state(SERIAL)["usage_report"]["reported"])
+    assert "actvt:[]" in report["lo"]["early-app"] and "actvt:[]" not in report["lo"].get("gwe", {})
+
+
 class TempSensor(Device):
     """The reference's subclassing example (with the ``self`` its text left out)."""
 
