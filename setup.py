@@ -8,8 +8,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_packages(include=["atomic_config*", "device_client*", "gmq*", "otau*", "gwe*", "murano_local*",
-                                    "GatewayEngine*", "exo*"]),
+    packages=find_packages(include=["atomic_config*", "device_api*", "device_client*", "gmq*", "otau*", "gwe*",
+                                    "murano_local*", "GatewayEngine*", "exo*"]),
     package_data={"gwe": ["sample_app/*"]},
     install_requires=[
         "supervisor>=4.2",

@@ -35,7 +35,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from device_client import Device, UsageLog  # noqa: E402
 from harness import MuranoLocal  # noqa: E402
-from device_client.transport_http import FORM, HttpTransport  # noqa: E402
+from device_api import FORM_CONTENT_TYPE as FORM  # noqa: E402
+from device_client.transport_http import HttpTransport  # noqa: E402
 
 
 

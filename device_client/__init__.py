@@ -2,10 +2,12 @@
 
 ``Device`` is the face (activate, write, read, long_poll, record, timestamp, content);
 ``errors`` holds every exception it raises; ``usage_report`` summarises the gateway's
-network usage logged by every ``Device``. The form codec and backoff are shared with
-gmq and murano_local.
+network usage logged by every ``Device``. The form codec is the Device API contract's
+(``device_api``), re-exported here; backoff is shared with gmq.
 """
 import logging
+
+from device_api import FormError, decode_alias_query, decode_form, decode_form_dict, encode_form
 
 from . import errors
 from .backoff import Backoff
@@ -14,7 +16,6 @@ from .errors import (
     Conflict, ContentMismatch, DeviceAPIError, Forbidden, NetworkError, NotActivated, NotFound, RequestError,
     ServerError, TLSError,
 )
-from .form import FormError, decode_alias_query, decode_form, decode_form_dict, encode_form
 from .usage import UsageLog, UsageSnapshot, usage_report
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())  # the application decides where logs go

@@ -17,6 +17,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
 from atomic_config import atomic_write, fsync_dir
+from device_api import MAX_LONG_POLL_MS, check_alias, check_value, format_timestamp
 
 from . import errors
 from .token_store import TokenStore, valid_token
@@ -26,7 +27,6 @@ from .usage import DROPPED, TOP_CONSUMER, UsageLog
 log = logging.getLogger(__name__)
 
 __version__ = "0.1.0"
-MAX_LONG_POLL_MS = 300_000
 ProgressCallback = Callable[[int, Optional[int]], None]
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MISSING = object()
@@ -170,7 +170,7 @@ class Device:
             values = {values: value}
         elif value is not _MISSING:
             raise TypeError("give either a mapping or an alias and a value")
-        pairs = [(_check_alias(alias), to_text(v)) for alias, v in values.items()]
+        pairs = _checked_pairs(values)
         if not pairs:
             raise ValueError("nothing to write")
         self._call(lambda token: self.transport.write(token, pairs))
@@ -182,7 +182,7 @@ class Device:
 
     def read_write(self, values: Mapping[str, object], *aliases: Union[str, Sequence[str]]) -> Dict[str, str]:
         """Write ``values`` and read ``aliases`` in one request (the writes are applied first)."""
-        pairs = [(_check_alias(alias), to_text(v)) for alias, v in values.items()]
+        pairs = _checked_pairs(values)
         names = _alias_list(aliases)
         if not pairs:
             raise ValueError("nothing to write")
@@ -234,9 +234,9 @@ class Device:
         """
         entries: List[Tuple[str, Pairs]] = []
         for alias, series in points.items():
-            pairs = [(_format_timestamp(ts), to_text(v)) for ts, v in series]
+            pairs = [(format_timestamp(ts), check_value(to_text(v), alias)) for ts, v in series]
             if pairs:
-                entries.append((_check_alias(alias), pairs))
+                entries.append((check_alias(alias), pairs))
         if not entries:
             raise ValueError("nothing to record")
         self._call(lambda token: self.transport.record(token, entries))
@@ -437,14 +437,6 @@ def to_text(value: object) -> str:
     return str(value)
 
 
-def _format_timestamp(ts: object) -> str:
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) or ts < 0:
-        raise ValueError("record timestamps are unix seconds (int or float), got %r" % (ts,))
-    if isinstance(ts, int):
-        return str(ts)
-    return ("%.6f" % ts).rstrip("0").rstrip(".")
-
-
 def default_mqtt_url(host: str) -> str:
     """Murano's MQTT endpoint for an HTTP base URL: same host, 8883 with TLS (1883 for http://)."""
     parts = urlsplit(host)
@@ -469,10 +461,9 @@ def _check_identity(identity: str) -> str:
     return identity
 
 
-def _check_alias(alias: object) -> str:
-    if not isinstance(alias, str) or not alias or _CONTROL.search(alias):
-        raise ValueError("bad alias %r" % (alias,))
-    return alias
+def _checked_pairs(values: Mapping[str, object]) -> Pairs:
+    """Writes as text pairs, each refused here (``ValueError``) if Murano would refuse it."""
+    return [(check_alias(alias), check_value(to_text(v), alias)) for alias, v in values.items()]
 
 
 def _check_name(name: object) -> str:
@@ -485,7 +476,7 @@ def _alias_list(aliases: Sequence[Union[str, Sequence[str]]]) -> List[str]:
     names: List[str] = []
     for item in aliases:
         for alias in ([item] if isinstance(item, str) else item):
-            if _check_alias(alias) not in names:
+            if check_alias(alias) not in names:
                 names.append(alias)
     if not names:
         raise ValueError("name at least one alias")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-from .form import FormError, decode_form
+from device_api import FormError, decode_form
 
 BODY_LIMIT = 512
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterator, List, Optional, Protocol, Sequence, Tuple
 
-Pairs = List[Tuple[str, str]]
+from device_api import Pairs
 
 
 class ContentStream(Protocol):

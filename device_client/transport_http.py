@@ -24,18 +24,19 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
+from device_api import (
+    ACTIVATE_PATH, ALIAS_PATH, CONTENT_PATH, FORM_CONTENT_TYPE, RECORD_PATH, TIMESTAMP_PATH, FormError, Pairs,
+    decode_form, encode_form,
+)
+
 from . import errors
-from .form import FormError, decode_form, encode_form
 from .usage import UsageLog, interfaces
 
 log = logging.getLogger(__name__)
 
-FORM = "application/x-www-form-urlencoded; charset=utf-8"
 LONG_POLL_MARGIN_S = 5.0
 CHUNK = 64 * 1024
 MAX_BODY = 16 * 1024 * 1024  # a read answer beyond this is refused (resources hold at most 1 MiB each)
-
-Pairs = List[Tuple[str, str]]
 
 _current = threading.local()
 
@@ -225,7 +226,7 @@ class HttpTransport:
         adapter = _MeteredAdapter(pool_connections=1, pool_maxsize=4, max_retries=_retry_policy())
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
-        self._session.headers.update({"User-Agent": user_agent, "Accept": FORM})
+        self._session.headers.update({"User-Agent": user_agent, "Accept": FORM_CONTENT_TYPE})
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -240,7 +241,7 @@ class HttpTransport:
         if token:
             send_headers["X-Exosite-CIK"] = token
         if body is not None:
-            send_headers["Content-Type"] = FORM
+            send_headers["Content-Type"] = FORM_CONTENT_TYPE
             data = body.encode("utf-8")
         _current.wire = exchange.wire
         sent = False
@@ -289,22 +290,22 @@ class HttpTransport:
     # -- Device API -----------------------------------------------------------------------
 
     def activate(self, pairs: Pairs) -> str:
-        _, text, _ = self._call("actvt", "POST", "/provision/activate", (200,), body=encode_form(pairs),
+        _, text, _ = self._call("actvt", "POST", ACTIVATE_PATH, (200,), body=encode_form(pairs),
                                 label="activate")
         return text.strip()
 
     def write(self, token: Optional[str], pairs: Pairs) -> None:
-        self._call("write", "POST", "/onep:v1/stack/alias", (200, 204), aliases=[a for a, _ in pairs],
+        self._call("write", "POST", ALIAS_PATH, (200, 204), aliases=[a for a, _ in pairs],
                    token=token, body=encode_form(pairs))
 
     def read_write(self, token: Optional[str], pairs: Pairs, aliases: Sequence[str]) -> Pairs:
         names = list(dict.fromkeys([a for a, _ in pairs] + list(aliases)))
-        status, text, _ = self._call("readwrite", "POST", "/onep:v1/stack/alias?" + _alias_query(aliases),
+        status, text, _ = self._call("readwrite", "POST", ALIAS_PATH + "?" + _alias_query(aliases),
                                      (200, 204), aliases=names, token=token, body=encode_form(pairs))
         return _decode(text, "readwrite") if status == 200 else []
 
     def read(self, token: Optional[str], aliases: Sequence[str]) -> Pairs:
-        status, text, _ = self._call("read", "GET", "/onep:v1/stack/alias?" + _alias_query(aliases),
+        status, text, _ = self._call("read", "GET", ALIAS_PATH + "?" + _alias_query(aliases),
                                      (200, 204), aliases=aliases, token=token)
         return _decode(text, "read") if status == 200 else []
 
@@ -314,7 +315,7 @@ class HttpTransport:
         if since is not None:
             headers["If-Modified-Since"] = since
         status, text, response_headers = self._call(
-            "long_poll", "GET", "/onep:v1/stack/alias?" + _alias_query(aliases), (200, 204, 304),
+            "long_poll", "GET", ALIAS_PATH + "?" + _alias_query(aliases), (200, 204, 304),
             aliases=aliases, token=token, headers=headers,
             read_timeout=timeout_ms / 1000.0 + LONG_POLL_MARGIN_S)
         if status != 200:
@@ -326,19 +327,19 @@ class HttpTransport:
         for alias, points in entries:
             pairs.append(("alias", alias))
             pairs.extend(points)
-        self._call("record", "POST", "/onep:v1/stack/record", (200, 204), aliases=[a for a, _ in entries],
+        self._call("record", "POST", RECORD_PATH, (200, 204), aliases=[a for a, _ in entries],
                    token=token, body=encode_form(pairs))
 
     def timestamp(self) -> str:
-        return self._call("get", "GET", "/timestamp", (200,), label="timestamp")[1]
+        return self._call("get", "GET", TIMESTAMP_PATH, (200,), label="timestamp")[1]
 
     def list_content(self, token: Optional[str], product_id: Optional[str]) -> str:
-        return self._call("list_content", "GET", "/provision/download" + _product_query(product_id, "?"),
+        return self._call("list_content", "GET", CONTENT_PATH + _product_query(product_id, "?"),
                           (200, 204), token=token)[1]
 
     def content_info(self, token: Optional[str], product_id: Optional[str], name: str) -> str:
         query = "?" + encode_form([("id", name), ("info", "true")]) + _product_query(product_id, "&")
-        return self._call("content_info", "GET", "/provision/download" + query, (200,), aliases=[name],
+        return self._call("content_info", "GET", CONTENT_PATH + query, (200,), aliases=[name],
                           token=token)[1]
 
     def open_content(self, token: Optional[str], product_id: Optional[str], name: str,
@@ -352,7 +353,7 @@ class HttpTransport:
         if offset > 0:
             headers["Range"] = "bytes=%d-" % offset
         query = "?" + encode_form([("id", name)]) + _product_query(product_id, "&")
-        exchange = self._open("get_content", "GET", "/provision/download" + query, aliases=[name],
+        exchange = self._open("get_content", "GET", CONTENT_PATH + query, aliases=[name],
                               token=token, headers=headers)
         response = exchange.response
         try:

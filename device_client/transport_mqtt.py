@@ -32,6 +32,8 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
+from device_api import ContractError, check_alias, check_value, timestamp_us
+
 from . import errors
 from .backoff import Backoff
 from .transport import ContentStream, Pairs, Transport
@@ -41,8 +43,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 PUBACK_BYTES = 4
-MAX_VALUE_BYTES = 1024 * 1024     # Murano's limit per value
-_BAD_ALIAS = re.compile(r"[.$/+#\x00-\x1f\x7f]")  # Murano refuses . and $; / + # break the topic
+_TOPIC_UNSAFE = re.compile(r"[/+#]")  # an alias with these cannot be a $resource/<alias> topic
 Listener = Callable[[str, str, int], None]
 _NO_CONNECTION = object()
 _CONNACK_AUTH = (134, 135)      # MQTT 3.1.1 CONNACK 4 and 5 as paho reports them: bad credentials, not authorized
@@ -78,11 +79,6 @@ def _local_address(client) -> Optional[str]:
         return sock.getsockname()[0] if sock is not None else None
     except OSError:
         return None
-
-
-def _seconds_to_us(ts: str) -> int:
-    value = float(ts)
-    return int(round(value * 1_000_000)) if value < 1e11 else int(value)
 
 
 class MqttTransport:
@@ -373,16 +369,20 @@ class MqttTransport:
         return payload.strip()
 
     @staticmethod
-    def _check(alias: str, value: str) -> None:
+    def _check(alias: str, value: str, topic: bool = False) -> None:
         """What the server would refuse by closing the connection is refused here, with a reason."""
-        if not alias or _BAD_ALIAS.search(alias):
-            raise errors.RequestError("alias %r cannot be sent over MQTT" % alias[:40], None)
-        if len(value.encode("utf-8")) > MAX_VALUE_BYTES:
-            raise errors.RequestError("value of %s is over %d bytes" % (alias[:40], MAX_VALUE_BYTES), None)
+        try:
+            check_alias(alias)
+            check_value(value, alias)
+        except ContractError as exc:
+            raise errors.RequestError(str(exc), None) from None
+        if topic and _TOPIC_UNSAFE.search(alias):
+            raise errors.RequestError("alias %r cannot be an MQTT topic: write it over HTTP or record it" % alias[:40],
+                                      None)
 
     def write(self, token: Optional[str], pairs: Pairs) -> None:
         for alias, value in pairs:
-            self._check(alias, value)
+            self._check(alias, value, topic=True)
         for alias, value in pairs:
             self._publish("write", token, "$resource/" + alias, value.encode("utf-8"), [alias])
 
@@ -391,7 +391,7 @@ class MqttTransport:
         for alias, points in entries:
             for ts, value in points:
                 self._check(alias, value)
-                by_time.setdefault(_seconds_to_us(ts), {})[alias] = value
+                by_time.setdefault(timestamp_us(ts), {})[alias] = value
         batch = [{"timestamp": ts, "values": values} for ts, values in sorted(by_time.items())]
         self._publish("record", token, "$resource.batch", json.dumps(batch, separators=(",", ":")).encode(),
                       [alias for alias, _ in entries])

@@ -6,8 +6,12 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 from atomic_config import DEFAULT_MIN_FREE_DISK, AtomicConfigParser, GwePaths, edit_config, read_config
+from device_api import MAX_VALUES_PER_REQUEST
 
 from .queue import POLICIES, Limits
+
+
+MAX_BATCH = MAX_VALUES_PER_REQUEST  # values in one record request (each may add an alias= field: within MAX_FORM_FIELDS)
 
 
 class ConfigError(ValueError):
@@ -151,8 +155,8 @@ def _build(v: Dict[Tuple[str, str], object], paths: GwePaths) -> GmqConfig:
         raise ConfigError("[queue] %s" % exc) from None
     if v["upstream", "backoff_initial"] <= 0 or v["upstream", "backoff_max"] < v["upstream", "backoff_initial"]:
         raise ConfigError("[upstream] backoff_initial must be > 0 and <= backoff_max")
-    if v["upstream", "batch_size"] < 1:
-        raise ConfigError("[upstream] batch_size must be at least 1")
+    if not 1 <= v["upstream", "batch_size"] <= MAX_BATCH:
+        raise ConfigError("[upstream] batch_size must be 1-%d (the most values one request may hold)" % MAX_BATCH)
     if not 1 <= v["server", "port"] <= 65535:
         raise ConfigError("[server] port must be 1-65535")
     for section, option in (("server", "max_body_bytes"), ("server", "max_connections")):

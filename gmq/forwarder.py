@@ -24,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Optional
 
+from device_api import MAX_BODY_BYTES, MAX_TIMESTAMP_US, ContractError, check_alias, check_value
 from device_client.backoff import Backoff
 from device_client.link import CONNECTED, LinkState
 
@@ -223,10 +224,14 @@ class Forwarder(threading.Thread):
         try:
             if not dev.activated:
                 return self._activate(client, st, dev)
-            values = self.queue.take(client.id, st.limit)
+            values = _within_body_limit(self.queue.take(client.id, st.limit))
             if not values:
                 st.state = "idle"
                 return False
+            refused = [v for v in values if _refused(v)]
+            if refused:  # queued before gmq checked the contract at the door (an older version)
+                self.queue.dead_letter(refused, None, "refused by the Device API contract: %s" % _refused(refused[0]))
+                return True
             st.state = "sending"
             self.stats.requests += 1
             self.queue.mark_sent([v.id for v in values])
@@ -355,6 +360,31 @@ def _close_quietly(device) -> None:
             device.close()
         except Exception:
             log.debug("closing a device failed", exc_info=True)
+
+
+def _within_body_limit(values: List[QueuedValue]) -> List[QueuedValue]:
+    """The prefix of ``values`` whose record body surely fits Murano's body limit (at least one value).
+
+    Percent-encoding at most triples a byte; a timestamp, ``=``, ``&`` and an ``alias=`` field fit in 32 more.
+    """
+    budget = MAX_BODY_BYTES
+    for i, v in enumerate(values):
+        budget -= 3 * (len(v.alias.encode("utf-8")) + len(v.value.encode("utf-8"))) + 32
+        if budget < 0:
+            return values[:max(1, i)]
+    return values
+
+
+def _refused(v: QueuedValue) -> Optional[str]:
+    """Why Murano would refuse this value (the Device API contract), or None."""
+    try:
+        check_alias(v.alias)
+        check_value(v.value, v.alias)
+    except ContractError as exc:
+        return str(exc)
+    if not 0 <= v.ts * 1e6 < MAX_TIMESTAMP_US:
+        return "timestamp %r out of range" % v.ts
+    return None
 
 
 def _is_number(text: object) -> bool:

@@ -7,23 +7,19 @@ sockets or of how values are stored.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Protocol, Tuple, Union
-from urllib.parse import unquote
 
-from device_client.form import FormError, decode_form
+from device_api import (
+    ACTIVATE_PATH, ALIAS_PATH, RECORD_PATH, TIMESTAMP_PATH, ContractError, Pairs, activation_identity,
+    alias_from_path, check_identity, decode_form, decode_record, decode_write, form_type_ok, token_shaped,
+)
 
-from .clients import BadIdentity, Client
+from .clients import Client
+from .queue import Value
 
-ALIAS_PATH = "/onep:v1/stack/alias"
-RECORD_PATH = "/onep:v1/stack/record"
-ACTIVATE_PATH = "/provision/activate"
-MAX_TS = 1e11  # Unix seconds; larger looks like milliseconds or microseconds
-MAX_ALIAS = 256
-
-Value = Tuple[str, Optional[float], str]
+Identity = Tuple[Optional[str], Optional[str], Optional[str], Optional[str]]  # token, serial, vendor, model
 
 
 class App(Protocol):
@@ -78,6 +74,8 @@ def route(app: App, req: Request) -> Union[Reply, Store]:
         return _route(app, req)
     except HTTPError as exc:
         return text(exc.status, exc.message)
+    except ContractError as exc:  # what Murano would refuse is refused here, with Murano's status
+        return text(exc.status, str(exc))
 
 
 def _route(app: App, req: Request) -> Union[Reply, Store]:
@@ -86,11 +84,15 @@ def _route(app: App, req: Request) -> Union[Reply, Store]:
         if path == ALIAS_PATH:
             if query:
                 raise HTTPError(400, "gmq does not serve reads; POST writes without a query")
-            return Store(_client(app, req), _write_values(_form(req)))
+            who = _identity(req)
+            return _store(app, who, [(alias, None, value) for alias, value in decode_write(_form(req))])
         if path.startswith(ALIAS_PATH + "/"):
-            return Store(_client(app, req), _timed_values(_alias(path[len(ALIAS_PATH) + 1:]), _form(req)))
+            who = _identity(req)
+            alias = alias_from_path(path[len(ALIAS_PATH) + 1:])
+            return _store(app, who, _timed(decode_record(_form(req), alias)))
         if path == RECORD_PATH:
-            return Store(_client(app, req), _record_values(_form(req)))
+            who = _identity(req)
+            return _store(app, who, _timed(decode_record(_form(req))))
         if path == ACTIVATE_PATH:
             return _activate(app, dict(_form(req)))
         if path == "/alarms/clear":
@@ -105,98 +107,56 @@ def _route(app: App, req: Request) -> Union[Reply, Store]:
     if req.method in ("GET", "HEAD"):
         if path == "/status":
             return Reply(200, json.dumps(app.status(), sort_keys=True).encode() + b"\n", "application/json")
-        if path == "/timestamp":
+        if path == TIMESTAMP_PATH:
             return Reply(200, str(int(time.time())).encode())
         if path == "/connection":
             return Reply(200, json.dumps(app.connection(), sort_keys=True).encode() + b"\n", "application/json")
     if path.startswith(ALIAS_PATH) or path in (RECORD_PATH, ACTIVATE_PATH, "/reread", "/alarms/clear"):
         raise HTTPError(405, "gmq serves writes only: use POST")
-    if path in ("/status", "/timestamp", "/connection"):
+    if path in ("/status", TIMESTAMP_PATH, "/connection"):
         raise HTTPError(405, "use GET")
     raise HTTPError(404, "no such path")
 
 
-def _client(app: App, req: Request) -> Client:
-    clients = app.clients
+def _identity(req: Request) -> Identity:
+    """Who the request says it is, checked (401, 400) but not registered: a refused request adds no client."""
     cik = req.headers.get("x-exosite-cik")
+    if cik is not None:
+        if not token_shaped(cik.strip()):
+            raise HTTPError(401, "bad X-Exosite-CIK: 20-64 letters and digits")
+        return cik.strip(), None, None, None
     vms = req.headers.get("x-exosite-vms")
-    try:
-        if cik is not None:
-            return clients.by_token(cik.strip())
-        if vms is not None:
-            parts = vms.split()
-            if len(parts) != 3:
-                raise HTTPError(400, "X-Exosite-VMS must be '<vendor> <model> <serial>'")
-            return clients.by_serial(parts[2], parts[0], parts[1])
-    except BadIdentity as exc:
-        raise HTTPError(401 if cik is not None else 400, str(exc)) from None
+    if vms is not None:
+        parts = vms.split()
+        if len(parts) != 3:
+            raise HTTPError(400, "X-Exosite-VMS must be '<vendor> <model> <serial>'")
+        vendor, model, serial = (check_identity(p) for p in parts)
+        return None, serial, vendor, model
     raise HTTPError(401, "X-Exosite-CIK or X-Exosite-VMS required")
 
 
-def _form(req: Request) -> List[Tuple[str, str]]:
-    try:
-        return decode_form(req.body)
-    except FormError as exc:
-        raise HTTPError(400, "bad form: %s" % exc) from None
+def _store(app: App, who: Identity, values: List[Value]) -> Store:
+    token, serial, vendor, model = who
+    clients = app.clients
+    client = clients.by_token(token) if token is not None else clients.by_serial(serial, vendor, model)
+    return Store(client, values)
 
 
-def _activate(app: App, form: dict) -> Reply:
-    serial = form.get("sn", form.get("id"))
-    if not serial:
-        raise HTTPError(400, "activate needs id=<serial> or vendor=&model=&sn=")
-    try:
-        client = app.clients.by_serial(serial, form.get("vendor") or None, form.get("model") or None)
-    except BadIdentity as exc:
-        raise HTTPError(400, str(exc)) from None
+def _timed(points: List[Tuple[str, int, str]]) -> List[Value]:
+    return [(alias, us / 1e6, value) for alias, us, value in points]
+
+
+def _form(req: Request) -> Pairs:
+    if not form_type_ok(req.headers.get("content-type")):
+        raise HTTPError(415, "Content-Type must be application/x-www-form-urlencoded")
+    return decode_form(req.body)
+
+
+def _activate(app: App, form: Dict[str, str]) -> Reply:
+    serial = activation_identity(form)
+    client = app.clients.by_serial(serial, _optional(form.get("vendor")), _optional(form.get("model")))
     return Reply(200, client.local_token.encode())
 
 
-def _alias(raw: str) -> str:
-    try:
-        alias = unquote(raw, errors="strict")
-    except UnicodeDecodeError:
-        raise HTTPError(400, "alias is not UTF-8") from None
-    return _check_alias(alias)
-
-
-def _check_alias(alias: str) -> str:
-    if not alias or len(alias) > MAX_ALIAS or "/" in alias or any(ord(c) < 32 for c in alias):
-        raise HTTPError(400, "bad alias %r" % alias[:40])
-    return alias
-
-
-def _ts(raw: str) -> float:
-    try:
-        ts = float(raw)
-    except ValueError:
-        raise HTTPError(400, "bad timestamp %r: Unix seconds expected" % raw[:40]) from None
-    if not math.isfinite(ts) or ts < 0 or ts >= MAX_TS:
-        raise HTTPError(400, "bad timestamp %r: Unix seconds expected" % raw[:40])
-    return ts
-
-
-def _nonempty(values: List[Value]) -> List[Value]:
-    if not values:
-        raise HTTPError(400, "no values in the body")
-    return values
-
-
-def _write_values(pairs: List[Tuple[str, str]]) -> List[Value]:
-    return _nonempty([(_check_alias(alias), None, value) for alias, value in pairs])
-
-
-def _timed_values(alias: str, pairs: List[Tuple[str, str]]) -> List[Value]:
-    return _nonempty([(alias, _ts(ts), value) for ts, value in pairs])
-
-
-def _record_values(pairs: List[Tuple[str, str]]) -> List[Value]:
-    out: List[Value] = []
-    alias = None
-    for key, value in pairs:
-        if key == "alias":
-            alias = _check_alias(value)
-        elif alias is None:
-            raise HTTPError(400, "record body must start with alias=<name>")
-        else:
-            out.append((alias, _ts(key), value))
-    return _nonempty(out)
+def _optional(name: Optional[str]) -> Optional[str]:
+    return check_identity(name) if name else None

@@ -10,8 +10,10 @@ import re
 from typing import List, Optional, Tuple
 from urllib.parse import parse_qsl
 
+from device_api import check_alias
+
 from . import __version__
-from .service import Murano, check_alias
+from .service import Murano
 from .wire import HttpError, Request, Response, json_response, path_segment
 
 _SERVICE = re.compile(r"^/api:1/service/([^/]+)/(device2|content)(/.*)?$")

@@ -5,30 +5,24 @@ import email.utils
 import math
 import threading
 import time
-from decimal import Decimal, InvalidOperation
 from typing import List, Optional, Tuple
 from urllib.parse import parse_qsl
 
-from device_client.form import FormError, decode_alias_query, decode_form, encode_form
+from device_api import (
+    ALIAS_PATH, FORM_CONTENT_TYPE, RECORD_PATH, FormError, activation_identity, alias_from_path, decode_alias_query,
+    decode_form, decode_record, encode_form, form_type_ok,
+)
 
-from .service import MAX_VALUES_PER_REQUEST, Murano, check_identity
+from .service import Murano
 from .store import ceil_second_us
 from .wire import HttpError, Request, Response, text
 
-FORM_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
-SECONDS_LIMIT = 1e11  # record timestamps below this are seconds, above it microseconds
-STACK_ALIAS = "/onep:v1/stack/alias"
-STACK_RECORD = "/onep:v1/stack/record"
-# Counted before decoding, so a body of millions of tiny fields is refused before it takes memory;
-# a record body may hold an alias= field per point.
-MAX_FORM_FIELDS = 2 * MAX_VALUES_PER_REQUEST
-MAX_READ_ALIASES = 1000
 
 
 def form_response(pairs: List[Tuple[str, str]], headers: Optional[List[Tuple[str, str]]] = None) -> Response:
     if not pairs:
         return Response(204)
-    return Response(200, encode_form(pairs).encode("utf-8"), FORM_TYPE, headers or [])
+    return Response(200, encode_form(pairs).encode("utf-8"), FORM_CONTENT_TYPE, headers or [])
 
 
 def http_date(timestamp_us: int) -> str:
@@ -67,20 +61,6 @@ def parse_request_timeout(value: Optional[str]) -> Optional[int]:
     return int(ms)
 
 
-def parse_record_timestamp(raw: str) -> int:
-    """Record keys are Unix seconds (int or float); values of 1e11 and above are taken as µs."""
-    try:
-        ts = Decimal(raw.strip())
-    except InvalidOperation:
-        raise HttpError(400, "record timestamp %r is not a number" % raw[:40])
-    if not ts.is_finite() or ts < 0:
-        raise HttpError(400, "record timestamp %r out of range" % raw[:40])
-    us = ts * 1_000_000 if ts < SECONDS_LIMIT else ts
-    if us >= 10 ** 17:
-        raise HttpError(400, "record timestamp %r out of range" % raw[:40])
-    return int(us)
-
-
 class DeviceApi:
     def __init__(self, murano: Murano) -> None:
         self.murano = murano
@@ -93,14 +73,14 @@ class DeviceApi:
             return self._only(req, "POST") or self.activate(req)
         if path == "/provision/download":
             return self._only(req, "GET") or self.content(req)
-        if path == STACK_ALIAS:
+        if path == ALIAS_PATH:
             if method == "GET":
                 return self.read(req)
             return self._only(req, "POST") or self.write(req)
-        if path == STACK_RECORD:
+        if path == RECORD_PATH:
             return self._only(req, "POST") or self.record(req)
-        if path.startswith(STACK_ALIAS + "/"):
-            return self._only(req, "POST") or self.record_alias(req, path[len(STACK_ALIAS) + 1:])
+        if path.startswith(ALIAS_PATH + "/"):
+            return self._only(req, "POST") or self.record_alias(req, path[len(ALIAS_PATH) + 1:])
         return None
 
     @staticmethod
@@ -119,21 +99,15 @@ class DeviceApi:
 
     @staticmethod
     def _form(req: Request) -> List[Tuple[str, str]]:
-        ctype = (req.header("Content-Type") or "").split(";")[0].strip().lower()
-        if ctype and ctype != "application/x-www-form-urlencoded":
+        if not form_type_ok(req.header("Content-Type")):
             raise HttpError(415, "Content-Type must be application/x-www-form-urlencoded")
-        body = req.body()
-        if body.count(b"&") >= MAX_FORM_FIELDS:
-            raise HttpError(413, "more than %d fields in one form body" % MAX_FORM_FIELDS)
         try:
-            return decode_form(body)
+            return decode_form(req.body())  # more than MAX_FORM_FIELDS fields: TooLarge, 413
         except FormError as exc:
             raise HttpError(400, "malformed form body: %s" % exc)
 
     @staticmethod
     def _aliases(query: str) -> List[str]:
-        if query.count("&") >= MAX_READ_ALIASES:
-            raise HttpError(413, "more than %d aliases in one read" % MAX_READ_ALIASES)
         try:
             return decode_alias_query(query)
         except FormError as exc:
@@ -141,11 +115,7 @@ class DeviceApi:
 
     # -- endpoints -----------------------------------------------------------------------
     def activate(self, req: Request) -> Response:
-        fields = dict(self._form(req))
-        identity = fields.get("id", fields.get("sn"))
-        if identity is None:
-            raise HttpError(400, "activation needs id=<identity> or vendor, model and sn")
-        check_identity(identity)
+        identity = activation_identity(dict(self._form(req)))
         token = self.murano.activate(self._pid(req), identity)
         return text(200, token)
 
@@ -189,32 +159,12 @@ class DeviceApi:
 
     def record(self, req: Request) -> Response:
         pid, identity = self._device(req)
-        points = []
-        alias = None
-        for key, value in self._form(req):
-            if key == "alias":
-                alias = value
-                continue
-            if alias is None:
-                raise HttpError(400, "record body must start with alias=<alias>")
-            points.append((alias, parse_record_timestamp(key), value))
-        if not points:
-            raise HttpError(400, "nothing to record")
-        self.murano.record(pid, identity, points)
+        self.murano.record(pid, identity, decode_record(self._form(req)))
         return Response(204)
 
     def record_alias(self, req: Request, raw_alias: str) -> Response:
         pid, identity = self._device(req)
-        try:
-            alias = decode_alias_query(raw_alias)
-        except FormError:
-            raise HttpError(400, "malformed alias in path")
-        if len(alias) != 1:
-            raise HttpError(400, "malformed alias in path")
-        points = [(alias[0], parse_record_timestamp(k), v) for k, v in self._form(req)]
-        if not points:
-            raise HttpError(400, "nothing to record")
-        self.murano.record(pid, identity, points)
+        self.murano.record(pid, identity, decode_record(self._form(req), alias_from_path(raw_alias)))
         return Response(204)
 
     def content(self, req: Request) -> Response:

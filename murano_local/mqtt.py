@@ -20,20 +20,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import threading
 import uuid
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Set, Tuple
 
+from device_api import MAX_VALUES_PER_REQUEST, ContractError, timestamp_us
+
 from .events import Change
-from .service import MAX_VALUES_PER_REQUEST, Invalid, Murano, TooLarge, Unauthorized
+from .service import Murano, Unauthorized
 from .store import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'the MQTT endpoint needs amqtt: pip install "gateway-engine[mqtt-server]"'
-SECONDS_LIMIT = 1e11  # $resource.batch timestamps below this are seconds, above it microseconds
 PUSH_TIMEOUT_S = 10
 QOS_1 = 1
 _FRONT_ENDS: Dict[str, "MqttFrontEnd"] = {}  # amqtt builds plugins from config: they find us by key
@@ -68,11 +68,12 @@ def batch_points(payload: str) -> List[Tuple[str, int, str]]:
         if not isinstance(entry, dict) or not isinstance(entry.get("values"), dict):
             raise BadPublish("$resource.batch entries need timestamp and values")
         ts = entry.get("timestamp")
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) or ts < 0:
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
             raise BadPublish("$resource.batch timestamp %r is not a number" % (ts,))
-        us = int(round(ts * 1_000_000)) if ts < SECONDS_LIMIT else int(ts)
-        if us >= 10 ** 17:
-            raise BadPublish("$resource.batch timestamp %r out of range" % (ts,))
+        try:
+            us = timestamp_us(ts)
+        except ContractError as exc:
+            raise BadPublish("$resource.batch: %s" % exc) from None
         if len(points) + len(entry["values"]) > MAX_VALUES_PER_REQUEST:
             raise BadPublish("more than %d values in one $resource.batch" % MAX_VALUES_PER_REQUEST)
         for alias, value in entry["values"].items():
@@ -231,7 +232,7 @@ class MqttFrontEnd:
         try:
             payload = bytes(packet.data or b"").decode("utf-8")
             self._apply(client_id, client, topic, payload)
-        except (BadPublish, Invalid, TooLarge, UnicodeDecodeError) as exc:
+        except (BadPublish, ContractError, UnicodeDecodeError) as exc:
             self._refuse(packet, client_id, "%s: %s" % (topic[:80], exc))
         except Exception:
             log.exception("MQTT publish on %s failed", topic[:80])

@@ -10,7 +10,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, List, Optional
 
-from device_client.form import FormError
+from device_api import ContractError
 
 from . import __version__
 from .admin import AdminApi
@@ -18,7 +18,7 @@ from .content import ContentError
 from .device_uploads import DeviceUploadApi
 from .hangup import HangupWatcher
 from .http_api import DeviceApi
-from .service import Invalid, Murano, TooLarge, Unauthorized
+from .service import Murano, Unauthorized
 from .store import Conflict, NotFound
 from .wire import HttpError, Request, Response, text
 
@@ -92,10 +92,10 @@ class MuranoHTTPServer(ThreadingHTTPServer):
 def _error_for(exc: BaseException) -> Optional[HttpError]:
     if isinstance(exc, HttpError):
         return exc
-    if isinstance(exc, (Invalid, FormError, ContentError)):
+    if isinstance(exc, ContractError):  # what the Device API contract refuses, with Murano's status
+        return HttpError(exc.status, str(exc))
+    if isinstance(exc, ContentError):
         return HttpError(400, str(exc))
-    if isinstance(exc, TooLarge):
-        return HttpError(413, str(exc))
     if isinstance(exc, Unauthorized):
         return HttpError(401, str(exc))
     if isinstance(exc, NotFound):

@@ -1,6 +1,8 @@
 """Murano's device-side semantics over the store: products, activation, set/reported, long-poll waits.
 
-Front ends (the HTTP Device API, the admin API, later MQTT) call this and nothing below it.
+Front ends (the HTTP Device API, the admin API, MQTT) call this and nothing below it. What a
+request may hold (aliases, identities, values) is the Device API contract's (``device_api``);
+its errors (``device_api.ContractError``) carry the status a front end answers.
 """
 from __future__ import annotations
 
@@ -9,52 +11,18 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from device_api import MAX_LONG_POLL_MS, check_alias, check_count, check_identity, check_value
+
 from .content import ContentArea
 from .device_uploads import UploadArea
 from .events import Change, ChangeHub
 from .store import DEFAULT_HISTORY_LIMIT, NotFound, Store, database_path
 
-MAX_VALUE_BYTES = 1024 * 1024
-MAX_VALUES_PER_REQUEST = 10000  # one request's values are applied in one transaction: bound how long it holds the store
-MAX_LONG_POLL_MS = 300000
 _HOST_PID = re.compile(r"^([a-z0-9]+)\.(?:devmode-)?m2\.", re.IGNORECASE)
-_ALIAS = re.compile(r"^[^.$]+$")
-MAX_IDENTITY = 256
-
-
-class Invalid(ValueError):
-    """A request the Device API refuses as malformed (400)."""
-
-
-class TooLarge(ValueError):
-    """A value over Murano's 1 MiB limit (413)."""
 
 
 class Unauthorized(Exception):
     """Missing or unknown token (401)."""
-
-
-def check_alias(alias: str) -> str:
-    if not _ALIAS.match(alias) or len(alias) > 256 or any(ord(c) < 32 for c in alias):
-        raise Invalid("invalid alias %r" % alias[:40])
-    return alias
-
-
-def check_identity(identity: str) -> str:
-    if not identity or len(identity) > MAX_IDENTITY or any(ord(c) < 32 or ord(c) == 127 for c in identity):
-        raise Invalid("invalid identity")
-    return identity
-
-
-def check_count(values: Sequence) -> None:
-    if len(values) > MAX_VALUES_PER_REQUEST:
-        raise TooLarge("more than %d values in one request" % MAX_VALUES_PER_REQUEST)
-
-
-def check_value(value: str) -> str:
-    if len(value.encode("utf-8")) > MAX_VALUE_BYTES:
-        raise TooLarge("value larger than %d bytes" % MAX_VALUE_BYTES)
-    return value
 
 
 class Murano:
@@ -123,7 +91,7 @@ class Murano:
         check_count(values)
         for alias, value in values:
             check_alias(alias)
-            check_value(value)
+            check_value(value, alias)
         ts = self.store.device_write(pid, identity, values)
         self.hub.publish(Change("write", pid, identity, tuple(values), ts))
         return ts
@@ -132,7 +100,7 @@ class Murano:
         check_count(points)
         for alias, _ts, value in points:
             check_alias(alias)
-            check_value(value)
+            check_value(value, alias)
         self.store.device_record(pid, identity, points)
         self.hub.publish(Change("record", pid, identity, tuple((a, v) for a, _t, v in points),
                                 max((t for _a, t, _v in points), default=0)))
@@ -141,7 +109,7 @@ class Murano:
         check_count(values)
         for alias, value in values:
             check_alias(alias)
-            check_value(value)
+            check_value(value, alias)
         ts = self.store.operator_set(pid, identity, values)
         self.hub.publish(Change("set", pid, identity, tuple(values), ts))
         return ts

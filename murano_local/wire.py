@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote
 
-MAX_BODY = 8 * 1024 * 1024
+from device_api import MAX_BODY_BYTES
 
 
 class HttpError(Exception):
@@ -36,7 +36,7 @@ class Request:
     def header(self, name: str) -> Optional[str]:
         return self.headers.get(name)
 
-    def body(self, limit: int = MAX_BODY) -> bytes:
+    def body(self, limit: int = MAX_BODY_BYTES) -> bytes:
         """The whole body (read once), refused with 413 above ``limit`` before reading it."""
         if self._body is None:
             if self.length > limit:

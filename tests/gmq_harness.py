@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 import requests
 
 from atomic_config import gwe_paths, set_option
-from device_client.form import decode_form
+from device_api import decode_form
 from harness import GiveUp, ManagedProcess, free_port, port_open, wait_for
 
 

@@ -1,5 +1,5 @@
 """gmq forwarding to a real murano_local: order, original timestamps, 401, dead letters, 409, outage."""
-from urllib.parse import quote
+import sqlite3
 
 import requests
 
@@ -58,18 +58,53 @@ def test_401_reprovisions_the_client(gwe_home, murano):
         gmq.stop()
 
 
-def test_value_upstream_refuses_is_dead_lettered_and_the_rest_flows(gwe_home, murano):
-    murano.add_device("sn1")
-    gmq = start_gmq(gwe_home, murano.url)
+class RefusingUpstream(ScriptedUpstream):
+    """Record answers 400 to any batch holding the value ``bad`` (a rule of upstream's that gmq cannot know)."""
+
+    def __init__(self, bad):
+        self.bad = bad
+        self.recorded = []
+        super().__init__()
+
+    def answer(self, pairs):
+        if any(k != "alias" and v == self.bad for k, v in pairs):
+            return 400, "value refused"
+        self.recorded.extend(v for k, v in pairs if k != "alias")
+        return 204, ""
+
+
+def test_value_upstream_refuses_is_dead_lettered_and_the_rest_flows(gwe_home):
+    upstream = RefusingUpstream("17")
+    gmq = start_gmq(gwe_home, upstream.url)
     try:
         for i in range(30):
-            alias = "bad.alias" if i == 17 else "ok"  # murano refuses '.' in aliases (400)
-            assert gmq.post("/onep:v1/stack/alias/" + quote(alias), "%d=%d" % (1700000000 + i, i)).status_code == 204
+            assert gmq.post("/onep:v1/stack/alias/ok", "%d=%d" % (1700000000 + i, i)).status_code == 204
         st = wait_for(lambda: drained(gmq), 30)
         assert st["counters"]["dead_lettered"] == 1 and st["queue"]["dead_letter"] == 1
-        assert [v for _, v in history(murano, "sn1", "ok")] == [str(i) for i in range(30) if i != 17]
+        assert upstream.recorded == [str(i) for i in range(30) if i != 17]
         dead = gmq.rows("SELECT alias, value, status FROM dead_letter")
-        assert dead == [("bad.alias", "17", 400)]
+        assert dead == [("ok", "17", 400)]
+    finally:
+        gmq.stop()
+        upstream.close()
+
+
+def test_value_queued_before_the_contract_is_dead_lettered_not_sent(gwe_home, murano):
+    """A queue from an older gmq may hold what Murano refuses (alias 'temp.c'): it is set aside, the rest flows."""
+    murano.add_device("sn1")
+    gmq = GmqProcess(str(gwe_home))
+    gmq.start()
+    gmq.post("/onep:v1/stack/alias", "ok=1&other=2")
+    gmq.stop()
+    conn = sqlite3.connect(gmq.paths.gmq_db)
+    with conn:
+        conn.execute("UPDATE queue SET alias = 'temp.c' WHERE alias = 'other'")
+    conn.close()
+    gmq = start_gmq(gwe_home, murano.url)
+    try:
+        st = wait_for(lambda: drained(gmq), 30)
+        assert st["counters"]["dead_lettered"] == 1 and [v for _, v in history(murano, "sn1", "ok")] == ["1"]
+        assert gmq.rows("SELECT alias, status FROM dead_letter") == [("temp.c", None)]
     finally:
         gmq.stop()
 
@@ -132,5 +167,23 @@ def test_outage_everything_arrives_and_backoff_stays_in_bounds(gwe_home, murano)
         assert all(0.05 <= d <= 0.8 for d in delays), delays  # jitter 0.5: [initial/2, max]
         assert max(delays) > 0.4  # it did grow towards the maximum
         assert st["counters"]["retried"] >= len(delays)
+    finally:
+        gmq.stop()
+
+
+def test_batches_fit_the_body_limit_of_murano(gwe_home, murano):
+    """Twelve 1 MiB values in a batch of 500 would be a 12 MiB record: murano_local answers 413 above 8 MiB."""
+    murano.add_device("sn1")
+    gmq = GmqProcess(str(gwe_home), server={"max_body_bytes": 2 << 20}, queue={"max_value_bytes": 2 << 20})
+    gmq.start()
+    for i in range(12):
+        assert gmq.post("/onep:v1/stack/alias", "big=%d%s" % (i, "x" * ((1 << 20) - 3))).status_code == 204
+    gmq.stop()
+    gmq = start_gmq(gwe_home, murano.url, batch_size=500)
+    try:
+        st = wait_for(lambda: drained(gmq), 60, message="drained")
+        assert st["counters"]["delivered"] == 12 and st["counters"]["dead_lettered"] == 0
+        assert "413" not in gmq.log_text() and st["forwarder"]["requests"] <= 12
+        assert [v[:2] for _, v in history(murano, "sn1", "big")] == ["%dx" % i for i in range(10)] + ["10", "11"]
     finally:
         gmq.stop()

@@ -69,7 +69,6 @@ def test_status_reports_queue_counters_and_clients(gmq):
     ("/onep:v1/stack/alias?temp", "temp=1", None, 400),
     ("/onep:v1/stack/alias/temp", "notatime=1", None, 400),
     ("/onep:v1/stack/alias/temp", "1e300=1", None, 400),
-    ("/onep:v1/stack/alias/temp", "1700000000000000=1", None, 400),
     ("/onep:v1/stack/alias/", "1700000000=1", None, 400),
     ("/onep:v1/stack/alias/%ff", "1700000000=1", None, 400),
     ("/onep:v1/stack/record", "1700000000=1", None, 400),

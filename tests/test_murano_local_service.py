@@ -8,7 +8,7 @@ import requests
 from harness import MuranoLocal, wait_for
 from murano_local import Murano, serve
 from murano_local.events import Change
-from murano_local.http_api import parse_if_modified_since, parse_range, parse_record_timestamp
+from murano_local.http_api import parse_if_modified_since, parse_range
 from murano_local.service import Unauthorized
 from murano_local.store import Conflict, NotFound, ceil_second_us
 from murano_local.wire import HttpError
@@ -146,19 +146,6 @@ def murano_server_self_register(tmp_path):
     server = MuranoLocal(str(tmp_path / "ml"), allow_self_register=True).start()
     yield server
     server.stop()
-
-
-@pytest.mark.parametrize("raw,us", [("1554975272", 1554975272000000), ("1554975272.470659", 1554975272470659),
-                                    ("1554975272470659", 1554975272470659), ("0", 0)])
-def test_record_timestamps(raw, us):
-    assert parse_record_timestamp(raw) == us
-
-
-@pytest.mark.parametrize("raw", ["", "x", "-1", "inf", "nan", "1e30"])
-def test_bad_record_timestamps(raw):
-    with pytest.raises(HttpError) as err:
-        parse_record_timestamp(raw)
-    assert err.value.status == 400
 
 
 def test_if_modified_since_forms():
