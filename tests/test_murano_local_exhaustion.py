@@ -5,8 +5,7 @@ import time
 import psutil
 import requests
 
-from murano_local.http_api import MAX_READ_ALIASES
-from murano_local.service import MAX_VALUES_PER_REQUEST
+from device_api import MAX_READ_ALIASES, MAX_VALUES_PER_REQUEST
 
 
 def activate(murano, identity):
