@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from atomic_config import gwe_paths, set_option
+from atomic_config import gwe_paths, read_config, set_option
 from gwe_helpers import configure_gateway
 from harness import Supervisord, free_port, wait_for
 
@@ -112,8 +112,10 @@ def test_gmq_package_runs_from_its_own_virtualenv_and_rolls_back(release, gatewa
     assert "gateway-engine %s installed in %s" % (release.version, venv) in status["output"]
     assert sup.state("gmq") == "RUNNING"
     assert running_from(sup, "gmq") == venv
-    port = int(subprocess.check_output(["sed", "-n", "s/^port = //p", paths.gmq_cfg], text=True))
-    assert requests.get("http://127.0.0.1:%d/status" % port, timeout=5).status_code == 200
+    port = read_config(paths.gmq_cfg).getint("server", "port")
+    # RUNNING is supervisord's startsecs, not gmq's bind: wait for the answer, do not race it
+    wait_for(lambda: requests.get("http://127.0.0.1:%d/status" % port, timeout=5).status_code == 200, 20,
+             message="gmq answering /status")
     with open(os.path.join(paths.supervisor_include, "gmq.conf")) as f:
         conf = f.read()
     assert "directory = %s\n" % app_dir in conf and "-- venv/bin/gmq" in conf
