@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["atomic_config*", "device_api*", "device_client*", "gmq*", "otau*", "gwe*",
                                     "murano_local*", "GatewayEngine*", "exo*"]),
-    package_data={"gwe": ["sample_app/*"]},
+    package_data={"gwe": ["sample_app/*"], "murano_local.ui": ["static/*"]},
     install_requires=[
         "supervisor>=4.2",
         "requests>=2.25",
@@ -26,7 +26,8 @@ setup(
                  "ruff==0.17.6",  # pinned: a newer ruff may add findings to the selected rules
                  "wheel",  # scripts/release and scripts/install-gateway build wheels offline in the tests
                  "mfusepy==3.1.1",  # the reliability lab's power-loss filesystem (tests/powerloss_fs.py)
-                 "hypothesis>=6.100"],  # the reliability lab's fuzz tests
+                 "hypothesis>=6.100",  # the reliability lab's fuzz tests
+                 "selenium==4.50.0"],  # the dashboard page in headless Chromium (Debian's chromium-driver)
         "mqtt-server": ["amqtt==0.12.1; python_version >= '3.10'"],  # murano-local serve --mqtt-port
     },
     entry_points={"console_scripts": [

@@ -1,7 +1,6 @@
 """``murano-local``: run the server, and operate it (devices, state, history, content) over its admin API."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -10,7 +9,8 @@ from urllib.parse import quote
 
 import click
 
-DEFAULT_URL = "http://127.0.0.1:8080"
+from .admin_client import DEFAULT_URL, Admin, CliError, dump as _dump
+from .fleet_cli import register_fleet_commands
 
 
 def default_data_dir() -> str:
@@ -18,54 +18,10 @@ def default_data_dir() -> str:
     return os.path.join(base, "murano-local")
 
 
-class CliError(click.ClickException):
-    """One line on stderr, exit code 1."""
-
-    def show(self, file=None) -> None:
-        click.echo("murano-local: error: %s" % self.message, err=True)
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-class Admin:
-    """A thin client of the admin HTTP API (requests is imported only by operator commands)."""
-
-    def __init__(self, url: str, product: Optional[str]) -> None:
-        import requests
-        self.url = url.rstrip("/")
-        self.session = requests.Session()
-        self._product = product
-
-    def call(self, method: str, path: str, expect=(200,), **kwargs):
-        import requests
-        try:
-            resp = self.session.request(method, self.url + path, timeout=60, **kwargs)
-        except requests.RequestException as exc:
-            raise CliError("cannot reach %s: %s" % (self.url, exc.__class__.__name__))
-        if resp.status_code not in expect:
-            reason = resp.text.strip().splitlines()[0] if resp.text.strip() else resp.reason
-            raise CliError("%s %s: %d %s" % (method, path, resp.status_code, reason))
-        return resp
-
-    @property
-    def product(self) -> str:
-        if self._product is None:
-            self._product = self.call("GET", "/api:1/info").json()["default_product"]
-        return self._product
-
-    def device2(self, suffix: str = "") -> str:
-        return "/api:1/service/%s/device2%s" % (quote(self.product, safe=""), suffix)
-
-    def identity(self, identity: str, suffix: str = "") -> str:
-        return self.device2("/identity/%s%s" % (quote(identity, safe=""), suffix))
-
-    def content(self, name: str = "") -> str:
-        return "/api:1/service/%s/content/item/%s" % (quote(self.product, safe=""), quote(name, safe=""))
-
-
-def _dump(data: object) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
-@click.group()
+@click.group(context_settings=CONTEXT)
 @click.option("--url", default=DEFAULT_URL, show_default=True, envvar="MURANO_LOCAL_URL",
               help="Base URL of the murano-local server to operate.")
 @click.option("--product", default=None, help="Product id (default: the server's default product).")
@@ -76,7 +32,7 @@ def main(ctx: click.Context, url: str, product: Optional[str]) -> None:
 
 
 def _admin(ctx: click.Context) -> Admin:
-    return Admin(ctx.obj["url"], ctx.obj["product"])
+    return Admin.of(ctx)
 
 
 @main.command()
@@ -135,9 +91,18 @@ def serve(host: str, port: int, data_dir: str, product_id: str, allow_self_regis
         except Exception as exc:  # amqtt wraps bind errors in its own exception types
             murano.close()
             raise CliError("cannot serve MQTT on %s:%d: %s" % (host, mqtt_port, getattr(exc, "strerror", None) or exc))
+    from .console import FleetConsole
+    console = FleetConsole(murano).start()  # resumes the rollouts a stop interrupted
+
+    def before_close() -> None:
+        console.stop()
+        if mqtt is not None:
+            mqtt.stop()
     try:
-        run(murano, host, port, max_connections=max_connections, before_close=mqtt.stop if mqtt else None)
+        run(murano, host, port, max_connections=max_connections, before_close=before_close,
+            front_ends=console.front_ends())
     except OSError as exc:
+        before_close()
         raise CliError("cannot serve on %s:%d: %s" % (host, port, exc.strerror or exc))
 
 
@@ -276,3 +241,6 @@ def content_delete(ctx: click.Context, name: str) -> None:
     admin = _admin(ctx)
     admin.call("DELETE", admin.content(name), expect=(204,))
     click.echo("deleted %s" % name)
+
+
+register_fleet_commands(main, device)

@@ -18,7 +18,8 @@ DeviceKey = Tuple[str, str]
 
 @dataclass(frozen=True)
 class Change:
-    """One committed change: ``kind`` is ``set`` (operator), ``write`` or ``record`` (device)."""
+    """One committed change: ``kind`` is ``set`` (operator), ``write`` or ``record`` (device), ``tags``
+    (an operator tagged a device; ``values`` holds its tags) or ``rollout`` (a rollout moved)."""
     kind: str
     pid: str
     identity: str

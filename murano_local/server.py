@@ -8,7 +8,7 @@ import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 from device_api import ContractError
 
@@ -40,10 +40,11 @@ class MuranoHTTPServer(ThreadingHTTPServer):
     request_queue_size = 256
     allow_reuse_address = True
 
-    def __init__(self, address, murano: Murano, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+    def __init__(self, address, murano: Murano, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 front_ends: Sequence[Callable[[Request], Optional[Response]]] = ()) -> None:
         self.murano = murano
         self.front_ends: List[Callable[[Request], Optional[Response]]] = [
-            DeviceApi(murano).handle, DeviceUploadApi(murano).handle, AdminApi(murano).handle]
+            DeviceApi(murano).handle, DeviceUploadApi(murano).handle, AdminApi(murano).handle, *front_ends]
         self.max_connections = max_connections
         self._connections = 0
         self._connections_lock = threading.Lock()
@@ -228,12 +229,14 @@ class _Stop(BaseException):
 
 def serve(murano: Murano, host: str = "127.0.0.1", port: int = 8080,
           ready: Optional[Callable[[MuranoHTTPServer], None]] = None,
-          max_connections: int = DEFAULT_MAX_CONNECTIONS, before_close: Optional[Callable[[], None]] = None) -> None:
+          max_connections: int = DEFAULT_MAX_CONNECTIONS, before_close: Optional[Callable[[], None]] = None,
+          front_ends: Sequence[Callable[[Request], Optional[Response]]] = ()) -> None:
     """Serve until SIGTERM or SIGINT (from the main thread), or until ``server.shutdown()``.
 
+    ``front_ends`` answer what the Device and admin APIs do not (the fleet API and page);
     ``before_close`` runs before the store closes (to stop other front ends, e.g. MQTT)."""
     threading.stack_size(THREAD_STACK)
-    server = MuranoHTTPServer((host, port), murano, max_connections)
+    server = MuranoHTTPServer((host, port), murano, max_connections, front_ends)
 
     def stop(_signum, _frame) -> None:
         raise _Stop()

@@ -11,18 +11,27 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from device_api import MAX_LONG_POLL_MS, check_alias, check_count, check_identity, check_value
+from device_api import MAX_LONG_POLL_MS, Invalid, check_alias, check_count, check_identity, check_value
 
 from .content import ContentArea
 from .device_uploads import UploadArea
 from .events import Change, ChangeHub
-from .store import DEFAULT_HISTORY_LIMIT, NotFound, Store, database_path
+from .store import DEFAULT_HISTORY_LIMIT, LimitExceeded, NotFound, Store, database_path
 
 _HOST_PID = re.compile(r"^([a-z0-9]+)\.(?:devmode-)?m2\.", re.IGNORECASE)
+_TAG = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MAX_TAGS_PER_DEVICE = 64
 
 
 class Unauthorized(Exception):
     """Missing or unknown token (401)."""
+
+
+def check_tag(tag: str) -> str:
+    """A device tag (a group for fleet views and rollouts): 1-64 letters, digits and ``_ . : -``."""
+    if not isinstance(tag, str) or not _TAG.match(tag):
+        raise Invalid("invalid tag %r: 1-64 letters, digits and _ . : -" % str(tag)[:40])
+    return tag
 
 
 class Murano:
@@ -85,6 +94,17 @@ class Murano:
     def last_seen(self, pid: str, identity: str) -> Optional[int]:
         """When the device last made an authenticated request (µs; kept in memory only)."""
         return self._last_seen.get((pid, identity))
+
+    def change_tags(self, pid: str, identity: str, add: Sequence[str] = (), remove: Sequence[str] = ()) -> List[str]:
+        """Tag and untag a device (its groups for fleet views and rollouts); returns its tags."""
+        for tag in (*add, *remove):
+            check_tag(tag)
+        try:
+            tags = self.store.change_tags(pid, identity, add, remove, MAX_TAGS_PER_DEVICE)
+        except LimitExceeded as exc:
+            raise Invalid(str(exc))
+        self.hub.publish(Change("tags", pid, identity, tuple((t, "") for t in tags), self.store.clock.now_us()))
+        return tags
 
     # -- data ---------------------------------------------------------------------------
     def write(self, pid: str, identity: str, values: Sequence[Tuple[str, str]]) -> int:

@@ -12,16 +12,17 @@ import sqlite3
 import string
 import threading
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 from atomic_config import connect_sqlite, make_dirs
 
+T = TypeVar("T")
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 PRIVATE_FILE = 0o600  # the database holds every device's token
 PRIVATE_DIR = 0o700
 TOKEN_LENGTH = 40
 DEFAULT_HISTORY_LIMIT = 100000
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
@@ -76,6 +77,42 @@ CREATE TABLE IF NOT EXISTS device_uploads (
 CREATE INDEX IF NOT EXISTS device_uploads_by_identity ON device_uploads (pid, identity);
 """
 
+# Each step takes the database from the version before it to its own; it runs in one transaction
+# together with the new ``user_version``, so a crash leaves the old version or the new, never half.
+_MIGRATIONS = {
+    2: (  # fleet management: device tags, staged rollouts and their gateways
+        """CREATE TABLE device_tags (
+            pid TEXT NOT NULL,
+            identity TEXT NOT NULL,
+            tag TEXT NOT NULL,
+            PRIMARY KEY (pid, identity, tag)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX device_tags_by_tag ON device_tags (pid, tag)",
+        """CREATE TABLE rollouts (
+            pid TEXT NOT NULL,
+            name TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            created_us INTEGER NOT NULL,
+            updated_us INTEGER NOT NULL,
+            PRIMARY KEY (pid, name)
+        )""",
+        """CREATE TABLE rollout_targets (
+            pid TEXT NOT NULL,
+            rollout TEXT NOT NULL,
+            identity TEXT NOT NULL,
+            batch INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            requested_us INTEGER,
+            answered_us INTEGER,
+            finished_us INTEGER,
+            detail TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (pid, rollout, identity)
+        ) WITHOUT ROWID""",
+    ),
+}
+
 
 class StoreError(Exception):
     """Base of the store's refusals; each maps to one HTTP status."""
@@ -86,6 +123,10 @@ class NotFound(StoreError):
 
 
 class Conflict(StoreError):
+    pass
+
+
+class LimitExceeded(StoreError):
     pass
 
 
@@ -143,7 +184,7 @@ class Store:
                 raise sqlite3.DatabaseError("database schema %d is newer than this murano_local (%d)"
                                             % (version, SCHEMA_VERSION))
             self._conn.executescript(_SCHEMA)
-            self._conn.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+            self._migrate(max(version, 1))
             # A restart must not stamp a change at or before a Last-Modified already handed out
             # (answers are dated to the next whole second after their newest value). Recorded
             # points carry the device's own timestamps: one in the future must not drag the clock.
@@ -151,11 +192,32 @@ class Store:
             if newest is not None:
                 self.clock.advance_to(ceil_second_us(min(newest, int(time.time() * 1_000_000))))
 
+    def _migrate(self, version: int) -> None:
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _MIGRATIONS[target]:
+                    conn.execute(statement)
+                conn.execute("PRAGMA user_version = %d" % target)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
     # -- plumbing -------------------------------------------------------------------
+    def query(self, sql: str, args: Sequence = ()) -> List[tuple]:
+        """Rows of one read (for the modules that keep their own tables here: rollouts)."""
+        return self._query(sql, args)
+
+    def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work(conn)`` in a committed, fsynced transaction (group commit, see ``_transaction``)."""
+        return self._transaction(work)
+
     def _query(self, sql: str, args: Sequence = ()) -> List[tuple]:
         with self._lock:
             return self._conn.execute(sql, args).fetchall()
@@ -239,6 +301,7 @@ class Store:
                 raise NotFound("no such device")
             conn.execute("DELETE FROM state WHERE pid = ? AND identity = ?", (pid, identity))
             conn.execute("DELETE FROM points WHERE pid = ? AND identity = ?", (pid, identity))
+            conn.execute("DELETE FROM device_tags WHERE pid = ? AND identity = ?", (pid, identity))
         self._transaction(work)
 
     def set_reprovision(self, pid: str, identity: str, reprovision: bool) -> None:
@@ -332,19 +395,23 @@ class Store:
 
     def operator_set(self, pid: str, identity: str, values: Sequence[Tuple[str, str]]) -> int:
         """The cloud side sets values: only ``set`` changes, ``reported`` stays."""
-        def work(conn: sqlite3.Connection) -> int:
-            if conn.execute("SELECT 1 FROM devices WHERE pid = ? AND identity = ?",
-                            (pid, identity)).fetchone() is None:
-                raise NotFound("no such device")
-            ts = self.clock.now_us()
-            for alias, value in values:
-                conn.execute(
-                    "INSERT INTO state (pid, identity, alias, reported, set_value, timestamp, pending) "
-                    "VALUES (?, ?, ?, NULL, ?, ?, 1) ON CONFLICT (pid, identity, alias) "
-                    "DO UPDATE SET set_value = excluded.set_value, timestamp = excluded.timestamp, pending = 1",
-                    (pid, identity, alias, value, ts))
-            return ts
-        return self._transaction(work)
+        return self._transaction(lambda conn: self.operator_set_in(conn, pid, identity, values))
+
+    def operator_set_in(self, conn: sqlite3.Connection, pid: str, identity: str,
+                        values: Sequence[Tuple[str, str]]) -> int:
+        """:meth:`operator_set` inside the caller's transaction (a rollout marks the gateways it
+        asks in the same commit as the asking); returns the timestamp."""
+        if conn.execute("SELECT 1 FROM devices WHERE pid = ? AND identity = ?",
+                        (pid, identity)).fetchone() is None:
+            raise NotFound("no such device")
+        ts = self.clock.now_us()
+        for alias, value in values:
+            conn.execute(
+                "INSERT INTO state (pid, identity, alias, reported, set_value, timestamp, pending) "
+                "VALUES (?, ?, ?, NULL, ?, ?, 1) ON CONFLICT (pid, identity, alias) "
+                "DO UPDATE SET set_value = excluded.set_value, timestamp = excluded.timestamp, pending = 1",
+                (pid, identity, alias, value, ts))
+        return ts
 
     def state(self, pid: str, identity: str, aliases: Optional[Sequence[str]] = None) -> Dict[str, dict]:
         """``{alias: {"reported", "set", "timestamp"}}``, for all aliases or the given ones."""
@@ -378,6 +445,67 @@ class Store:
         rows = self._query("SELECT timestamp, value FROM points WHERE pid = ? AND identity = ? AND alias = ? "
                            "ORDER BY timestamp DESC LIMIT ?", (pid, identity, alias, limit))
         return [{"timestamp": ts, "value": value} for ts, value in rows]
+
+    def history_since(self, pid: str, identity: str, alias: str, since_us: int, limit: int = 100) -> List[dict]:
+        """Points of ``alias`` stamped after ``since_us``, oldest first (at most ``limit``)."""
+        rows = self._query("SELECT timestamp, value FROM points WHERE pid = ? AND identity = ? AND alias = ? "
+                           "AND timestamp > ? ORDER BY timestamp LIMIT ?", (pid, identity, alias, since_us, limit))
+        return [{"timestamp": ts, "value": value} for ts, value in rows]
+
+    def reported_values(self, pid: str, aliases: Sequence[str],
+                        identities: Optional[Sequence[str]] = None) -> List[Tuple[str, str, Optional[str], int]]:
+        """``(identity, alias, reported, timestamp)`` of these aliases for every device of ``pid``
+        (or the given ones): the fleet's view in one read."""
+        marks = ",".join("?" * len(aliases))
+        sql = ("SELECT identity, alias, reported, timestamp FROM state WHERE pid = ? AND alias IN (%s) "
+               "AND reported IS NOT NULL" % marks)
+        if identities is None:
+            return self._query(sql, (pid, *aliases))
+        found: List[Tuple[str, str, Optional[str], int]] = []
+        wanted = list(identities)
+        for start in range(0, len(wanted), 500):  # sqlite's bound-parameter limit
+            chunk = wanted[start:start + 500]
+            found += self._query(sql + " AND identity IN (%s)" % ",".join("?" * len(chunk)),
+                                 (pid, *aliases, *chunk))
+        return found
+
+    def reported_timestamps(self, pid: str, aliases: Sequence[str]) -> List[Tuple[str, str, int]]:
+        """``(identity, alias, timestamp)`` of these aliases for every device of ``pid`` that wrote them."""
+        return self._query("SELECT identity, alias, timestamp FROM state WHERE pid = ? AND alias IN (%s) "
+                           "AND reported IS NOT NULL" % ",".join("?" * len(aliases)), (pid, *aliases))
+
+    # -- tags -----------------------------------------------------------------------------
+    def change_tags(self, pid: str, identity: str, add: Sequence[str], remove: Sequence[str],
+                    max_tags: int) -> List[str]:
+        """Add and remove tags of a device (at most ``max_tags`` in the end); returns its tags."""
+        def work(conn: sqlite3.Connection) -> List[str]:
+            if conn.execute("SELECT 1 FROM devices WHERE pid = ? AND identity = ?",
+                            (pid, identity)).fetchone() is None:
+                raise NotFound("no such device")
+            conn.executemany("INSERT OR IGNORE INTO device_tags (pid, identity, tag) VALUES (?, ?, ?)",
+                             [(pid, identity, t) for t in add])
+            conn.executemany("DELETE FROM device_tags WHERE pid = ? AND identity = ? AND tag = ?",
+                             [(pid, identity, t) for t in remove])
+            tags = [r[0] for r in conn.execute("SELECT tag FROM device_tags WHERE pid = ? AND identity = ? "
+                                               "ORDER BY tag", (pid, identity))]
+            if len(tags) > max_tags:
+                raise LimitExceeded("a device has at most %d tags" % max_tags)
+            return tags
+        return self._transaction(work)
+
+    def tags(self, pid: str) -> Dict[str, List[str]]:
+        """``{identity: [tags]}`` for the devices of ``pid`` that have any."""
+        tags: Dict[str, List[str]] = {}
+        for identity, tag in self._query("SELECT identity, tag FROM device_tags WHERE pid = ? "
+                                         "ORDER BY identity, tag", (pid,)):
+            tags.setdefault(identity, []).append(tag)
+        return tags
+
+    def tagged(self, pid: str, tags: Sequence[str]) -> List[str]:
+        """Identities carrying any of ``tags``, sorted."""
+        rows = self._query("SELECT DISTINCT identity FROM device_tags WHERE pid = ? AND tag IN (%s) "
+                           "ORDER BY identity" % ",".join("?" * len(tags)), (pid, *tags))
+        return [r[0] for r in rows]
 
     # -- content metadata ---------------------------------------------------------------
     def content_put(self, pid: str, name: str, content_type: str, size: int, meta: str,

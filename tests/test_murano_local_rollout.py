@@ -1,0 +1,167 @@
+"""Tags, fleet status and rollouts through the murano-local CLI against a real server, with a
+simulated fleet (murano_local.simulator: gateways talking HTTP through device_client)."""
+import json
+import time
+
+import pytest
+import requests
+
+from fleet_helpers import cli, fetch_statuses, fleet_url, rollout, wait_rollout
+from harness import wait_for
+from murano_local.simulator import Simulator, draw, parse_mix
+from otau_helpers import make_app
+
+
+@pytest.fixture
+def fleet(murano):
+    """Start simulated gateways: ``fleet(count, mix=..., tags=...)``; all stopped afterwards."""
+    sims = []
+
+    def start(count, **kwargs):
+        kwargs.setdefault("report_interval", 2.0)
+        kwargs.setdefault("poll_interval", 0.3)
+        kwargs.setdefault("install_seconds", 0.3)
+        kwargs.setdefault("threads", 4)
+        sim = Simulator(murano.url, "localproduct", count, **kwargs)
+        sim.setup()
+        sim.start()
+        sims.append(sim)
+        return sim
+
+    yield start
+    for sim in sims:
+        sim.stop()
+
+
+def test_tag_untag_and_fleet_status(murano, fleet):
+    fleet(3, prefix="gw-")
+    assert cli(murano, "device", "tag", "gw-00001", "north", "canary").stdout.strip() == "gw-00001: canary, north"
+    assert cli(murano, "device", "tag", "gw-00002", "north").returncode == 0
+    untag = cli(murano, "device", "untag", "gw-00001", "canary")
+    assert untag.returncode == 0 and untag.stdout.strip() == "gw-00001: north"
+    wait_for(lambda: all(r["gwe_version"] for r in requests.get(fleet_url(murano, "/gateways"), timeout=10)
+                         .json()["gateways"]), 20, message="every gateway's first report")
+
+    done = cli(murano, "fleet", "status", "--tag", "north", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [r["serial"] for r in rows] == ["gw-00001", "gw-00002"]
+    assert rows[0]["tags"] == ["north"] and rows[0]["gwe_version"] == "0.1.0"
+    assert rows[0]["apps"][0]["name"] == "sensor" and rows[0]["apps"][0]["status"] == "RUNNING"
+    assert rows[0]["memory"]["percent"] > 0 and rows[0]["disk"]["mount"] == "/"
+    assert rows[0]["gmq"]["depth"] is not None and rows[0]["last_seen"] > (time.time() - 60) * 1e6
+    human = cli(murano, "fleet", "status").stdout.splitlines()
+    assert human[0].split()[:3] == ["SERIAL", "TAGS", "LAST"] and len(human) == 4
+    assert "gw-00003" in human[3] and "sensor 1 RUNNING" in human[3]
+
+    for args, error in ((("fleet", "status", "--tag", "nosuch"), "no gateway has tag nosuch"),
+                        (("device", "tag", "ghost", "north"), "no such device"),
+                        (("device", "tag", "gw-00001", "bad tag"), "invalid tag")):
+        bad = cli(murano, *args)
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 1 and len(lines) == 1 and lines[0].startswith("murano-local: error: " + error), lines
+
+
+def test_rollout_cli_refuses_bad_input_with_one_line(murano, fleet, tmp_path):
+    fleet(4, prefix="gw-", tags=("all",))
+    package = make_app(str(tmp_path), "sensor", "2")
+    started = cli(murano, "rollout", "create", "r1", "--package", package, "--tag", "all", "--batch-size", "2",
+                  "--health-window", "30")
+    assert started.returncode == 0, started.stderr
+    assert "uploaded sensor.v2.tar.gz" in started.stderr and started.stdout.startswith("r1: running")
+    (tmp_path / "other").mkdir()
+    other = make_app(str(tmp_path / "other"), "sensor", "2", install_sh="#!/bin/sh\necho different\n")
+    cases = [
+        (("rollout", "create", "r2", "--package", package, "--tag", "nosuch"), "no gateway has tag nosuch"),
+        (("rollout", "create", "r2", "--package", str(tmp_path / "gone.v1.tar.gz"), "--tag", "all"),
+         "cannot read package"),
+        (("rollout", "create", "r2", "--package", package, "--tag", "all"),
+         "rollout r1 (running) already rolls sensor out to"),
+        (("rollout", "create", "r1", "--package", package, "--tag", "all"), "rollout r1 already exists"),
+        (("rollout", "create", "r2", "--package", other, "--tag", "all"), "content sensor.v2.tar.gz differs"),
+        (("rollout", "create", "r2", "--package", package, "--tag", "all", "--batch-size", "0"), "batch size"),
+        (("rollout", "pause", "nosuch"), "no rollout nosuch"),
+    ]
+    for args, error in cases:
+        bad = cli(murano, *args)
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 1 and len(lines) == 1 and error in lines[0], (args, bad.stderr)
+    listed = json.loads(cli(murano, "rollout", "status", "--json").stdout)
+    assert [r["name"] for r in listed] == ["r1"]
+    paused = cli(murano, "rollout", "pause", "r1")
+    assert paused.returncode == 0 and paused.stdout.startswith("r1: paused")
+    again = cli(murano, "rollout", "pause", "r1")
+    assert again.returncode == 1 and again.stderr.strip() == "murano-local: error: cannot pause rollout r1: it is paused"
+    assert cli(murano, "rollout", "abort", "r1").stdout.startswith("r1: aborted")
+
+
+def test_simulated_rollout_halts_at_the_threshold_and_leaves_the_rest_untouched(murano, fleet, tmp_path):
+    mix = "success=0.6,rolled_back=0.2,failed=0.2"
+    sim = fleet(20, prefix="gw-", tags=("all",), mix=mix)
+    package = make_app(str(tmp_path), "sensor", "2")
+    assert cli(murano, "rollout", "create", "r1", "--package", package, "--tag", "all", "--batch-size", "4",
+               "--max-failures", "3", "--health-window", "1").returncode == 0
+    halted = wait_rollout(murano, "r1", ("halted", "completed"), 60)
+    assert halted["state"] == "halted", halted
+    failed = [t for t in halted["targets"] if t["state"] == "failed"]
+    assert len(failed) >= 3 and halted["reason"].startswith("%d of 20 gateways failed (halts at 3)" % len(failed))
+    outcome = {g.serial: g.outcome for g in sim.gateways}
+    for t in failed:
+        assert outcome[t["serial"]] in ("rolled_back", "failed") and t["detail"].startswith(
+            "fetch_status " + outcome[t["serial"]])
+    for t in halted["targets"]:
+        if t["state"] == "healthy":
+            assert outcome[t["serial"]] == "success"
+            assert t["finished_us"] - t["answered_us"] >= 1e6  # the window, from the report's uptime
+    untouched = [t for t in halted["targets"] if t["state"] == "skipped"]
+    assert untouched and all(t["requested_us"] is None for t in untouched)
+    for t in untouched:  # never asked: no engine_fetch set, no install, the old version reported
+        state = murano.state(t["serial"])
+        assert "engine_fetch" not in state and fetch_statuses(murano, t["serial"]) == []
+        report = json.loads(state["engine_report"]["reported"])
+        assert {"sensor": "1"} == {k: v["version"] for a in report["apps"] for k, v in a.items() if k == "sensor"}
+    batches = sorted({t["batch"] for t in halted["targets"] if t["requested_us"]})
+    assert batches == list(range(1, len(batches) + 1))
+    firsts = {b: min(t["requested_us"] for t in halted["targets"] if t["batch"] == b) for b in batches}
+    for b in batches[1:]:  # a batch is asked only after every gateway of the one before finished
+        assert firsts[b] >= max(t["finished_us"] for t in halted["targets"] if t["batch"] == b - 1)
+
+
+def test_health_window_catches_a_crash_and_a_silent_gateway_times_out(murano, fleet, tmp_path):
+    bounds = parse_mix("crash=1,silent=1")
+    serials = ["gw-%05d" % i for i in range(1, 5)]
+    assert {draw(bounds, s, 1) for s in serials} == {"crash", "silent"}  # the seed gives both
+    fleet(4, prefix="gw-", tags=("all",), mix="crash=1,silent=1")
+    package = make_app(str(tmp_path), "sensor", "2")
+    created = requests.post(fleet_url(murano, "/rollouts"), timeout=10, json={
+        "name": "r1", "package": "sensor.v2.tar.gz", "tags": ["all"], "batch_size": "100%", "max_failures": "100%",
+        "health_window": 1, "fetch_timeout": 3, "report_timeout": 2})
+    assert created.status_code == 404 and "no package sensor.v2.tar.gz" in created.text
+    assert cli(murano, "rollout", "create", "r1", "--package", package, "--tag", "all", "--batch-size", "100%",
+               "--max-failures", "100%", "--health-window", "1", "--fetch-timeout", "3",
+               "--report-timeout", "2").returncode == 0
+    done = wait_rollout(murano, "r1", ("halted",), 30)
+    details = {t["serial"]: t["detail"] for t in done["targets"]}
+    for s in serials:
+        if draw(bounds, s, 1) == "crash":
+            assert details[s] == "sensor 2 FATAL after the install"
+        else:
+            assert details[s] == "no fetch_status within 3s of the request"
+    assert rollout(murano, "r1")["failures"] == 4
+
+
+def test_a_restart_mid_rollout_resumes_without_asking_anyone_twice(murano, fleet, tmp_path):
+    fleet(12, prefix="gw-", tags=("all",))
+    package = make_app(str(tmp_path), "sensor", "2")
+    assert cli(murano, "rollout", "create", "r1", "--package", package, "--tag", "all", "--batch-size", "3",
+               "--health-window", "1").returncode == 0
+    wait_for(lambda: rollout(murano, "r1")["batch"] >= 2, 30, interval=0.05, message="second batch asked")
+    murano.kill()
+    murano.start()
+    before = rollout(murano, "r1")
+    assert before["state"] == "running" and before["batch"] >= 2
+    done = wait_rollout(murano, "r1", ("completed",), 60)
+    assert done["counts"]["healthy"] == 12 and done["reason"] == "every gateway answered"
+    for t in done["targets"]:
+        statuses = fetch_statuses(murano, t["serial"], "sensor.v2.tar.gz")
+        assert [s["status"] for s in statuses] == ["installed"], (t["serial"], statuses)
