@@ -104,7 +104,8 @@ def test_simulated_rollout_halts_at_the_threshold_and_leaves_the_rest_untouched(
     halted = wait_rollout(murano, "r1", ("halted", "completed"), 60)
     assert halted["state"] == "halted", halted
     failed = [t for t in halted["targets"] if t["state"] == "failed"]
-    assert len(failed) >= 3 and halted["reason"].startswith("%d of 20 gateways failed (halts at 3)" % len(failed))
+    halted_at = int(halted["reason"].split(" of 20 gateways failed (halts at 3): ")[0])
+    assert 3 <= halted_at <= len(failed)  # the gateways in flight at the halt are still judged
     outcome = {g.serial: g.outcome for g in sim.gateways}
     for t in failed:
         assert outcome[t["serial"]] in ("rolled_back", "failed") and t["detail"].startswith(
