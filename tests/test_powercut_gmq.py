@@ -13,36 +13,14 @@ import threading
 import time
 
 import pytest
-import requests
 
 from fault_proxy import FaultProxy
 from gmq_harness import GmqProcess
 from harness import wait_for
-from lab import count, figure, kill_users, rng
+from lab import count, figure, kill_users, produce, rng
 
 PRODUCERS = 4
 BATCH = 100
-
-
-def produce(url, serial, stop, acked, next_seq):
-    """Write v=<serial>:<seq>, a new value per attempt; a value counts once it got 204."""
-    session = requests.Session()
-    headers = {"X-Exosite-VMS": "p p %s" % serial, "Content-Type": "application/x-www-form-urlencoded"}
-    while not stop.is_set():
-        seq = next_seq[serial]
-        next_seq[serial] += 1
-        try:
-            ok = session.post(url + "/onep:v1/stack/alias", data="v=%s:%d" % (serial, seq), headers=headers,
-                              timeout=5).status_code == 204
-        except requests.RequestException:
-            ok = False
-        if ok:
-            acked[serial].add(seq)
-        else:
-            session.close()
-            session = requests.Session()
-            time.sleep(0.05)
-    session.close()
 
 
 def patched_gmq_without_commit_fsync(dest):
