@@ -1,8 +1,13 @@
+import re
+
 from setuptools import find_packages, setup
+
+with open("atomic_config/version.py", encoding="utf-8") as _f:  # the one place the version is written
+    VERSION = re.search(r'^VERSION = "([^"]+)"$', _f.read(), re.M).group(1)
 
 setup(
     name="gateway-engine",
-    version="0.1.0",
+    version=VERSION,
     description="Gateway Engine: OTA app hosting, durable message queue and telemetry for Linux IoT gateways",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

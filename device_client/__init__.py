@@ -7,6 +7,7 @@ network usage logged by every ``Device``. The form codec is the Device API contr
 """
 import logging
 
+from atomic_config.version import VERSION as __version__
 from device_api import FormError, decode_alias_query, decode_form, decode_form_dict, encode_form
 
 from . import errors
@@ -23,5 +24,5 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())  # the application
 __all__ = [
     "Backoff", "Conflict", "ContentMismatch", "Device", "DeviceAPIError", "Download", "Forbidden", "FormError",
     "NetworkError", "NotActivated", "NotFound", "RequestError", "ServerError", "TLSError", "UsageLog", "UsageSnapshot",
-    "decode_alias_query", "decode_form", "decode_form_dict", "encode_form", "errors", "usage_report",
+    "__version__", "decode_alias_query", "decode_form", "decode_form_dict", "encode_form", "errors", "usage_report",
 ]

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from atomic_config import gwe_paths
+from atomic_config import ConfigError, gwe_paths, load_gateway_config
 
 from . import errors
 from .device import Device, __version__
@@ -99,8 +99,6 @@ class Context:
             raise GdcError("--token and the CIK argument differ", EXIT_USAGE)
         self.options["token"] = cik
         if not self.options["host"] and not self.options["product_id"]:
-            from gwe.config import ConfigError, load_gateway_config  # the gateway's Murano, as gwe and gmq use it
-
             try:
                 self.options["host"] = load_gateway_config(gwe_paths().gateway_cfg).murano_url
             except ConfigError as exc:

@@ -17,6 +17,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
 from atomic_config import atomic_write, fsync_dir
+from atomic_config.version import VERSION as __version__
 from device_api import MAX_LONG_POLL_MS, check_alias, check_value, format_timestamp
 
 from . import errors
@@ -26,7 +27,6 @@ from .usage import DROPPED, TOP_CONSUMER, UsageLog
 
 log = logging.getLogger(__name__)
 
-__version__ = "0.1.0"
 ProgressCallback = Callable[[int, Optional[int]], None]
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MISSING = object()

@@ -5,7 +5,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
-from atomic_config import DEFAULT_MIN_FREE_DISK, AtomicConfigParser, GwePaths, edit_config, read_config
+from atomic_config import (
+    DEFAULT_MIN_FREE_DISK, AtomicConfigParser, ConfigError as GatewayConfigError, GwePaths, edit_config,
+    load_gateway_config, read_config,
+)
 from device_api import MAX_VALUES_PER_REQUEST
 
 from .queue import POLICIES, Limits
@@ -126,8 +129,6 @@ def _values(cfg: AtomicConfigParser) -> Dict[Tuple[str, str], object]:
 
 def upstream_from_gateway(paths: GwePaths) -> Optional[str]:
     """The Murano URL gwe uses (Gateway.cfg), or None when it has no host or product id yet."""
-    from gwe.config import ConfigError as GatewayConfigError, load_gateway_config
-
     try:
         return load_gateway_config(paths.gateway_cfg).murano_url
     except GatewayConfigError:

@@ -10,7 +10,9 @@ from typing import Optional
 
 from atomic_config import GwePaths, gwe_paths
 
-from . import __version__, clients as clients_mod, config
+from atomic_config.version import VERSION as __version__
+
+from . import clients as clients_mod, config
 from .clients import ClientRegistry
 from .forwarder import Forwarder, UpstreamSettings
 from .http_api import GmqHTTPServer

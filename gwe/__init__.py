@@ -1,3 +1,5 @@
 """Gateway Engine daemon and CLI."""
 
-__version__ = "0.1.0"
+from atomic_config.version import VERSION as __version__
+
+__all__ = ["__version__"]

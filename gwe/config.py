@@ -1,24 +1,25 @@
 """Gateway.cfg and Engine.config: the gateway's identity and the engine's settings.
 
 Both files live under ``GWE_HOME/etc/gwe`` and are only ever rewritten through
-``atomic_config`` (locked read-modify-write). Gateway.cfg holds the token (``cik``),
-so it is created 0600. Empty values are written as ``''`` as the original did.
+``atomic_config`` (locked read-modify-write). The Gateway.cfg model is the shared
+layer's (``atomic_config.gateway_cfg``: gmq and gdc read it too), re-exported here
+under its old names; Engine.config is gwe's own.
 """
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from typing import Dict, Optional
 
 from atomic_config import edit_config, gwe_paths, read_config
+from atomic_config.gateway_cfg import (  # noqa: F401  (gwe's public names for the Gateway.cfg model)
+    DEVICE, DEVICE_KEYS, EMPTY, ConfigError, GatewayConfig, clean_value as _clean, load_gateway_config,
+    stored_value as _stored, update_gateway_config,
+)
 
 log = logging.getLogger(__name__)
 
-DEVICE = "device"
 ENGINE = "engine"
-EMPTY = "''"
-DEVICE_KEYS = ("cik", "model", "vendor", "uuid", "iface", "host")
 ENGINE_DEFAULTS = {
     "update_interval": "14400",
     "debug_level": "INFO",
@@ -31,70 +32,8 @@ TRANSPORTS = ("http", "mqtt")
 DEBUG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-class ConfigError(Exception):
-    """A setting is missing or invalid; the message says which and how to fix it."""
-
-
 def engine_config_path() -> str:
     return gwe_paths().engine_cfg
-
-
-def _clean(value: Optional[str]) -> str:
-    if value is None:
-        return ""
-    value = value.strip()
-    return "" if value in (EMPTY, '""') else value
-
-
-def _stored(value: str) -> str:
-    return value if value else EMPTY
-
-
-@dataclass(frozen=True)
-class GatewayConfig:
-    cik: str = ""
-    model: str = ""
-    vendor: str = ""
-    uuid: str = ""
-    iface: str = ""
-    host: str = ""
-
-    @property
-    def product_id(self) -> str:
-        return self.model or self.vendor
-
-    @property
-    def murano_url(self) -> str:
-        """``host`` if set, else Murano's address for the product."""
-        if self.host:
-            return self.host.rstrip("/")
-        if not self.product_id:
-            raise ConfigError("no product id: run gwe --set-product-id PRODUCT_ID (or set [device] host)")
-        return "https://%s.m2.exosite.io" % self.product_id
-
-
-def load_gateway_config(path: Optional[str] = None) -> GatewayConfig:
-    cfg = read_config(path or gwe_paths().gateway_cfg)
-    values = {k: _clean(cfg.get(DEVICE, k, fallback="")) for k in DEVICE_KEYS}
-    return GatewayConfig(**values)
-
-
-def update_gateway_config(changes: Dict[str, str], path: Optional[str] = None) -> GatewayConfig:
-    """Set ``[device]`` options atomically (``""`` clears one) and return the new config."""
-    unknown = set(changes) - set(DEVICE_KEYS)
-    if unknown:
-        raise ConfigError("unknown Gateway.cfg option(s): %s" % ", ".join(sorted(unknown)))
-    path = path or gwe_paths().gateway_cfg
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with edit_config(path, mode=0o600) as cfg:
-        if not cfg.has_section(DEVICE):
-            cfg.add_section(DEVICE)
-        for key in DEVICE_KEYS:
-            if not cfg.has_option(DEVICE, key):
-                cfg.set(DEVICE, key, EMPTY)
-        for key, value in changes.items():
-            cfg.set(DEVICE, key, _stored(_clean(value)))
-    return load_gateway_config(path)
 
 
 def load_engine_settings(path: Optional[str] = None) -> Dict[str, str]:

@@ -38,10 +38,10 @@ def build_id(versions: Dict[str, Optional[str]]) -> str:
 
 def fetch_gmq_status() -> dict:
     """The local gmq's ``GET /status`` JSON, or ``{"error": ...}`` when gmq does not answer."""
-    from gmq.cli import call
+    import gmq
 
     try:
-        return call("GET", "/status", timeout=2.0)
+        return gmq.status(timeout=2.0)
     except Exception as exc:  # gmq down, gmq.cfg unreadable...: the report goes out anyway
         return {"error": "gmq status unavailable: %s" % exc}
 

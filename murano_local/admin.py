@@ -10,9 +10,9 @@ import re
 from typing import List, Optional, Tuple
 from urllib.parse import parse_qsl
 
+from atomic_config.version import VERSION as __version__
 from device_api import check_alias
 
-from . import __version__
 from .service import Murano
 from .wire import HttpError, Request, Response, json_response, path_segment
 

@@ -10,9 +10,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, List, Optional, Sequence
 
+from atomic_config.version import VERSION as __version__
 from device_api import ContractError
 
-from . import __version__
 from .admin import AdminApi
 from .content import ContentError
 from .device_uploads import DeviceUploadApi

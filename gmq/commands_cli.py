@@ -1,4 +1,4 @@
-"""gmq's management subcommands (click): cfg, reread, status."""
+"""gmq's management subcommands (click): serve, cfg, reread, status, clear-alarms."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,11 @@ import click
 
 from atomic_config import gwe_paths
 
-from . import __version__, config
-from .cli import call, serve as run_server
+from atomic_config.version import VERSION as __version__
+
+from . import config
+from .client import GmqClientError, call
+from .serve_cli import serve as run_server
 
 
 def fail(message: str) -> None:
@@ -93,7 +96,7 @@ def ask(method: str, path: str, indent: Optional[int] = None) -> None:
     """Call the running gmq and print its JSON answer; one line on stderr if it fails."""
     try:
         result = call(method, path)
-    except (RuntimeError, config.ConfigError) as exc:
+    except GmqClientError as exc:
         fail(str(exc))
     click.echo(json.dumps(result, indent=indent, sort_keys=True))
 
