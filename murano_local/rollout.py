@@ -463,9 +463,12 @@ class RolloutEngine:
             for rollout in self.repo.load(states=ACTIVE + (HALTED,)):
                 if rollout.state in ACTIVE or rollout.in_flight():
                     self._track(rollout)
-                    if rollout.state in ACTIVE:
-                        log.info("rollout %s/%s resumed (%s, batch %d of %d)", rollout.pid, rollout.spec.name,
-                                 rollout.state, rollout.current_batch(), rollout.batch_count)
+                if rollout.state in ACTIVE:
+                    log.info("rollout %s/%s resumed (%s, batch %d of %d)", rollout.pid, rollout.spec.name,
+                             rollout.state, rollout.current_batch(), rollout.batch_count)
+                    lost = [t for t in rollout.in_flight() if self._taken_unanswered(rollout, t)]
+                    if lost:
+                        self._request(rollout, lost, again=True)
         self._thread = threading.Thread(target=self._run, name="rollouts", daemon=True)
         self._thread.start()
         return self
@@ -664,8 +667,22 @@ class RolloutEngine:
                 t.move("skip", "rollout halted", now)
         log.warning("rollout %s/%s halted: %s", rollout.pid, rollout.spec.name, rollout.reason)
 
-    def _request(self, rollout: Rollout, batch: List[Target]) -> None:
-        """Ask one batch: the engine_fetch sets and the targets' new state in one transaction."""
+    def _taken_unanswered(self, rollout: Rollout, target: Target) -> bool:
+        """A gateway took the request (cleared engine_fetch) but no fetch_status of the package came:
+        gwe loses the answer to an install that ran while murano_local was down (its download or
+        its fetch_status write failed), so after a restart such a gateway is asked once more."""
+        if target.state != REQUESTED:
+            return False
+        store = self.murano.store
+        state = store.state(rollout.pid, target.identity, [ENGINE_FETCH]).get(ENGINE_FETCH)
+        if state is None or state["set"] == rollout.spec.engine_fetch:
+            return False  # still pending: the gateway will take it
+        return not any(status.get("package") == rollout.spec.package for _ts, status in
+                       self._read_evidence(rollout.pid, target).fetches)
+
+    def _request(self, rollout: Rollout, batch: List[Target], again: bool = False) -> None:
+        """Ask one batch: the engine_fetch sets and the targets' new state in one transaction
+        (``again``: the targets were asked before a restart and lost the request)."""
         store, spec = self.murano.store, rollout.spec
         value = spec.engine_fetch
         asked: List[Tuple[str, int]] = []
@@ -677,7 +694,10 @@ class RolloutEngine:
                 except NotFound:
                     t.move("fail", "device removed from murano_local", store.clock.now_us())
                     continue
-                t.move("request", "asked to install %s" % spec.package)
+                if again:
+                    t.detail, t.dirty = "asked again after a restart of murano_local (no answer to the first ask)", True
+                else:
+                    t.move("request", "asked to install %s" % spec.package)
                 t.requested_us = ts
                 asked.append((t.identity, ts))
             rollout.updated_us = store.clock.now_us()
@@ -693,9 +713,10 @@ class RolloutEngine:
         from .events import Change
         for identity, ts in asked:  # wake the gateways' long polls (and MQTT pushes) after the commit
             self.murano.hub.publish(Change("set", rollout.pid, identity, ((ENGINE_FETCH, value),), ts))
-            self._watch(rollout.pid, identity)
-        log.info("rollout %s/%s: batch %d of %d asked (%d gateways)", rollout.pid, spec.name,
-                 rollout.current_batch(), rollout.batch_count, len(asked))
+            if not again:
+                self._watch(rollout.pid, identity)
+        log.info("rollout %s/%s: batch %d of %d asked%s (%d gateways)", rollout.pid, spec.name,
+                 rollout.current_batch(), rollout.batch_count, " again" if again else "", len(asked))
 
     def _persist(self, rollout: Rollout) -> None:
         try:

@@ -167,7 +167,9 @@ class SimulatedGateway:
         status = {"name": name, "version": version, "package": package, "exit_code": 0, "output": "",
                   "error": None, "step": None, "previous_version": previous, "running_version": version,
                   "timings": {"total": 1.0}, "started_at": now - 1, "finished_at": now, "status": "installed"}
-        if self.outcome == "failed":
+        if previous == version:  # as otau answers a repeated request
+            status.update(output="%s %s is already installed; nothing done" % (name, version))
+        elif self.outcome == "failed":
             status.update(status="failed", exit_code=1, step="install", error="install.sh exited 1",
                           running_version=previous)
         elif self.outcome == "rolled_back":

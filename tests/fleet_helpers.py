@@ -25,6 +25,11 @@ def fleet_url(murano, suffix: str = "") -> str:
     return "%s/api:1/service/%s/fleet%s" % (murano.url, PRODUCT, suffix)
 
 
+def tag(murano, identity: str, *tags: str) -> None:
+    resp = requests.post(fleet_url(murano, "/gateways/%s/tags" % identity), json={"add": list(tags)}, timeout=10)
+    resp.raise_for_status()
+
+
 def rollout(murano, name: str) -> dict:
     resp = requests.get(fleet_url(murano, "/rollouts/" + name), timeout=10)
     resp.raise_for_status()
@@ -92,3 +97,12 @@ class RealGateway:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc, timeout=30)
+
+
+def stop_all(gateways) -> None:
+    """SIGTERM every gateway's supervisord at once, then wait for each (SIGKILL after 30 s)."""
+    for gw in gateways:
+        if gw.proc is not None and gw.proc.poll() is None:
+            gw.proc.terminate()
+    for gw in gateways:
+        gw.stop()

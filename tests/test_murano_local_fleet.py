@@ -321,12 +321,16 @@ def test_pause_resume_abort_and_a_restart_resumes_where_it_was(murano, tmp_path)
     engine.act(PID, "r1", "resume")
     engine.step()
     assert _asked(murano, "gw-1") is not None
+    murano.write(PID, "gw-1", [("engine_fetch", "")])  # taken; the answer is lost with the server
     murano.close()
 
     again = Murano(str(tmp_path / "data"), default_pid=PID)
     try:
         resumed = RolloutEngine(again).start()
         try:
+            assert _asked(again, "gw-1") is not None  # asked once more: its first answer never came
+            target = resumed.status(PID, "r1")[0]["targets"][1]
+            assert target["state"] == "requested" and target["detail"].startswith("asked again after a restart")
             _answer(again, "gw-1", "installed")
             resumed.step()
             status = resumed.status(PID, "r1")[0]
