@@ -106,3 +106,21 @@ def stop_all(gateways) -> None:
             gw.proc.terminate()
     for gw in gateways:
         gw.stop()
+
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000")
+
+
+def chromium(profile_dir: str):
+    """A real headless Chromium (Debian's chromium + chromium-driver, installed by scripts/test) driven by
+    selenium, with a fresh profile; the driver path is given so selenium never looks for one to download."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument("--user-data-dir=" + profile_dir)
+    options.binary_location = "/usr/bin/chromium"
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
