@@ -18,7 +18,7 @@ from typing import BinaryIO, Callable, NamedTuple, Optional
 from urllib.parse import urlsplit
 
 from . import errors
-from .form import encode_form
+from device_api import encode_form
 
 log = logging.getLogger(__name__)
 
