@@ -21,7 +21,7 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
-@click.group(invoke_without_command=True)
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-v", "--version", prog_name="gmq")
 @click.option("-g", "--cfg-path", is_flag=True, help="Print the path of gmq.cfg and exit.")
 @click.pass_context

@@ -1,3 +1,4 @@
+"""``python -m murano_local`` runs the ``murano-local`` CLI."""
 from .cli import main
 
-main()
+main(prog_name="murano-local")
