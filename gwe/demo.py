@@ -22,6 +22,7 @@ from urllib.parse import quote
 import click
 
 from atomic_config import gwe_paths
+from supervisor.states import ProcessStates
 
 from .supervisor_conf import MAX_SOCKET_PATH
 
@@ -162,7 +163,8 @@ class Demo:
             if proc.poll() is not None:
                 with open(os.path.join(self.paths.log, "supervisord.out.log"), errors="replace") as f:
                     raise DemoError("supervisord exited: %s" % f.read().strip().splitlines()[-2:])
-            return {p["name"]: p["statename"] for p in sup.all_processes()} == {"gwe": "RUNNING", "gmq": "RUNNING"}
+            return {p["name"]: p["state"] for p in sup.all_processes()} == {"gwe": ProcessStates.RUNNING,
+                                                                            "gmq": ProcessStates.RUNNING}
         _wait("gwe and gmq RUNNING", suite_running, 30)
         _wait("gwe to activate and report", lambda: self.reported(GATEWAY, "engine_report"), 30)
         click.echo("    gwe activated as %s and wrote engine_report, device_info, usage_report" % GATEWAY)
@@ -190,7 +192,7 @@ class Demo:
         asked = time.monotonic()
         self._admin("PATCH", "/device2/identity/%s/state" % GATEWAY,
                     json={"engine_fetch": json.dumps({"install": [{"name": package}]})})
-        _wait("%s RUNNING" % APP, lambda: any(p["name"] == APP and p["statename"] == "RUNNING"
+        _wait("%s RUNNING" % APP, lambda: any(p["name"] == APP and p["state"] == ProcessStates.RUNNING
                                              for p in self.supervisor.all_processes()), 30)
         running_after = time.monotonic() - asked
         click.echo("    %s RUNNING under supervisord %.1f s after the request" % (APP, running_after))

@@ -8,6 +8,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from atomic_config import GwePaths
+from supervisor.states import ProcessStates
 
 from . import __version__
 
@@ -68,7 +69,7 @@ def engine_report(paths: GwePaths, processes: Callable[[], List[dict]],
         if info is None:  # a one-off app: installed, nothing for supervisord to run
             entry = {"exitstatus": 0, "status": "INSTALLED", "uptime": 0, "version": version}
         else:
-            up = info.get("now", 0) - info.get("start", 0) if info.get("statename") == "RUNNING" else 0
+            up = info.get("now", 0) - info.get("start", 0) if info.get("state") == ProcessStates.RUNNING else 0
             entry = {"exitstatus": info.get("exitstatus"), "status": info.get("statename"),
                      "uptime": max(0, int(up)), "version": version}
         apps.append({name: entry})

@@ -1,4 +1,5 @@
 """Every error otau raises; ``step`` names the pipeline step for fetch_status."""
+from typing import Optional
 
 
 class OtauError(Exception):
@@ -21,8 +22,12 @@ class UnpackError(OtauError):
 
 
 class SupervisorError(OtauError):
-    """supervisord is unreachable or refused a request."""
+    """supervisord is unreachable or refused a request (``fault``: its ``supervisor.xmlrpc.Faults`` code)."""
     step = "supervisor"
+
+    def __init__(self, message: str, fault: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.fault = fault
 
 
 class BuildError(OtauError):

@@ -42,8 +42,17 @@ def guard_argv(paths: GwePaths, name: str, version: str, max_attempts: int) -> L
     The guard needs only the standard library, so it runs on the base interpreter: the
     virtualenv gwe runs in may be an over-the-air version that is pruned later.
     """
-    base = getattr(sys, "_base_executable", None) or sys.executable
-    return [os.path.realpath(base), guard_path(paths), marker_path(paths, name), version, str(max_attempts)]
+    return [base_interpreter(), guard_path(paths), marker_path(paths, name), version, str(max_attempts)]
+
+
+def base_interpreter() -> str:
+    """The interpreter of the Python installation below any virtualenv (``sys.base_prefix``)."""
+    if sys.base_prefix != sys.prefix:
+        for name in ("python%d.%d" % sys.version_info[:2], "python3", "python"):
+            candidate = os.path.join(sys.base_prefix, "bin", name)
+            if os.access(candidate, os.X_OK):
+                return os.path.realpath(candidate)
+    return os.path.realpath(sys.executable)
 
 
 def write_marker(paths: GwePaths, name: str, version: str, conf_path: str, app_root: str,

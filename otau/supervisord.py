@@ -20,13 +20,16 @@ import xmlrpc.client
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Set
 
+from supervisor.states import RUNNING_STATES, STOPPED_STATES, ProcessStates, SupervisorStates
+from supervisor.xmlrpc import Faults
+
 from .errors import SupervisorError
 
 log = logging.getLogger(__name__)
 
-BAD_STATES = ("FATAL", "EXITED", "BACKOFF", "STOPPED", "UNKNOWN")
-STOPPED_STATES = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")  # supervisor.states.STOPPED_STATES
-RUNNING_STATES = ("RUNNING", "BACKOFF", "STARTING")  # supervisor.states.RUNNING_STATES
+# A process in one of these fails the health gate (STOPPED only once it has been seen started).
+BAD_STATES = (ProcessStates.FATAL, ProcessStates.EXITED, ProcessStates.BACKOFF, ProcessStates.STOPPED,
+              ProcessStates.UNKNOWN)
 POLL_S = 0.1
 HELPER = "import sys; from otau.supervisord import main; sys.exit(main(sys.argv[1:]))"
 
@@ -62,14 +65,15 @@ class Supervisor:
         try:
             return getattr(target, method)(*args)
         except (xmlrpc.client.Fault, OSError, xmlrpc.client.ProtocolError) as exc:
-            raise SupervisorError("supervisord %s%r failed: %s" % (method, args, _fault_text(exc)))
+            raise SupervisorError("supervisord %s%r failed: %s" % (method, args, _fault_text(exc)),
+                                  fault=exc.faultCode if isinstance(exc, xmlrpc.client.Fault) else None)
 
     def check(self) -> None:
         try:
             state = self._call("getState")
         except SupervisorError as exc:
             raise SupervisorError("supervisord is not reachable at %s: %s" % (self.socket_path, exc))
-        if state.get("statename") != "RUNNING":
+        if state.get("statecode") != SupervisorStates.RUNNING:
             raise SupervisorError("supervisord is %s" % state.get("statename"))
 
     def all_processes(self) -> List[Dict]:
@@ -140,9 +144,9 @@ class Supervisor:
             try:
                 self._call("addProcessGroup", group)
             except SupervisorError as exc:
-                if "ALREADY_ADDED" not in str(exc):
-                    if "BAD_NAME" in str(exc):
-                        return "absent"
+                if exc.fault == Faults.BAD_NAME:
+                    return "absent"
+                if exc.fault != Faults.ALREADY_ADDED:
                     raise
             return "changed" if group in changed else "added"
         self._start_if_stopped(group)
@@ -150,11 +154,11 @@ class Supervisor:
 
     def _start_if_stopped(self, group: str) -> None:
         for proc in self.group_processes(group):
-            if proc["statename"] in ("STOPPED", "EXITED", "FATAL"):
+            if proc["state"] in (ProcessStates.STOPPED, ProcessStates.EXITED, ProcessStates.FATAL):
                 try:
                     self._call("startProcess", "%s:%s" % (group, proc["name"]), False)
                 except SupervisorError as exc:
-                    if "ALREADY_STARTED" not in str(exc):
+                    if exc.fault != Faults.ALREADY_STARTED:
                         raise
 
     def _remove(self, group: str, stop_timeout: float = 60.0) -> None:
@@ -164,27 +168,27 @@ class Supervisor:
         while True:
             while True:
                 procs = self.group_processes(group)
-                if not procs or all(p["statename"] in STOPPED_STATES for p in procs):
+                if not procs or all(p["state"] in STOPPED_STATES for p in procs):
                     break
                 if time.monotonic() >= deadline:
                     raise SupervisorError("%s did not stop within %.0fs" % (group, stop_timeout))
-                if any(p["statename"] in RUNNING_STATES for p in procs):
+                if any(p["state"] in RUNNING_STATES for p in procs):
                     self._stop_group(group)
                 time.sleep(POLL_S / 2)
             try:
                 self._call("removeProcessGroup", group)
                 return
             except SupervisorError as exc:
-                if "BAD_NAME" in str(exc):
+                if exc.fault == Faults.BAD_NAME:
                     return
-                if "STILL_RUNNING" not in str(exc) or time.monotonic() >= deadline:
+                if exc.fault != Faults.STILL_RUNNING or time.monotonic() >= deadline:
                     raise
 
     def _stop_group(self, group: str) -> None:
         try:
             self._call("stopProcessGroup", group, False)
         except SupervisorError as exc:
-            if "BAD_NAME" not in str(exc):
+            if exc.fault != Faults.BAD_NAME:
                 log.warning("stopping %s: %s", group, exc)
 
     def wait_healthy(self, group: str, startsecs: float, settle: float, timeout: float) -> Health:
@@ -206,24 +210,24 @@ class Supervisor:
             else:
                 ok = True
                 for proc in procs:
-                    state = proc["statename"]
+                    state, statename = proc["state"], proc["statename"]
                     name = proc["name"]
-                    if state != "STOPPED":
+                    if state != ProcessStates.STOPPED:
                         started.add(name)
-                    if state in BAD_STATES and (state != "STOPPED" or name in started):
-                        if state == "EXITED":
+                    if state in BAD_STATES and (state != ProcessStates.STOPPED or name in started):
+                        if state == ProcessStates.EXITED:
                             detail = "exited with status %s" % proc.get("exitstatus")
                         else:
                             detail = proc.get("spawnerr") or proc.get("description") or ""
-                        return Health(False, state, "%s is %s: %s" % (name, state, detail))
-                    if state == "RUNNING":
+                        return Health(False, statename, "%s is %s: %s" % (name, statename, detail))
+                    if state == ProcessStates.RUNNING:
                         if pids.setdefault(name, proc["pid"]) != proc["pid"]:
                             return Health(False, "RESTARTED", "%s restarted during the health check" % name)
                         if now - running_since.setdefault(name, now) < settle:
                             ok = False
                     else:
                         ok = False
-                    last = Health(False, state, "%s is %s" % (name, state))
+                    last = Health(False, statename, "%s is %s" % (name, statename))
                 if ok:
                     return Health(True, "RUNNING", "running, settled for %.1fs" % settle)
             time.sleep(POLL_S)

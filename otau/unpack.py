@@ -79,12 +79,17 @@ _METADATA_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, ta
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
-    """tarfile reads pax and GNU long-name headers whole into memory: cap them before it does."""
+    """tarfile reads pax and GNU long-name headers whole into memory: cap them before it does.
 
-    def _proc_member(self, tarfile_obj):  # tarfile's own hook, stable from 3.9 to 3.13
-        if self.type in _METADATA_TYPES and self.size > MAX_METADATA_BYTES:
-            raise tarfile.HeaderError("a %d-byte metadata header (limit %d)" % (self.size, MAX_METADATA_BYTES))
-        return super()._proc_member(tarfile_obj)
+    ``frombuf`` (public) builds each header from its 512-byte block, before its data is read.
+    """
+
+    @classmethod
+    def frombuf(cls, buf, encoding, errors):
+        info = super().frombuf(buf, encoding, errors)
+        if info.type in _METADATA_TYPES and info.size > MAX_METADATA_BYTES:
+            raise tarfile.HeaderError("a %d-byte metadata header (limit %d)" % (info.size, MAX_METADATA_BYTES))
+        return info
 
 
 MAX_MANIFEST_BYTES = 16 << 20
