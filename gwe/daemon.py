@@ -2,12 +2,20 @@
 
 A long poll instead of a sleep means an OTAU starts as soon as the operator asks, not up
 to ``update_interval`` later. Network errors and garbage answers are retried with
-backoff (never a busy loop); SIGTERM ends the current wait at once and exits cleanly.
+backoff (never a busy loop). SIGTERM only sets a flag and wakes the current wait
+(:class:`StopRequest`): a long poll or a backoff wait ends at once, while an activation, the
+saving of its token, or an install in progress always completes first.
+
+``GWE_TEST_HOLD_AT=<point>`` with ``GWE_TEST_HOLD_DIR=<dir>`` is a test hook: at that point
+the daemon creates ``<dir>/<point>.reached`` and waits for ``<dir>/<point>.release``. The point
+is ``activated`` (Murano has handed out the token, Gateway.cfg does not hold it yet).
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
+import select
 import signal
 import threading
 import time
@@ -30,8 +38,55 @@ MAX_POLL_S = 300.0
 ERROR_BACKOFF = (1.0, 60.0)
 
 
+HOLD_ENV, HOLD_DIR_ENV = "GWE_TEST_HOLD_AT", "GWE_TEST_HOLD_DIR"
+
+
 class Shutdown(Exception):
-    """Raised out of an interruptible wait when SIGTERM arrives."""
+    """Raised by gwe's own waits once a stop was requested (never from a signal handler)."""
+
+
+class StopRequest:
+    """A stop flag that a signal handler may set, and a wait it wakes (the self-pipe trick)."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self.requested = False
+
+    def request(self, signum=None, frame=None) -> None:
+        """The signal handler: set the flag, wake the wait; nothing is raised into running code."""
+        self.requested = True
+        self.wake()
+
+    def wake(self) -> None:
+        try:
+            os.write(self._write, b"\0")
+        except OSError:  # the pipe is full: a wake-up is pending anyway
+            pass
+
+    def wait(self, seconds: Optional[float]) -> bool:
+        """Sleep until woken or ``seconds`` pass (None: until woken); True once a stop is requested."""
+        if not self.requested:
+            readable, _, _ = select.select([self._read], [], [], seconds)
+            if readable:
+                try:
+                    while os.read(self._read, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+        return self.requested
+
+
+def _hold(point: str) -> None:
+    """The test hook (module docstring)."""
+    if os.environ.get(HOLD_ENV) != point or not os.environ.get(HOLD_DIR_ENV):
+        return
+    base = os.path.join(os.environ[HOLD_DIR_ENV], point)
+    open(base + ".reached", "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(base + ".release") and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class Engine:
@@ -40,37 +95,54 @@ class Engine:
     def __init__(self, paths: Optional[GwePaths] = None, once: bool = False) -> None:
         self.paths = paths or gwe_paths()
         self.once = once
-        self.stopping = threading.Event()
-        self._interruptible = False
+        self.stop = StopRequest()
         self.device = None
         self._since: Optional[float] = None
-        self._pending_statuses: List[dict] = []
+        self._pending_statuses: List = []  # FetchStatus objects to report once activated
         self.link = LinkState()
 
     # --- signals and waits ---
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+            signal.signal(sig, self.stop.request)
 
-    def _on_signal(self, signum, frame) -> None:
-        log.info("signal %d: stopping", signum)
-        self.stopping.set()
-        if self._interruptible:
+    def _check_stop(self) -> None:
+        if self.stop.requested:
             raise Shutdown()
-
-    def _interruptibly(self, call: Callable, *args, **kwargs):
-        if self.stopping.is_set():
-            raise Shutdown()
-        self._interruptible = True
-        try:
-            return call(*args, **kwargs)
-        finally:
-            self._interruptible = False
 
     def _wait(self, seconds: float) -> None:
-        if self.stopping.wait(seconds):
-            raise Shutdown()
+        deadline = time.monotonic() + seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if self.stop.wait(max(0.0, remaining)):
+                raise Shutdown()
+            if remaining <= 0:
+                return
+
+    def _abandonable(self, call: Callable, *args, **kwargs):
+        """Run a call that changes nothing (the long poll) in a worker thread, and give it up as soon
+        as a stop is requested: the process then exits without waiting up to 300 s for it."""
+        self._check_stop()
+        done = threading.Event()
+        box: Dict = {}
+
+        def work() -> None:
+            try:
+                box["value"] = call(*args, **kwargs)
+            except BaseException as exc:  # handed to the waiting thread
+                box["error"] = exc
+            finally:
+                done.set()
+                self.stop.wake()
+
+        threading.Thread(target=work, name="gwe-long-poll", daemon=True).start()
+        while not done.is_set():
+            if self.stop.wait(None):
+                raise Shutdown()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     # --- the loop ---
 
@@ -83,6 +155,7 @@ class Engine:
             backoff = Backoff(*ERROR_BACKOFF)
             while True:
                 try:
+                    self._check_stop()
                     self.cycle()
                     backoff.reset()
                     if self.once:
@@ -100,7 +173,7 @@ class Engine:
                         return 1
                     self._wait(delay)
         except Shutdown:
-            log.info("stopped")
+            log.info("stop requested (SIGTERM): stopped")
             return 0
         finally:
             if self.device is not None:
@@ -128,8 +201,8 @@ class Engine:
                 values = self.device.read(*WATCHED)
             else:
                 polled = time.monotonic()
-                values, self._since = self._interruptibly(self.device.long_poll, list(WATCHED),
-                                                          timeout_ms=timeout_ms, since=self._since)
+                values, self._since = self._abandonable(self.device.long_poll, list(WATCHED),
+                                                        timeout_ms=timeout_ms, since=self._since)
             self._link_ok()
             new_interval = self.handle(values)
             if self.once:
@@ -156,15 +229,13 @@ class Engine:
     def _recover_installs(self) -> None:
         from otau import recover
 
+        from otau import FetchStatus
+
         try:
-            self._pending_statuses = [s.to_dict() for s in recover(self.paths)]
+            self._pending_statuses = recover(self.paths)
         except Exception as exc:  # a failed recovery must not keep gwe from reporting it
             log.error("install recovery failed: %s", _describe(exc))
-            now = time.time()
-            self._pending_statuses = [{"name": None, "version": None, "package": None, "status": "failed",
-                                       "step": "recover", "error": "install recovery failed: %s" % _describe(exc),
-                                       "exit_code": None, "output": "", "timings": {},
-                                       "started_at": now, "finished_at": now}]
+            self._pending_statuses = [FetchStatus.failure("install recovery failed: %s" % _describe(exc), "recover")]
 
     def _activated_device(self):
         """A Device with a token, activating (with retries) when Gateway.cfg has none.
@@ -194,7 +265,10 @@ class Engine:
                 retry = float(settings["activation_retry_interval"])
                 backoff = Backoff(min(retry, 5.0), retry)
             try:
-                token = self._interruptibly(device.activate)
+                self._check_stop()
+                # Murano hands a token out once: from here until it is saved nothing may stop us
+                token = device.activate()
+                _hold("activated")
                 config.update_gateway_config({"cik": token})
                 log.info("activated as %s", serial)
                 return device
@@ -229,7 +303,7 @@ class Engine:
         from .engine_report import engine_report, fetch_gmq_status
 
         for status in self._pending_statuses:
-            self.device.write({FETCH_STATUS: json.dumps(status, sort_keys=True)})
+            self._write_status(status)
         self._pending_statuses = []
         usage = UsageLog()
         snapshot = usage.snapshot()
@@ -277,27 +351,28 @@ class Engine:
         self.device.write({UPDATE_INTERVAL: ""})
         return float(seconds) if seconds is not None else None
 
+    def _write_status(self, status) -> None:
+        self.device.write({FETCH_STATUS: status.to_json()})
+
     def _run_fetch(self, raw: str) -> None:
+        from otau import FetchStatus
+
         self.device.write({ENGINE_FETCH: ""})  # taken: the original's "downloading and installing" signal
         try:
             jobs = parse_engine_fetch(raw)
         except FetchRequestError as exc:
             log.warning("bad engine_fetch: %s", exc)
-            self.device.write({FETCH_STATUS: json.dumps(request_error_status(raw, str(exc)), sort_keys=True)})
+            self._write_status(request_error_status(raw, str(exc)))
             return
         for job in jobs:
-            if self.stopping.is_set():  # SIGTERM: the install in progress was finished; start no other
-                status = request_error_status(raw, "gwe stopped before installing %s; ask again" % job.name)
-                from otau import parse_package_name
-
-                package = parse_package_name(job.name)
-                status.update(package=job.name, name=package.name, version=package.version)
-                self.device.write({FETCH_STATUS: json.dumps(status, sort_keys=True)})
+            if self.stop.requested:  # SIGTERM: the install in progress was finished; start no other
+                self._write_status(FetchStatus.failure("gwe stopped before installing %s; ask again" % job.name,
+                                                       "request", package=job.package, request=raw))
                 continue
             log.info("engine_fetch: installing %s", job.name)
             status = fetch_and_install(self.device, job, self.paths)
-            log.info("engine_fetch: %s -> %s", job.name, status["status"])
-            self.device.write({FETCH_STATUS: json.dumps(status, sort_keys=True)})
+            log.info("engine_fetch: %s -> %s", job.name, status.status)
+            self._write_status(status)
 
 
 def _version() -> str:

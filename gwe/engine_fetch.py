@@ -7,9 +7,12 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from atomic_config import GwePaths
+
+if TYPE_CHECKING:
+    from otau import FetchStatus, PackageName
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +27,12 @@ class FetchRequestError(ValueError):
 
 @dataclass(frozen=True)
 class InstallJob:
-    name: str
+    package: "PackageName"     # the request's name, parsed once here
     sha256: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        return self.package.filename
 
 
 def parse_engine_fetch(raw: str) -> List[InstallJob]:
@@ -52,31 +59,29 @@ def parse_engine_fetch(raw: str) -> List[InstallJob]:
         if "/" in entry["name"] or "\\" in entry["name"]:
             raise FetchRequestError("package name %r must be a bare file name" % entry["name"][:80])
         try:
-            parse_package_name(entry["name"])
+            package = parse_package_name(entry["name"])
         except PackageError as exc:
             raise FetchRequestError(str(exc)) from None
         sha = entry.get("sha256")
         if sha is not None and (not isinstance(sha, str) or not SHA256_RE.match(sha)):
             raise FetchRequestError("sha256 of %s must be 64 hex digits" % entry["name"])
-        jobs.append(InstallJob(entry["name"], sha.lower() if sha else None))
+        jobs.append(InstallJob(package, sha.lower() if sha else None))
     # installing gwe restarts this process: do it last so the other jobs are not cut off
-    return sorted(jobs, key=lambda job: parse_package_name(job.name).name == SELF)
+    return sorted(jobs, key=lambda job: job.package.name == SELF)
 
 
-def request_error_status(raw: str, error: str) -> dict:
+def request_error_status(raw: str, error: str) -> "FetchStatus":
     """fetch_status for a request that could not even be parsed."""
-    now = time.time()
-    return {"name": None, "version": None, "package": None, "status": "failed", "exit_code": None,
-            "output": "", "error": error, "step": "request", "request": raw[:512],
-            "started_at": now, "finished_at": now, "timings": {}}
+    from otau import FetchStatus
+
+    return FetchStatus.failure(error, "request", request=raw)
 
 
-def fetch_and_install(device, job: InstallJob, paths: GwePaths) -> dict:
-    """Download ``job`` from the content area and install it; returns the fetch_status dict."""
+def fetch_and_install(device, job: InstallJob, paths: GwePaths) -> "FetchStatus":
+    """Download ``job`` from the content area and install it; returns its fetch_status."""
     from device_client import DeviceAPIError
-    from otau import FAILED, FetchStatus, install_package, parse_package_name
+    from otau import FetchStatus, install_package
 
-    package = parse_package_name(job.name)
     downloads = os.path.join(paths.var_lib, "downloads")
     os.makedirs(downloads, exist_ok=True)
     dest = os.path.join(downloads, job.name)
@@ -84,18 +89,16 @@ def fetch_and_install(device, job: InstallJob, paths: GwePaths) -> dict:
     try:
         device.download_content(job.name, dest, sha256=job.sha256)
     except (DeviceAPIError, OSError) as exc:
-        status = FetchStatus(name=package.name, version=package.version, package=job.name, status=FAILED,
-                             error="download failed: %s" % exc, step="download", sha256=job.sha256)
+        status = FetchStatus.failure("download failed: %s" % exc, "download", package=job.package, sha256=job.sha256)
         status.timings["download"] = time.monotonic() - started
-        status.finished_at = time.time()
-        return status.to_dict()  # a partial download stays for the next request to resume
+        return status  # a partial download stays for the next request to resume
     download_s = time.monotonic() - started
     try:
-        status = install_package(dest, sha256=job.sha256, paths=paths)
+        status = install_package(dest, sha256=job.sha256, paths=paths, package=job.package)
     finally:
         _remove(dest)
     status.timings["download"] = download_s
-    return status.to_dict()
+    return status
 
 
 def _remove(path: str) -> None:

@@ -17,9 +17,9 @@ from atomic_config import GwePaths, free_disk, gwe_paths, min_free_disk
 from . import selfupdate
 from .check import prepare
 from .errors import OtauError, PackageError
-from .journal import (COMMITTED, INSTALLING, REGISTERING, ROLLING_BACK, UNPACKING, Journal, clear_journal,
-                      install_lock, read_journal, write_journal)
-from .package import NAME_RE, parse_package_name
+from .journal import (COMMITTED, INSTALLING, REGISTERING, ROLLING_BACK, UNPACKING, Journal, begin_journal,
+                      clear_journal, install_lock, read_journal, write_journal)
+from .package import PackageName, parse_package_name
 from .program import parse_program
 from .runner import install_environment, installer_argv, installer_identity, kill_orphaned_installer, run_installer
 from .settings import OtauSettings, load_settings
@@ -52,14 +52,17 @@ class Installer:
 
     # --- public entry points ---
 
-    def install(self, tarball: str, sha256: Optional[str] = None) -> FetchStatus:
-        """Install one package; never raises for a bad package, the FetchStatus says what happened."""
+    def install(self, tarball: str, sha256: Optional[str] = None,
+                package: Optional[PackageName] = None) -> FetchStatus:
+        """Install one package; never raises for a bad package, the FetchStatus says what happened.
+
+        ``package`` is the tarball's name already parsed (gwe parses the cloud's request once).
+        """
         with install_lock(self.paths):
             self._recover_locked()
-            status = self._install(tarball, sha256)
+            status = self._install(tarball, sha256, package)
             status.finished_at = time.time()
-            if NAME_RE.match(status.name):
-                save_status(self.paths, status)
+            save_status(self.paths, status)
             return status
 
     def recover(self) -> List[FetchStatus]:
@@ -69,14 +72,14 @@ class Installer:
 
     # --- the pipeline ---
 
-    def _install(self, tarball: str, sha256: Optional[str]) -> FetchStatus:
+    def _install(self, tarball: str, sha256: Optional[str], package: Optional[PackageName]) -> FetchStatus:
         started = time.monotonic()
         filename = os.path.basename(tarball)
-        try:
-            package = parse_package_name(filename)
-        except PackageError as exc:
-            return FetchStatus(name=filename, version=None, package=filename, status=FAILED, error=str(exc),
-                               step=exc.step, timings={"total": time.monotonic() - started})
+        if package is None or package.filename != filename:
+            try:
+                package = parse_package_name(filename)
+            except PackageError as exc:
+                return FetchStatus.failure(str(exc), exc.step, filename=filename)
         name, version = package.name, package.version
         state = self.store.read_state(name)
         status = FetchStatus(name=name, version=version, package=filename, status=FAILED,
@@ -99,7 +102,7 @@ class Installer:
             journal = Journal(name=name, version=version, package=filename, state=UNPACKING,
                               staging=self.store.staging_dir(name, version), previous_version=state.current,
                               previous_conf=self.store.read_conf(name), self_update=package.is_self_update)
-            write_journal(self.paths, journal)
+            begin_journal(self.paths, journal)
             _crash_point("unpacking")
             mark = time.monotonic()
             os.makedirs(self.paths.log, exist_ok=True)
@@ -304,6 +307,17 @@ class Installer:
 
     # --- recovery ---
 
+    def _discard(self, journal: Journal, status: FetchStatus) -> None:
+        """Before registering nothing that runs has changed: drop the new version."""
+        if journal.version != journal.previous_version:
+            self.store.remove_version(journal.name, journal.version)
+        self.store.remove_staging(journal.name)
+        clear_journal(self.paths)
+        status.status = FAILED
+        status.step = journal.state
+        status.error = "install interrupted while %s (crash or power cut); previous version kept" % journal.state
+        status.running_version = journal.previous_version
+
     def _recover_locked(self) -> List[FetchStatus]:
         journal = read_journal(self.paths)
         if journal is None:
@@ -318,14 +332,25 @@ class Installer:
         if journal.state in (UNPACKING, INSTALLING):
             if kill_orphaned_installer(journal.installer):
                 log.warning("killed the installer of %s %s that outlived its gwe", journal.name, journal.version)
+            in_use = None
             if journal.version != journal.previous_version:
-                self.store.remove_version(journal.name, journal.version)
-            self.store.remove_staging(journal.name)
-            clear_journal(self.paths)
-            status.status = FAILED
-            status.step = journal.state
-            status.error = "install interrupted while %s (crash or power cut); previous version kept" % journal.state
-            status.running_version = journal.previous_version
+                in_use = self.store.in_use(journal.name, journal.version)
+            if in_use is None:
+                self._discard(journal, status)
+            elif self.store.read_state(journal.name).current == journal.version:
+                # an older generation of the journal was read: the install had been committed
+                log.warning("journal of %s %s says %s, but %s: finishing the commit", journal.name,
+                            journal.version, journal.state, in_use)
+                selfupdate.remove_marker(self.paths, journal.name)
+                self.store.remove_staging(journal.name)
+                clear_journal(self.paths)
+                status.status, status.error, status.step = INSTALLED, None, None
+                status.running_version = journal.version
+            else:
+                # an older generation was read and the switch to the new version had begun: never delete
+                # what runs; go back to the previous version, which removes the new one once unused
+                self._rollback(journal, status, "install interrupted while switching to it (%s, though the "
+                               "journal read said %s)" % (in_use, journal.state))
         elif journal.state == REGISTERING:
             marker = selfupdate.read_marker(self.paths, journal.name)
             if marker and marker.get("state") == selfupdate.REVERTED and marker.get("version") == journal.version:
@@ -352,9 +377,9 @@ def _startsecs(name: str, conf: str) -> float:
 
 
 def install_package(tarball: str, sha256: Optional[str] = None, paths: Optional[GwePaths] = None,
-                    settings: Optional[OtauSettings] = None) -> FetchStatus:
+                    settings: Optional[OtauSettings] = None, package: Optional[PackageName] = None) -> FetchStatus:
     """Install ``tarball`` (``<name>.v<version>.tar.gz``) into GWE_HOME; see :class:`Installer`."""
-    return Installer(paths, settings).install(tarball, sha256)
+    return Installer(paths, settings).install(tarball, sha256, package)
 
 
 def recover(paths: Optional[GwePaths] = None, settings: Optional[OtauSettings] = None) -> List[FetchStatus]:

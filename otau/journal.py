@@ -13,6 +13,10 @@ It is written through ``atomic_write`` before each step that changes what runs:
 Recovery: before ``registering`` the new version is discarded (the old one never stopped);
 ``registering`` resumes (re-applies the new program, runs the health gate, then commits or
 rolls back); ``committed`` finishes the bookkeeping; ``rolling_back`` finishes the rollback.
+
+Every write is checked against :data:`TRANSITIONS`, as supervisor's process model guards its
+state changes: a journal moves only forward, may be rewritten in its own state with more
+facts, and may always turn to ``rolling_back`` until it is committed; nothing else.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from typing import Dict, Iterator, Optional
 from atomic_config import (GwePaths, RecoveryError, atomic_write, file_lock, fsync_dir, previous_path,
                            read_recovering)
 
+from .errors import OtauError
 from .settings import otau_dir
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,19 @@ REGISTERING = "registering"
 COMMITTED = "committed"
 ROLLING_BACK = "rolling_back"
 STATES = (UNPACKING, INSTALLING, REGISTERING, COMMITTED, ROLLING_BACK)
+# state -> the states a journal in it may be written in next (besides its own)
+TRANSITIONS = {
+    UNPACKING: (INSTALLING, ROLLING_BACK),
+    INSTALLING: (REGISTERING, ROLLING_BACK),
+    REGISTERING: (COMMITTED, ROLLING_BACK),
+    COMMITTED: (),
+    ROLLING_BACK: (),
+}
+
+
+class JournalError(OtauError):
+    """A journal write that the transition table does not allow (a bug, never a package's fault)."""
+    step = "journal"
 
 
 @dataclass
@@ -71,12 +89,25 @@ def install_lock(paths: GwePaths) -> Iterator[None]:
         yield
 
 
-def write_journal(paths: GwePaths, journal: Journal, state: Optional[str] = None) -> None:
-    if state is not None:
-        if state not in STATES:
-            raise ValueError("unknown journal state %r" % state)
-        journal.state = state
+def begin_journal(paths: GwePaths, journal: Journal) -> None:
+    """Write a new journal (state ``unpacking``); there must be none (recovery runs first)."""
+    if journal.state != UNPACKING:
+        raise JournalError("a journal begins in %s, not %s" % (UNPACKING, journal.state))
+    if os.path.exists(journal_path(paths)):
+        raise JournalError("an unfinished install journal exists: recover first")
     os.makedirs(otau_dir(paths), exist_ok=True)
+    atomic_write(journal_path(paths), journal.to_json(), mode=0o600)
+
+
+def write_journal(paths: GwePaths, journal: Journal, state: Optional[str] = None) -> None:
+    """Write ``journal``, moved to ``state`` when given, if :data:`TRANSITIONS` allows it."""
+    if state is not None and state != journal.state:
+        # a state this version does not know (written by a later one) may only be rolled back
+        allowed = TRANSITIONS.get(journal.state, (ROLLING_BACK,))
+        if state not in allowed:
+            raise JournalError("install journal of %s %s: %s -> %s is not allowed"
+                               % (journal.name, journal.version, journal.state, state))
+        journal.state = state
     atomic_write(journal_path(paths), journal.to_json(), mode=0o600)
 
 

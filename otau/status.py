@@ -13,19 +13,22 @@ from typing import Dict, List, Optional
 
 from atomic_config import GwePaths, atomic_write
 
+from .package import PackageName
 from .settings import otau_dir
 
 INSTALLED = "installed"
 FAILED = "failed"
 ROLLED_BACK = "rolled_back"
 OUTPUT_TAIL_CHARS = 4096  # what fits comfortably in one dataport write
+REQUEST_CHARS = 512
 
 
 @dataclass
 class FetchStatus:
-    name: str
+    """The one fetch_status schema; every status gwe writes is one of these (failures via :meth:`failure`)."""
+    name: Optional[str]                        # None when the request named no valid package
     version: Optional[str]
-    package: str
+    package: Optional[str]                     # the file name asked for
     status: str
     exit_code: Optional[int] = None
     output: str = ""
@@ -36,6 +39,7 @@ class FetchStatus:
     signature: Optional[str] = None
     sha256: Optional[str] = None
     killed: List[str] = field(default_factory=list)  # what the installer left running, killed after it
+    request: Optional[str] = None              # the start of an engine_fetch request refused as a whole
     timings: Dict[str, float] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     finished_at: Optional[float] = None
@@ -43,6 +47,16 @@ class FetchStatus:
     @property
     def ok(self) -> bool:
         return self.status == INSTALLED
+
+    @classmethod
+    def failure(cls, error: str, step: str, package: Optional[PackageName] = None, filename: Optional[str] = None,
+                request: Optional[str] = None, sha256: Optional[str] = None) -> "FetchStatus":
+        """A ``failed`` status for something that never reached the install pipeline (or broke it)."""
+        now = time.time()
+        return cls(name=package.name if package else None, version=package.version if package else None,
+                   package=filename or (package.filename if package else None), status=FAILED, error=error,
+                   step=step, sha256=sha256, request=request[:REQUEST_CHARS] if request is not None else None,
+                   started_at=now, finished_at=now)
 
     @classmethod
     def from_dict(cls, doc: Dict) -> "FetchStatus":
@@ -77,6 +91,9 @@ def status_dir(paths: GwePaths) -> str:
 
 
 def save_status(paths: GwePaths, status: FetchStatus) -> None:
+    """Keep ``status`` as its app's last one (statuses naming no app are not kept)."""
+    if status.name is None:
+        return
     directory = status_dir(paths)
     os.makedirs(directory, exist_ok=True)
     atomic_write(os.path.join(directory, status.name + ".json"), status.to_json() + "\n", mode=0o644)

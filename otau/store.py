@@ -117,11 +117,33 @@ class AppStore:
         os.replace(tmp, link)
         fsync_dir(root)
 
-    def remove_version(self, name: str, version: str) -> None:
+    def in_use(self, name: str, version: str) -> Optional[str]:
+        """Why ``version`` is what runs or is recorded as installed (None if it is neither): the
+        ``current`` link, state.json, or the program file's directory point at it."""
+        if self.current_target(name) == version:
+            return "the current link points at it"
+        try:
+            if self.read_state(name).current == version:
+                return "state.json records it as current"
+        except Exception:  # a damaged state.json: the other two facts still count
+            pass
+        conf = self.read_conf(name)
+        directory = "directory = %s\n" % self.version_dir(name, version).replace("%", "%%")
+        if conf is not None and directory in conf:
+            return "the program file runs it"
+        return None
+
+    def remove_version(self, name: str, version: str) -> bool:
+        """Delete a version's directory, never one that is current or running (logged, False)."""
         path = self.version_dir(name, version)
+        reason = self.in_use(name, version)
+        if reason:
+            log.error("not removing %s: %s", path, reason)
+            return False
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
             fsync_dir(self.app_root(name))
+        return True
 
     def remove_staging(self, name: str) -> None:
         root = self.app_root(name)
@@ -136,20 +158,6 @@ class AppStore:
                     os.unlink(path)
                 else:
                     shutil.rmtree(path, ignore_errors=True)
-
-    def prune(self, state: AppState, keep: int, protect: List[str]) -> List[str]:
-        """Drop the oldest kept versions beyond ``keep`` (never a protected one); returns those removed."""
-        removed = []
-        for version in list(state.history):
-            if len(state.history) <= keep:
-                break
-            if version in protect:
-                continue
-            self.remove_version(state.name, version)
-            state.history.remove(version)
-            state.confs.pop(version, None)
-            removed.append(version)
-        return removed
 
     def installed_versions(self) -> Dict[str, str]:
         """app name -> installed version, for every app otau has installed (for engine_report)."""

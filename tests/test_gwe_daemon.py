@@ -168,6 +168,35 @@ def test_sigterm_stops_cleanly_during_a_long_poll(gateway, murano):
     assert time.monotonic() - started < 3
 
 
+def test_sigterm_while_activating_keeps_the_token(gwe_home, murano, tmp_path, monkeypatch):
+    """SIGTERM arrives after Murano handed out the token and before Gateway.cfg holds it (held there by
+    the test hook). Murano hands a token out once: it used to be lost with the exception the signal
+    handler raised, leaving a gateway that could never activate again (409)."""
+    import requests
+
+    from gwe import config
+
+    configure_gateway(murano)
+    monkeypatch.setenv("GWE_TEST_HOLD_AT", "activated")
+    monkeypatch.setenv("GWE_TEST_HOLD_DIR", str(tmp_path))
+    gwe = start_gwe(gwe_home)
+    try:
+        wait_for((tmp_path / "activated.reached").exists, 20, message="gwe holding with its new token")
+        gwe.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # the handler has run while activation is held
+        (tmp_path / "activated.release").touch()
+        assert gwe.wait(10) == 0
+    finally:
+        stop_process(gwe)
+    token = config.load_gateway_config().cik
+    assert len(token) == 40, "the token was lost"
+    answer = requests.post(murano.url + "/onep:v1/stack/alias", data={"probe": "1"},
+                           headers={"X-Exosite-CIK": token}, timeout=10)
+    assert answer.status_code == 204, answer.text
+    monkeypatch.delenv("GWE_TEST_HOLD_AT")
+    assert start_gwe(gwe_home, "--once").wait(30) == 0  # and the next gwe runs with it
+
+
 def test_once_runs_one_cycle_and_exits(gwe_home, supervisord, murano):
     configure_gateway(murano)
     gwe = start_gwe(gwe_home, "--once")

@@ -14,7 +14,7 @@ import time
 import psutil
 import pytest
 
-from atomic_config import gwe_paths, set_option
+from atomic_config import gwe_paths, previous_path, set_option
 from harness import Supervisord, wait_for
 from otau_helpers import make_app as _make_app
 
@@ -110,7 +110,8 @@ def test_sigkill_at_each_step(gateway, point):
 
 def test_sigkill_during_rollback(gateway):
     paths, pkgs, sup, name = gateway
-    bad = make_app(pkgs, name, "2", command="%(ENV_GWE_PYTHON)s -c 'import sys; sys.exit(1)'")
+    # exits at once: a Python one needs longer than the 0.3 s settle time to fail on a loaded machine
+    bad = make_app(pkgs, name, "2", command="/bin/false")
     killed = gwe(paths, "-I", bad, crash_at="rolling_back")
     assert killed.returncode == -signal.SIGKILL
     recovered = gwe(paths, "--recover", "--json")
@@ -145,3 +146,41 @@ def test_sigkill_at_random_moments(gateway):
         assert recovered.returncode == 0, recovered.stderr
         current = assert_consistent(paths, sup, {current, version}, name)
     assert otau.load_statuses(paths)
+
+
+@pytest.mark.parametrize("point", ["conf_written", "applied"])
+def test_damaged_journal_after_the_switch_never_deletes_the_running_version(gateway, point):
+    """The journal (registering) is damaged, so its previous generation (installing) is read back.
+    Recovery of 'installing' used to delete the new version's directory: by then the program file,
+    and after 'applied' supervisord too, ran from it."""
+    paths, pkgs, sup, name = gateway
+    killed = gwe(paths, "-I", make_app(pkgs, name, "2"), crash_at=point)
+    assert killed.returncode == -signal.SIGKILL
+    with open(previous_path(journal_path(paths))) as f:
+        assert json.load(f)["state"] == "installing"
+    with open(journal_path(paths), "w") as f:
+        f.write("{")  # what a lying disk may leave
+    recovered = gwe(paths, "--recover", "--json")
+    assert recovered.returncode == 0, recovered.stderr
+    statuses = json.loads(recovered.stdout)
+    assert [(s["version"], s["status"]) for s in statuses] == [("2", "rolled_back")], statuses
+    assert assert_consistent(paths, sup, {"1"}, name) == "1"
+
+
+def test_journal_transitions_are_guarded(tmp_path):
+    from otau.journal import COMMITTED, INSTALLING, REGISTERING, ROLLING_BACK, Journal, JournalError, begin_journal, \
+        write_journal
+
+    paths = gwe_paths(str(tmp_path / "home")).ensure()
+    journal = Journal(name="a", version="2", package="a.v2.tar.gz", state="unpacking", staging="/x")
+    begin_journal(paths, journal)
+    with pytest.raises(JournalError):
+        begin_journal(paths, journal)  # one install at a time: the unfinished one is recovered first
+    with pytest.raises(JournalError):
+        write_journal(paths, journal, REGISTERING)  # installing comes first
+    for state in (INSTALLING, INSTALLING, REGISTERING, COMMITTED):
+        write_journal(paths, journal, state)
+    with pytest.raises(JournalError):
+        write_journal(paths, journal, ROLLING_BACK)  # a committed install is never rolled back
+    with open(journal_path(paths)) as f:
+        assert json.load(f)["state"] == COMMITTED
