@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence
 
 import click
 
-from .admin_client import Admin, CliError, dump
+from .admin_client import Admin, CliError, dump, dump_rows
 
 
 def ago(timestamp_us: Optional[int], now: Optional[float] = None) -> str:
@@ -113,7 +113,7 @@ def register_fleet_commands(main: click.Group, device: click.Group) -> None:
             if tag not in answer["tags"]:
                 raise CliError("no gateway has tag %s" % tag)
         if as_json:
-            dump(answer["gateways"])
+            dump_rows(answer["gateways"])
         else:
             click.echo(fleet_rows(answer["gateways"]))
 
