@@ -10,6 +10,7 @@ endpoint): no token goes with it, and an interrupted transfer starts over.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -32,7 +33,7 @@ Progress = Callable[[int, int], None]
 
 
 class Upload(NamedTuple):
-    name: str            # the content id (murano_local) or the URL it went to
+    name: str            # the content id the server gave it (murano_local), or the URL it went to
     size: int
     sha256: str
     resumed_from: int    # bytes the server already held when this call started
@@ -155,7 +156,11 @@ def upload_resumable(device, name: str, path: str, sha256: Optional[str] = None,
             offset = _offset(answer, size)
     if progress is not None:
         progress(size, size)
-    return Upload(name, size, sha256, resumed_from)
+    try:
+        stored = json.loads(_text).get("id") or name
+    except (ValueError, AttributeError):
+        stored = name
+    return Upload(stored, size, sha256, resumed_from)
 
 
 def _offset(headers, size: int) -> int:

@@ -152,6 +152,28 @@ def status(as_json: bool) -> None:
     click.echo(json.dumps(doc, indent=2, sort_keys=True) if as_json else render_status(doc))
 
 
+@cli.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print each step's upload_status as one JSON line.")
+@click.option("--max-bytes", type=click.IntRange(min=1), help="Largest archive (default and cap: [upload] max_bytes).")
+@click.option("--no-compress", "plain", is_flag=True, help="A plain tar instead of tar.gz.")
+@click.option("--url", help="Upload to this http(s) URL (PUT/POST) instead of the Murano content area.")
+@click.option("--method", type=click.Choice(["PUT", "POST"]), default="PUT", show_default=True)
+@click.option("--id", "upload_id", help="The upload's id in upload_status (default cli-<time>).")
+@click.option("--give-up-after", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Seconds of failed attempts before giving up.")
+def upload(files, as_json, max_bytes, plain, url, method, upload_id, give_up_after) -> None:
+    """Pack FILES (paths or globs inside the allowed roots) and upload them, reporting each step."""
+    from .upload_cli import run_upload
+
+    try:
+        code = run_upload(files, as_json, max_bytes, not plain, url, method, upload_id, give_up_after)
+    except Exception as exc:  # one line, never a traceback
+        logging.getLogger(__name__).debug("gwe upload failed", exc_info=True)
+        fail("%s: %s" % (type(exc).__name__, exc))
+    sys.exit(code)
+
+
 @cli.command("supervisor-config")
 @click.option("--bin-dir", type=click.Path(file_okay=False), help="Where the gwe and gmq commands are "
               "(default: beside this Python).")

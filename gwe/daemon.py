@@ -27,13 +27,14 @@ from device_client.link import LinkState
 from . import config
 from .config import ConfigError
 from .engine_fetch import FetchRequestError, fetch_and_install, parse_engine_fetch, request_error_status
+from .upload import UPLOAD_REQUEST, UPLOAD_STATUS, Uploader
 
 log = logging.getLogger(__name__)
 
 ENGINE_FETCH = "engine_fetch"
 UPDATE_INTERVAL = "update_interval"
 FETCH_STATUS = "fetch_status"
-WATCHED = (ENGINE_FETCH, UPDATE_INTERVAL)
+WATCHED = (ENGINE_FETCH, UPDATE_INTERVAL, UPLOAD_REQUEST)
 MAX_POLL_S = 300.0
 ERROR_BACKOFF = (1.0, 60.0)
 
@@ -100,6 +101,7 @@ class Engine:
         self._since: Optional[float] = None
         self._pending_statuses: List = []  # FetchStatus objects to report once activated
         self.link = LinkState()
+        self.uploader: Optional[Uploader] = None
 
     # --- signals and waits ---
 
@@ -152,6 +154,9 @@ class Engine:
         try:
             self._recover_installs()
             self.device = self._activated_device()
+            self.uploader = Uploader(self.paths, self.stopping)
+            if not self.once:  # one cycle keeps an upload request on disk for the daemon to run
+                self.uploader.start()
             backoff = Backoff(*ERROR_BACKOFF)
             while True:
                 try:
@@ -220,9 +225,20 @@ class Engine:
         adopted = None
         if values.get(UPDATE_INTERVAL, "").strip():
             adopted = self._adopt_interval(values[UPDATE_INTERVAL])
+        if values.get(UPLOAD_REQUEST, "").strip():
+            self._take_upload(values[UPLOAD_REQUEST])
         if values.get(ENGINE_FETCH, "").strip():
             self._run_fetch(values[ENGINE_FETCH])
         return adopted
+
+    def _take_upload(self, raw: str) -> None:
+        """Keep the request on disk, then clear it; the upload worker does the rest."""
+        if self.uploader is None:
+            self.uploader = Uploader(self.paths, self.stopping)
+        status = self.uploader.submit(raw)
+        self.device.write({UPLOAD_REQUEST: ""})
+        if status is not None:
+            self.device.write({UPLOAD_STATUS: json.dumps(status, sort_keys=True)})
 
     # --- steps ---
 
