@@ -92,10 +92,10 @@ class FileSlice:
 
 
 def file_sha256(path: str) -> str:
+    from .device import _hash_file  # the one file hasher of this package (downloads resume with it)
+
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(READ_BLOCK), b""):
-            digest.update(block)
+    _hash_file(path, os.path.getsize(path), digest)
     return digest.hexdigest()
 
 
