@@ -18,8 +18,9 @@ import time
 from typing import BinaryIO, Callable, NamedTuple, Optional
 from urllib.parse import urlsplit
 
-from . import errors
 from device_api import encode_form
+
+from . import errors
 
 log = logging.getLogger(__name__)
 

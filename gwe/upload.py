@@ -111,7 +111,8 @@ class UploadJob:
             "skipped": self.skipped, "missing": self.missing, "size": self.size, "sha256": self.sha256,
             "bytes_done": self.bytes_done, "resumed_from": self.resumed_from, "attempts": self.attempts,
             "error": self.error, "last_error": self.last_error, "retry_in": self.retry_in,
-            "started_at": self.started_at, "finished_at": self.finished_at, "timestamp": round(time.time(), 3),
+            "requested_at": self.created, "started_at": self.started_at, "finished_at": self.finished_at,
+            "timestamp": round(time.time(), 3),
         }
 
 
@@ -127,7 +128,7 @@ def refusal(raw_or_doc, reason: str, trigger: str = "request") -> dict:
     return {"id": request_id(doc), "trigger": trigger, "state": "failed", "step": "request", "error": reason,
             "target": None, "name": None, "files": 0, "skipped": [], "missing": [], "size": None, "sha256": None,
             "bytes_done": 0, "resumed_from": None, "attempts": 0, "last_error": None, "retry_in": None,
-            "started_at": None, "finished_at": now, "timestamp": now}
+            "requested_at": now, "started_at": None, "finished_at": now, "timestamp": now}
 
 
 class Spool:
