@@ -102,6 +102,7 @@ class Engine:
         self._pending_statuses: List = []  # FetchStatus objects to report once activated
         self.link = LinkState()
         self.uploader: Optional[Uploader] = None
+        self._uploads_stop = threading.Event()  # the upload worker's own: the stop pipe has one reader
 
     # --- signals and waits ---
 
@@ -154,7 +155,7 @@ class Engine:
         try:
             self._recover_installs()
             self.device = self._activated_device()
-            self.uploader = Uploader(self.paths, self.stopping)
+            self.uploader = Uploader(self.paths, self._uploads_stop)
             if not self.once:  # one cycle keeps an upload request on disk for the daemon to run
                 self.uploader.start()
             backoff = Backoff(*ERROR_BACKOFF)
@@ -181,6 +182,7 @@ class Engine:
             log.info("stop requested (SIGTERM): stopped")
             return 0
         finally:
+            self._uploads_stop.set()  # an upload in flight resumes from the spool at the next start
             if self.device is not None:
                 self.device.close()
 
@@ -234,7 +236,7 @@ class Engine:
     def _take_upload(self, raw: str) -> None:
         """Keep the request on disk, then clear it; the upload worker does the rest."""
         if self.uploader is None:
-            self.uploader = Uploader(self.paths, self.stopping)
+            self.uploader = Uploader(self.paths, self._uploads_stop)
         status = self.uploader.submit(raw)
         self.device.write({UPLOAD_REQUEST: ""})
         if status is not None:
