@@ -263,7 +263,7 @@ def test_the_schedule_uploads_at_its_interval(gateway, murano):
         return done if len(done) >= 2 else None
     first, second = wait_for(two_done, 40, interval=0.2, message="two scheduled uploads")[:2]
     gap = second["requested_at"] - first["requested_at"]
-    assert 3.0 <= gap < 8.0, gap  # never early; late only by a loaded machine's slack
+    assert 3.0 <= gap < 15.0, gap  # never early; late only by a loaded machine's slack
     assert first["requested_at"] - started >= 3.0  # not at start: one interval after it
     assert first["files"] == second["files"] == 1 and first["name"] != second["name"]
 
