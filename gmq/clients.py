@@ -4,24 +4,26 @@ A client is known by its serial (``X-Exosite-VMS`` or ``/provision/activate``), 
 CIK it brought from elsewhere (``X-Exosite-CIK`` that gmq did not issue). Apps hold a
 *local* token issued by gmq; the upstream Murano token is gmq's business and may change
 (re-provisioning after a 401) without the app noticing.
+
+A client's id is derived from its identity (``identity_id``), never handed out in turn: a
+queued value carries its client's id, so a value whose client record is lost can never be
+taken for another client's (a fresh registration of another identity gets another id).
+
+The registry keeps no database connection: rows are read and written through the queue,
+the one owner of gmq.db. A new client is registered in memory at once and becomes durable
+in the event loop's next group commit, with the values of the request that introduced it.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import threading
-import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
-
-from atomic_config import connect_sqlite
+from typing import Callable, Dict, List, Optional
 
 log = logging.getLogger(__name__)
 
-SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS clients (id INTEGER PRIMARY KEY, serial TEXT UNIQUE, vendor TEXT, model TEXT, "
-    "local_token TEXT NOT NULL UNIQUE, upstream_token TEXT, created REAL NOT NULL)",
-]
 
 @dataclass
 class Client:
@@ -31,6 +33,7 @@ class Client:
     model: Optional[str]
     local_token: str
     upstream_token: Optional[str]
+    durable: bool = True  # False until its row is committed
 
     @property
     def name(self) -> str:
@@ -40,22 +43,39 @@ class Client:
     def can_provision(self) -> bool:
         return self.serial is not None
 
+    def row(self) -> tuple:
+        """``(id, serial, vendor, model, local_token, upstream_token)`` as stored."""
+        return self.id, self.serial, self.vendor, self.model, self.local_token, self.upstream_token
+
+
+def identity_id(serial: Optional[str], token: str) -> int:
+    """The id of the client with this serial (or, without one, this CIK): 62 bits of its SHA-256."""
+    key = ("sn:%s" % serial) if serial is not None else ("cik:%s" % token)
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") >> 2
+
 
 class ClientRegistry:
-    """Clients, persisted in their own table of the gmq database; lookups are in memory."""
+    """Clients in memory, persisted through ``store`` (the queue's database and writer turn).
 
-    def __init__(self, path: str) -> None:
-        self._conn = connect_sqlite(path, synchronous="FULL", check_same_thread=False)
-        self._conn.execute("PRAGMA cache_size=-64")  # a few rows, read once at start
-        for stmt in SCHEMA:
-            self._conn.execute(stmt)
+    ``store`` provides ``client_rows()``, ``set_upstream_token(id, token)`` and
+    ``resolve_clients(valid_ids)`` (see ``DurableQueue``).
+    """
+
+    def __init__(self, store) -> None:
+        self._store = store
         self._lock = threading.Lock()
         self._by_id: Dict[int, Client] = {}
         self._by_token: Dict[str, Client] = {}
         self._by_serial: Dict[str, Client] = {}
-        for row in self._conn.execute("SELECT id, serial, vendor, model, local_token, upstream_token FROM clients"):
-            self._index(Client(*row))
-        self.on_new = None  # called with each newly registered Client (the forwarder provisions it)
+        damaged = []
+        for row in store.client_rows():
+            c = Client(*row)
+            if c.id != identity_id(c.serial, c.local_token):
+                damaged.append(c)
+                continue
+            self._index(c)
+        store.resolve_clients(set(self._by_id), damaged)
+        self.on_new: Optional[Callable[[Client], None]] = None  # called once a new client is durable
 
     def _index(self, c: Client) -> None:
         self._by_id[c.id] = c
@@ -63,19 +83,8 @@ class ClientRegistry:
         if c.serial is not None:
             self._by_serial[c.serial] = c
 
-    def _insert(self, serial: Optional[str], vendor: Optional[str], model: Optional[str], token: str,
-                upstream: Optional[str]) -> Client:
-        cur = self._conn.execute("INSERT INTO clients (serial, vendor, model, local_token, upstream_token, created) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)", (serial, vendor, model, token, upstream, time.time()))
-        c = Client(cur.lastrowid, serial, vendor, model, token, upstream)
-        self._index(c)
-        log.info("new client %s", c.name)
-        if self.on_new is not None:
-            self.on_new(c)
-        return c
-
     def by_serial(self, serial: str, vendor: Optional[str] = None, model: Optional[str] = None) -> Client:
-        """The client with this serial, registered now if new (its local token is made here).
+        """The client with this serial; a new one is made here (durable with the next group commit).
 
         The caller has checked the identity against the Device API contract.
         """
@@ -85,7 +94,9 @@ class ClientRegistry:
         with self._lock:
             c = self._by_serial.get(serial)
             if c is None:
-                c = self._insert(serial, vendor, model, secrets.token_hex(20), None)
+                token = secrets.token_hex(20)
+                c = Client(identity_id(serial, token), serial, vendor, model, token, None, durable=False)
+                self._index(c)
             return c
 
     def by_token(self, token: str) -> Client:
@@ -96,21 +107,26 @@ class ClientRegistry:
         with self._lock:
             c = self._by_token.get(token)
             if c is None:
-                c = self._insert(None, None, None, token, token)
+                c = Client(identity_id(None, token), None, None, None, token, token, durable=False)
+                self._index(c)
             return c
+
+    def committed(self, client: Client) -> None:
+        """``client``'s row is on disk: the forwarder may serve it now."""
+        if not client.durable:
+            client.durable = True
+            log.info("new client %s", client.name)
+            if self.on_new is not None:
+                self.on_new(client)
 
     def get(self, client_id: int) -> Optional[Client]:
         return self._by_id.get(client_id)
 
     def all(self) -> List[Client]:
-        return list(self._by_id.values())
+        """The durable clients (a client not yet committed is not served upstream)."""
+        return [c for c in list(self._by_id.values()) if c.durable]
 
     def set_upstream_token(self, client_id: int, token: Optional[str]) -> None:
         """Persist (fsynced) the upstream token of a client; None forgets it."""
-        with self._lock:
-            self._conn.execute("UPDATE clients SET upstream_token = ? WHERE id = ?", (token, client_id))
-            c = self._by_id[client_id]
-            c.upstream_token = token
-
-    def close(self) -> None:
-        self._conn.close()
+        self._store.set_upstream_token(client_id, token)
+        self._by_id[client_id].upstream_token = token

@@ -1,5 +1,9 @@
 """gmq's local HTTP front end: one event-loop thread, HTTP/1.1 keep-alive, group commit by design.
 
+The loop never waits for the database's writer turn: while the forwarder holds it (a commit
+of its own), the loop goes on reading, parsing and answering what needs no commit, and
+gathers the writes; the queue calls it back when the turn passes to it.
+
 Why not a thread per connection: with the GIL, every producer thread that blocks for a
 commit and wakes again costs more CPU than the request itself (measured: 0.5x the plain
 ThreadingHTTPServer at 8 producers). Nor a separate committer thread: it waits for the
@@ -18,6 +22,7 @@ import logging
 import os
 import selectors
 import socket
+import threading
 import time
 from typing import Dict, List, Optional, Protocol, Set, Tuple
 
@@ -75,6 +80,9 @@ class _Conn:
         self.eof = False           # the client half-closed: answer what it sent, then close
 
 
+_NO_TURN, _TURN_ASKED, _TURN_HELD = "none", "asked", "held"
+
+
 class _BadRequest(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -106,6 +114,8 @@ class GmqHTTPServer:
         self._gathered: List[Tuple[_Conn, Store]] = []
         self._running = False
         self._accept_paused = False  # out of file descriptors: the listener rests until one is freed
+        self._turn = _NO_TURN        # the database writer's turn: not asked for, asked for, held
+        self._turn_given = threading.Event()
 
     @property
     def open_connections(self) -> int:
@@ -125,13 +135,40 @@ class GmqHTTPServer:
                     if not self._poll(0):
                         break
                     self._serve_ready()
-            if self._gathered:
-                self._commit()
+            if self._gathered or self._turn != _NO_TURN:
+                self._commit_in_turn()
             now = time.monotonic()
             if now - last_tick >= TICK_S:
                 last_tick = now
                 self._expire(now)
                 self._resume_accept()  # descriptors may have been freed elsewhere (the forwarder)
+        if self._gathered or self._turn != _NO_TURN:  # stopping: the requests in hand are committed and answered
+            if self._turn == _TURN_ASKED:
+                self._turn_given.wait()
+            self._commit_in_turn()
+
+    def _give_turn(self) -> None:
+        """Called by the queue, from the thread passing the writer's turn on: it is the loop's now."""
+        self._turn_given.set()
+        try:
+            os.write(self._wake_w, b"t")
+        except OSError:
+            pass
+
+    def _commit_in_turn(self) -> None:
+        """Commit the gathered requests when the loop holds the writer's turn; else ask for it, without waiting."""
+        if self._turn == _TURN_ASKED:
+            if not self._turn_given.is_set():
+                return
+            self._turn_given.clear()
+            self._turn = _TURN_HELD
+        elif self._turn == _NO_TURN:
+            if not self.app.queue.claim_or_notify(self._give_turn):
+                self._turn = _TURN_ASKED
+                return
+            self._turn = _TURN_HELD
+        self._turn = _NO_TURN
+        self._commit()  # passes the turn on
 
     def _poll(self, timeout: float) -> int:
         events = self._sel.select(timeout)
@@ -311,18 +348,26 @@ class GmqHTTPServer:
                 self._flush(conn)
 
     def _commit(self) -> None:
-        """Commit every gathered request's values in one transaction, then answer each."""
+        """Commit every gathered request (values, new clients) in one transaction, then answer each.
+
+        The caller holds the writer's turn; committing passes it on.
+        """
         group, self._gathered = self._gathered, []
         try:
-            results = self.app.queue.append_many([(s.client.id, s.values) for _, s in group])
+            results = self.app.queue.append_many(
+                [(s.client.id, s.values, None if s.client.durable else s.client.row()) for _, s in group], claimed=True)
         except Exception:
             log.exception("commit failed")
             results = [Rejected(500, "storage error; nothing was stored")] * len(group)
-        for (conn, _), rejected in zip(group, results):
+        for (conn, store), rejected in zip(group, results):
             conn.busy = False
+            if rejected is None:
+                self.app.clients.committed(store.client)
             if conn.sock.fileno() < 0:
                 continue
-            if rejected is None:
+            if rejected is None and store.reply is not None:
+                self._answer(conn, store.reply)
+            elif rejected is None:
                 if conn.keep and not conn.closing and not conn.http10:
                     conn.out += NO_CONTENT
                     self._flush(conn)

@@ -5,9 +5,12 @@ fsynced, in one transaction: group commit is done by the caller, who gathers req
 (gmq's event loop gathers everything that arrived during the previous commit), so no
 producer thread ever waits to be woken by another.
 
-Every write (appends, ack, dead-letter, drops, expiry) takes the writer's turn, a FIFO
-hand-over between threads, so the database has exactly one writer and never waits in
-sqlite's busy handler.
+The queue is the one owner of gmq.db (queue, dead letters, counters, alarms and the clients
+table): nothing else opens a connection to it. Every write (appends, client registrations,
+tokens, ack, dead-letter, drops, expiry) takes the writer's turn, a FIFO hand-over between
+threads, so the database has exactly one writer and never waits in sqlite's busy handler.
+The event loop never blocks for the turn: ``claim_or_notify`` gives it the turn at once or
+calls it back when the thread holding it (the forwarder) passes it on.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Se
 from atomic_config import DEFAULT_MIN_FREE_DISK, connect_sqlite, free_disk, fsync_dir
 
 from . import salvage
+from .clients import identity_id
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,11 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS alarms (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, time REAL NOT NULL, "
     "detail TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS clients (id INTEGER PRIMARY KEY, serial TEXT UNIQUE, vendor TEXT, model TEXT, "
+    "local_token TEXT NOT NULL UNIQUE, upstream_token TEXT, created REAL NOT NULL)",
 ]
+SCHEMA_VERSION = 2  # 2: a client's id is derived from its identity (clients.identity_id)
+CLIENT_COLUMNS = "id, serial, vendor, model, local_token, upstream_token"
 INDEXES = ["CREATE INDEX IF NOT EXISTS queue_by_client ON queue (client, id)"]
 
 
@@ -96,6 +104,7 @@ class QueuedValue:
 class _Entry:
     rows: List[tuple]
     size: int
+    new_client: Optional[tuple] = None  # a client row to insert with these values (CLIENT_COLUMNS)
     status: int = 0
     reason: str = ""
 
@@ -108,12 +117,13 @@ def _held_lock() -> threading.Lock:
 
 
 class _Claim:
-    """A writer waiting for its turn: ``turn.acquire()`` returns when it is given."""
+    """A writer waiting for its turn: ``turn.acquire()`` returns when it is given, or ``notify()`` is called."""
 
-    __slots__ = ("turn",)
+    __slots__ = ("turn", "notify")
 
-    def __init__(self) -> None:
-        self.turn = _held_lock()
+    def __init__(self, notify: Optional[Callable[[], None]] = None) -> None:
+        self.notify = notify
+        self.turn = None if notify is not None else _held_lock()
 
 
 @dataclass
@@ -132,13 +142,8 @@ def value_size(alias: str, value: str) -> int:
 class DurableQueue:
     """The queue database: group-committed appends, ordered takes, acks, dead letters, bounds."""
 
-    def __init__(self, path: str, limits: Optional[Limits] = None, clock: Callable[[], float] = time.time,
-                 other_tables: Sequence[str] = ()) -> None:
-        """Open (checking, and salvaging if damaged) the database at ``path``.
-
-        ``other_tables``: CREATE statements of tables other modules keep in the same file,
-        so that a salvage carries their rows over too.
-        """
+    def __init__(self, path: str, limits: Optional[Limits] = None, clock: Callable[[], float] = time.time) -> None:
+        """Open (checking, and salvaging if damaged) the database at ``path``."""
         self.path = os.path.abspath(path)
         self.limits = (limits or Limits()).validate()
         self.clock = clock
@@ -147,13 +152,16 @@ class DurableQueue:
         self.salvage_report: Optional[salvage.SalvageReport] = None
         problem = salvage.check(self.path)
         if problem is not None:
-            self.salvage_report = salvage.salvage(self.path, problem, SCHEMA + list(other_tables))
+            self.salvage_report = salvage.salvage(self.path, problem, SCHEMA)
         self._conn = connect_sqlite(self.path, synchronous="FULL", check_same_thread=False)
         os.chmod(self.path, 0o600)  # it holds upstream tokens (sqlite gives -wal/-shm the same mode)
         self._conn.execute("PRAGMA journal_size_limit=%d" % (16 * 1024 * 1024))
         self._conn.execute("BEGIN")
         for stmt in SCHEMA + INDEXES:
             self._conn.execute(stmt)
+        if self._conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            self._renumber_clients(self._conn)
+            self._conn.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
         if self.salvage_report is not None:
             r = self.salvage_report
             self._conn.execute("INSERT INTO alarms (kind, time, detail) VALUES ('db_corrupt', ?, ?)",
@@ -176,6 +184,15 @@ class DurableQueue:
         self._last_us = int(last * 1e6) if last else 0
 
     # -- start-up -------------------------------------------------------------------------
+    @staticmethod
+    def _renumber_clients(conn: sqlite3.Connection) -> None:
+        """Schema 1 numbered clients 1, 2, ...: give each (and its values) the id of its identity."""
+        for old, serial, token in conn.execute("SELECT id, serial, local_token FROM clients").fetchall():
+            new = identity_id(serial, token)
+            if new != old:
+                for table, column in (("clients", "id"), ("queue", "client"), ("dead_letter", "client")):
+                    conn.execute("UPDATE %s SET %s = ? WHERE %s = ?" % (table, column, column), (new, old))
+
     def _load_state(self) -> _State:
         st = _State()
         depth, size = self._conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM queue").fetchone()
@@ -195,7 +212,24 @@ class DurableQueue:
                 self._busy = False
                 return
             nxt = self._waiting.popleft()
-        nxt.turn.release()
+        if nxt.notify is not None:
+            nxt.notify()
+        else:
+            nxt.turn.release()
+
+    def claim_or_notify(self, notify: Callable[[], None]) -> bool:
+        """Take the writer's turn now (True), or queue for it (False): then ``notify()`` is called,
+        from the thread that passes the turn on, and the caller holds it from that moment.
+
+        For a thread that must not block (the event loop); it then calls ``append_many(...,
+        claimed=True)``, which uses the turn and passes it on.
+        """
+        with self._lock:
+            if not self._busy:
+                self._busy = True
+                return True
+            self._waiting.append(_Claim(notify))
+            return False
 
     def _claim(self) -> None:
         with self._lock:
@@ -264,34 +298,40 @@ class DurableQueue:
             raise rejected
         return len(values)
 
-    def append_many(self, requests: Sequence[Tuple[int, Sequence[Value]]]) -> List[Optional[Rejected]]:
+    def append_many(self, requests: Sequence[tuple], claimed: bool = False) -> List[Optional[Rejected]]:
         """Several requests' values in one commit (for a caller that gathers them itself).
 
-        For each request: None once its values are fsynced, or the ``Rejected`` that says
-        why none of them were stored.
+        Each request is ``(client, values)`` or ``(client, values, new_client_row)``: the row
+        (``CLIENT_COLUMNS``) of a client not stored yet, inserted in the same transaction. For
+        each request: None once it is fsynced, or the ``Rejected`` that says why nothing of it
+        was stored. ``claimed``: the caller holds the writer's turn (``claim_or_notify``); it is
+        passed on when this returns.
         """
         results: List[Optional[Rejected]] = [None] * len(requests)
         entries: List[Tuple[int, _Entry]] = []
-        for i, (client, values) in enumerate(requests):
-            try:
-                entry = self._entry(client, values)
-            except Rejected as exc:
-                results[i] = exc
-                continue
-            if entry is not None:
-                entries.append((i, entry))
-        if entries:
-            self._claim()
-            try:
+        try:
+            for i, request in enumerate(requests):
+                try:
+                    entry = self._entry(*request)
+                except Rejected as exc:
+                    results[i] = exc
+                    continue
+                if entry is not None:
+                    entries.append((i, entry))
+            if entries:
+                if not claimed:
+                    self._claim()
+                    claimed = True
                 self._commit([e for _, e in entries])
-            finally:
+        finally:
+            if claimed:
                 self._release()
-            for i, e in entries:
-                if e.status:
-                    results[i] = Rejected(e.status, e.reason)
+        for i, e in entries:
+            if e.status:
+                results[i] = Rejected(e.status, e.reason)
         return results
 
-    def _entry(self, client: int, values: Sequence[Value]) -> Optional[_Entry]:
+    def _entry(self, client: int, values: Sequence[Value], new_client: Optional[tuple] = None) -> Optional[_Entry]:
         """Check sizes before anything waits for the writer: 413 per value, 507 if it can never fit."""
         limits = self.limits
         rows = []
@@ -302,11 +342,11 @@ class DurableQueue:
                 raise Rejected(413, "value of %r is %d bytes; the limit is %d" % (alias, n, limits.max_value_bytes))
             rows.append((client, alias, ts, value, n))
             size += n
-        if not rows:
+        if not rows and new_client is None:
             return None
         if size > limits.max_bytes:
             raise Rejected(507, "request needs %d bytes; the whole queue holds %d" % (size, limits.max_bytes))
-        return _Entry(rows, size)
+        return _Entry(rows, size, new_client)
 
     def _commit(self, batch: List[_Entry]) -> None:
         """One transaction for a group of appends; sets each entry's status (0 = stored)."""
@@ -330,12 +370,16 @@ class DurableQueue:
         if not accepted:
             return
         rows = self._stamp([r for e in accepted for r in e.rows])
+        new_clients = [e.new_client for e in accepted if e.new_client is not None]
         overflow = st.bytes + total - limits.max_bytes
         try:
-            if overflow <= 0 and len(rows) <= ROWS_PER_INSERT:
+            if overflow <= 0 and len(rows) <= ROWS_PER_INSERT and not new_clients:
                 self._insert(conn, rows)  # one statement in autocommit: one GIL release, one fsync
             else:
                 conn.execute("BEGIN IMMEDIATE")
+                if new_clients:
+                    conn.executemany("INSERT OR IGNORE INTO clients (%s, created) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                                     % CLIENT_COLUMNS, [c + (self.clock(),) for c in new_clients])
                 if overflow > 0:
                     self._drop_oldest(conn, overflow)
                 for i in range(0, len(rows), ROWS_PER_INSERT):
@@ -366,6 +410,8 @@ class DurableQueue:
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, rows: List[tuple]) -> None:
+        if not rows:
+            return
         sql = INSERT_HEAD + ",".join([INSERT_ROW] * len(rows))
         conn.execute(sql, [x for r in rows for x in r])
 
@@ -491,6 +537,49 @@ class DurableQueue:
             self._count("dead_lettered", len(values))
         log.warning("dead-lettered %d values (status %s): %s", len(values), status, reason)
         return len(values)
+
+    # -- clients (their rows; the registry in clients.py keeps them in memory) ---------------
+    def client_rows(self) -> List[tuple]:
+        """Every stored client as ``CLIENT_COLUMNS``."""
+        with self._rlock:
+            return self._rconn.execute("SELECT %s FROM clients ORDER BY created" % CLIENT_COLUMNS).fetchall()
+
+    def set_upstream_token(self, client: int, token: Optional[str]) -> None:
+        """Persist (fsynced) a client's upstream token; None forgets it."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE clients SET upstream_token = ? WHERE id = ?", (token, client))
+
+    def resolve_clients(self, known: set, damaged: Sequence[object] = ()) -> int:
+        """Dead-letter every queued value whose client is not in ``known`` (its record was lost or
+        is damaged), so it can never go upstream under another identity; drop ``damaged`` client
+        rows (objects with ``id`` and ``serial``). Raises an alarm if anything was set aside;
+        returns how many values were."""
+        with self._rlock:
+            held = [c for (c,) in self._rconn.execute("SELECT DISTINCT client FROM queue")]
+        orphans = [c for c in held if c not in known]
+        if not orphans and not damaged:
+            return 0
+        now = self.clock()
+        moved = 0
+        with self._transaction() as conn:
+            for c in damaged:
+                conn.execute("DELETE FROM clients WHERE id = ?", (c.id,))
+            for client in orphans:
+                gone = conn.execute(
+                    "DELETE FROM queue WHERE client = ? RETURNING id, client, alias, ts, value, arrived, size",
+                    (client,)).fetchall()
+                conn.executemany("INSERT OR REPLACE INTO dead_letter (id, client, alias, ts, value, arrived, status, "
+                                 "reason, moved) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                                 [r[:6] + ("client unknown: its record was lost or damaged", now) for r in gone])
+                self._removed([(r[1], r[6]) for r in gone])
+                moved += len(gone)
+            self._count("dead_lettered", moved)
+            detail = "%d queued values of %d unknown clients dead-lettered, not forwarded" % (moved, len(orphans))
+            if damaged:
+                detail += "; damaged client records dropped: %s" % ", ".join(str(c.serial)[:40] for c in damaged)
+            conn.execute("INSERT INTO alarms (kind, time, detail) VALUES ('client_unresolved', ?, ?)", (now, detail))
+        log.error("clients: %s", detail)
+        return moved
 
     def note_retry(self, n: int = 1) -> None:
         """Count failed delivery attempts (persisted with the next transaction)."""

@@ -53,8 +53,11 @@ class Reply:
 
 @dataclass
 class Store:
+    """Values to commit (and a new client's row, if it is new); answered ``reply`` (204 if None) once durable."""
+
     client: Client
     values: List[Value]
+    reply: Optional[Reply] = None
 
 
 class HTTPError(Exception):
@@ -152,10 +155,11 @@ def _form(req: Request) -> Pairs:
     return decode_form(req.body)
 
 
-def _activate(app: App, form: Dict[str, str]) -> Reply:
+def _activate(app: App, form: Dict[str, str]) -> Union[Reply, Store]:
     serial = activation_identity(form)
     client = app.clients.by_serial(serial, _optional(form.get("vendor")), _optional(form.get("model")))
-    return Reply(200, client.local_token.encode())
+    reply = Reply(200, client.local_token.encode())
+    return reply if client.durable else Store(client, [], reply)  # a token is handed out once it is on disk
 
 
 def _optional(name: Optional[str]) -> Optional[str]:

@@ -9,10 +9,9 @@ import time
 from typing import Optional
 
 from atomic_config import GwePaths, gwe_paths
-
 from atomic_config.version import VERSION as __version__
 
-from . import clients as clients_mod, config
+from . import config
 from .clients import ClientRegistry
 from .forwarder import Forwarder, UpstreamSettings
 from .http_api import GmqHTTPServer
@@ -38,8 +37,8 @@ class Gmq:
         self.cfg = config.load(self.paths)
         logging.getLogger().setLevel(self.cfg.log_level)
         self.started = time.time()
-        self.queue = DurableQueue(self.paths.gmq_db, self.cfg.limits, other_tables=clients_mod.SCHEMA)
-        self.clients = ClientRegistry(self.paths.gmq_db)
+        self.queue = DurableQueue(self.paths.gmq_db, self.cfg.limits)  # the one owner of gmq.db
+        self.clients = ClientRegistry(self.queue)
         self.forwarder = Forwarder(self.queue, self.clients, upstream_settings(self.cfg))
         self.clients.on_new = lambda client: self.forwarder.wake()
         self._apply_server_settings(self.cfg)
@@ -130,5 +129,4 @@ class Gmq:
         self.forwarder.stop()
         self.httpd.server_close()
         self.forwarder.join(timeout=10)
-        self.clients.close()
         self.queue.close()

@@ -220,7 +220,9 @@ def test_full_disk_is_507_and_nothing_queued_is_lost(gwe_home):
                     break
                 acked.append("v%d" % i)
             assert status == 507, status
-            assert gmq.post("/onep:v1/stack/alias", "more=1").status_code == 507  # still answering, still full
+            small = gmq.post("/onep:v1/stack/alias", "more=1").status_code  # still answering; fits a page, or not
+            assert small in (204, 507)
+            acked += ["more"] if small == 204 else []
             assert gmq.status()["queue"]["depth"] == len(acked)
             gmq.kill()  # power cut while full
             gmq.start()

@@ -138,3 +138,33 @@ def test_database_is_private(tmp_path):
     q.append(1, [("a", None, "1")])
     for suffix in ("", "-wal"):
         assert os.stat(str(tmp_path / "gmq.db") + suffix).st_mode & 0o777 == 0o600
+
+
+def test_a_schema_1_database_is_renumbered_by_identity_and_keeps_every_value(tmp_path):
+    """gmq before schema 2 numbered clients 1, 2, ...; their values follow them to identity-derived ids."""
+    from gmq.clients import ClientRegistry, identity_id
+
+    path = str(tmp_path / "gmq.db")
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE queue (id INTEGER PRIMARY KEY AUTOINCREMENT, client INTEGER NOT NULL, alias TEXT NOT NULL, "
+        "ts REAL NOT NULL, value TEXT NOT NULL, arrived REAL NOT NULL, size INTEGER NOT NULL, "
+        "attempts INTEGER NOT NULL DEFAULT 0);"
+        "CREATE TABLE clients (id INTEGER PRIMARY KEY, serial TEXT UNIQUE, vendor TEXT, model TEXT, "
+        "local_token TEXT NOT NULL UNIQUE, upstream_token TEXT, created REAL NOT NULL);"
+        "INSERT INTO clients VALUES (1, 'a', NULL, NULL, 'tok-a', NULL, 1), (2, NULL, NULL, NULL, 'cik0123456789012345678', "
+        "'cik0123456789012345678', 2);"
+        "INSERT INTO queue (client, alias, ts, value, arrived, size) VALUES (1, 'x', 1, 'a1', 1, 3), (2, 'x', 2, 'c1', 2, 3),"
+        " (1, 'x', 3, 'a2', 3, 3);")
+    old.commit()
+    old.close()
+    q = DurableQueue(path)
+    clients = ClientRegistry(q)
+    a, c = identity_id("a", "tok-a"), identity_id(None, "cik0123456789012345678")
+    assert clients.by_serial("a").id == a and clients.by_token("cik0123456789012345678").id == c
+    assert [v.value for v in q.take(a, 10)] == ["a1", "a2"] and [v.value for v in q.take(c, 10)] == ["c1"]
+    assert q.stats()["alarms"] == [] and q.stats()["dead_letter"] == 0
+    q.close()
+    reopened = DurableQueue(path)
+    assert reopened.depth_by_client() == {a: 2, c: 1}  # renumbered once
+    reopened.close()
