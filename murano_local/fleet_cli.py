@@ -229,13 +229,14 @@ def register_fleet_commands(main: click.Group, device: click.Group) -> None:
                             install_seconds=install_seconds, threads=threads, seed=seed)
             started = time.monotonic()
             sim.setup()
-            click.echo("%d gateways whitelisted, tagged and activated in %.1f s; running (Ctrl-C stops)"
-                       % (count, time.monotonic() - started), err=True)
-            sim.run(duration)
         except SimulationError as exc:
             raise CliError(str(exc))
+        click.echo("%d gateways whitelisted, tagged and activated in %.1f s; running (Ctrl-C stops)"
+                   % (count, time.monotonic() - started), err=True)
+        try:
+            sim.run(duration)  # stops its threads on the way out, Ctrl-C included
         except KeyboardInterrupt:
-            sim.stop()
+            pass
         click.echo(sim.stats_line(), err=True)
 
 

@@ -400,6 +400,10 @@ class RolloutRepository:
             rollouts.append(Rollout(r_pid, Spec.from_json(spec), state, targets, created, updated, reason))
         return rollouts
 
+    def names(self, pid: str) -> List[Tuple[str, int]]:
+        """``(name, updated_us)`` of every rollout of ``pid``, oldest first."""
+        return self.store.query("SELECT name, updated_us FROM rollouts WHERE pid = ? ORDER BY created_us", (pid,))
+
     def exists(self, pid: str, name: str) -> bool:
         return bool(self.store.query("SELECT 1 FROM rollouts WHERE pid = ? AND name = ?", (pid, name)))
 
@@ -449,6 +453,7 @@ class RolloutEngine:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._active: Dict[Tuple[str, str], Rollout] = {}
+        self._summaries: Dict[Tuple[str, str, int], dict] = {}  # finished rollouts, by (pid, name, updated_us)
         self._evidence: Dict[Tuple[str, str, str], Evidence] = {}
         self._watched: Dict[Tuple[str, str], int] = {}  # (pid, identity) -> in-flight targets
         self._dirty: set = set()  # (pid, identity) that reported since the last step
@@ -589,14 +594,22 @@ class RolloutEngine:
     def status(self, pid: str, name: Optional[str] = None) -> List[dict]:
         """Every rollout of ``pid`` (summaries), or the one named (with its gateways)."""
         with self._lock:
-            stored = self.repo.load(pid, name)
-            live = {k[1]: r for k, r in self._active.items() if k[0] == pid}
-            rollouts = [live.get(r.spec.name, r) for r in stored]
             if name is not None:
-                if not rollouts:
+                rollout = self._active.get((pid, name)) or next(iter(self.repo.load(pid, name)), None)
+                if rollout is None:
                     raise RolloutNotFound("no rollout %s" % name)
-                return [rollouts[0].to_dict()]
-            return [r.summary() for r in rollouts]
+                return [rollout.to_dict()]
+            summaries = []
+            for r_name, updated in self.repo.names(pid):
+                live = self._active.get((pid, r_name))
+                if live is not None:
+                    summaries.append(live.summary())
+                    continue
+                key = (pid, r_name, updated)  # a finished rollout no longer changes: summarise it once
+                if key not in self._summaries:
+                    self._summaries[key] = self.repo.load(pid, r_name)[0].summary()
+                summaries.append(self._summaries[key])
+            return summaries
 
     # -- the engine's step ------------------------------------------------------------------
     def step(self, now_us: Optional[int] = None) -> None:

@@ -213,7 +213,12 @@ class Simulator:
         """Whitelist, tag and activate every gateway (in parallel)."""
         import requests
 
-        session = requests.Session()
+        try:
+            self._setup(requests.Session())
+        except requests.RequestException as exc:
+            raise SimulationError("cannot set the fleet up on %s: %s" % (self.url, exc.__class__.__name__))
+
+    def _setup(self, session) -> None:
         admin = "%s/api:1/service/%s" % (self.url, quote(self.pid, safe=""))
         rng = random.Random(self.seed)
 
@@ -226,11 +231,15 @@ class Simulator:
                 session.patch("%s/device2/identity/%s" % (admin, ident), json={"reprovision": True}, timeout=30)
 
         tag_of = {gw.serial: [name for name, share in self.tags if rng.random() < share] for gw in self.gateways}
+
+        def tag(gw: SimulatedGateway) -> None:
+            if tag_of[gw.serial]:
+                session.post("%s/fleet/gateways/%s/tags" % (admin, quote(gw.serial, safe="")),
+                             json={"add": tag_of[gw.serial]}, timeout=30).raise_for_status()
+
         with ThreadPoolExecutor(self.threads) as pool:
             list(pool.map(prepare, self.gateways))
-            list(pool.map(lambda gw: tag_of[gw.serial] and session.post(
-                "%s/fleet/gateways/%s/tags" % (admin, quote(gw.serial, safe="")),
-                json={"add": tag_of[gw.serial]}, timeout=30).raise_for_status(), self.gateways))
+            list(pool.map(tag, self.gateways))
         self._workers = [self._gateways_of(i) for i in range(self.threads)]
         with ThreadPoolExecutor(self.threads) as pool:
             list(pool.map(self._activate_all, range(self.threads)))

@@ -1,6 +1,7 @@
 """Tags, fleet status and rollouts through the murano-local CLI against a real server, with a
 simulated fleet (murano_local.simulator: gateways talking HTTP through device_client)."""
 import json
+import threading
 import time
 
 import pytest
@@ -167,3 +168,58 @@ def test_a_restart_mid_rollout_resumes_and_installs_each_gateway_once(murano, fl
         statuses = fetch_statuses(murano, t["serial"], "sensor.v2.tar.gz")
         installs = [s for s in statuses if "nothing done" not in s["output"]]  # asked again after the restart
         assert len(installs) == 1 and all(s["status"] == "installed" for s in statuses), (t["serial"], statuses)
+
+
+def test_fleet_api_and_page_refuse_bad_requests_and_the_change_feed_wakes(murano):
+    murano.add_device("gw-1")
+    for method, path, kwargs, status in (
+            ("POST", "/gateways/gw-1/tags", {"data": b"{not json"}, 400),
+            ("POST", "/gateways/gw-1/tags", {"json": {"add": "north"}}, 400),
+            ("POST", "/gateways/ghost/tags", {"json": {"add": ["north"]}}, 404),
+            ("GET", "/gateways/ghost", {}, 404),
+            ("DELETE", "/gateways", {}, 405),
+            ("POST", "/rollouts", {"json": ["a list"]}, 400),
+            ("POST", "/rollouts/nosuch/abort", {}, 404),
+            ("POST", "/rollouts/nosuch/explode", {}, 404),
+            ("GET", "/changes?since=soon", {}, 400),
+            ("GET", "/nothing", {}, 404)):
+        resp = requests.request(method, fleet_url(murano, path), timeout=10, **kwargs)
+        assert resp.status_code == status, (method, path, resp.status_code, resp.text)
+        assert "\n" not in resp.text.strip() and "Traceback" not in resp.text
+    for method, path, status in (("GET", "/ui/static/nope.js", 404), ("GET", "/ui/static/../cli.py", 404),
+                                 ("POST", "/ui/", 405), ("GET", "/ui/plots/localproduct/ghost", 404),
+                                 ("GET", "/ui", 302)):
+        resp = requests.request(method, murano.url + path, timeout=10, allow_redirects=False)
+        assert resp.status_code == status, (method, path, resp.status_code)
+    page = requests.get(murano.url + "/ui/", timeout=10)
+    assert page.status_code == 200 and "/ui/static/app.js" in page.text
+    assert 'src="http' not in page.text and 'href="http' not in page.text  # nothing loaded from elsewhere
+    for asset in ("app.js", "style.css"):
+        body = requests.get(murano.url + "/ui/static/" + asset, timeout=10).text
+        assert "https://" not in body and "http://" not in body  # works offline: no CDN
+
+    version = requests.get(fleet_url(murano, "/changes?since=-1&timeout=0"), timeout=10).json()["version"]
+    idle = time.monotonic()
+    assert requests.get(fleet_url(murano, "/changes?since=%d&timeout=1" % version), timeout=10).json() == {
+        "version": version}
+    assert time.monotonic() - idle >= 0.9
+
+    answer = {}
+    waiter = threading.Thread(target=lambda: answer.update(requests.get(
+        fleet_url(murano, "/changes?since=%d&timeout=30" % version), timeout=40).json()))
+    waiter.start()
+    time.sleep(0.5)
+    woke = time.monotonic()
+    requests.post(fleet_url(murano, "/gateways/gw-1/tags"), json={"add": ["north"]}, timeout=10).raise_for_status()
+    waiter.join(40)
+    assert answer["version"] != version and time.monotonic() - woke < 5
+
+
+def test_simulate_refuses_bad_options_with_one_line(murano):
+    for args, error in ((("--gateways", "2", "--mix", "bogus=1"), "unknown outcome 'bogus'"),
+                        (("--gateways", "2", "--mix", "success=-1"), "must not be negative"),
+                        (("--gateways", "2", "--app", "noversion"), "--app must look like NAME.vVERSION"),
+                        (("--gateways", "2", "--tag", "canary=lots"), "tag share")):
+        bad = cli(murano, "simulate", *args)
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 1 and len(lines) == 1 and error in lines[0], (args, bad.stderr)
