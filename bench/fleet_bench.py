@@ -11,9 +11,9 @@ Starts ``murano-local serve`` (scratch data directory) and ``murano-local simula
    ``--repeat``, and the server's answer alone (``GET fleet/gateways`` from this process);
    anchor: ``murano-local device list --json`` in the same run (the same CLI start-up and one
    admin request, without the fleet read model);
-2. the fleet page in headless Chromium: navigation start to the table drawn with every row
-   (``window.dashboardReadyMs``), median of ``--repeat`` fresh loads; anchor: the same browser
-   loading the page's static stylesheet;
+2. the fleet page in headless Chromium: navigation start to the table drawn (every gateway
+   counted, the first page of 500 rows drawn; ``window.dashboardReadyMs``), median of
+   ``--repeat`` fresh loads; anchor: the same browser loading the page's static stylesheet;
 3. murano-local's RSS and CPU while the fleet reports and polls (over 20 s), and with
    ``--rollout`` a rollout to the whole fleet (batches of 10 %, 2 % of gateways rolling back,
    max failures 5 %): its duration and the server's CPU meanwhile.
@@ -83,7 +83,8 @@ def page_loads(url: str, count: int, repeat: int, profile: str) -> dict:
 
     driver = chromium(profile)
     try:
-        driver.set_page_load_timeout(60)
+        driver.set_page_load_timeout(120)
+        driver.set_script_timeout(120)
         anchor, loads = [], []
         for _ in range(repeat):
             driver.get(url + "/ui/static/style.css")
@@ -92,8 +93,8 @@ def page_loads(url: str, count: int, repeat: int, profile: str) -> dict:
             driver.get("about:blank")
             driver.get(url + "/ui/")
             wait(lambda: driver.execute_script(
-                "return window.dashboardReadyMs && document.querySelectorAll('#fleet-table tbody tr').length"
-            ) == count, 60, "the fleet page with %d rows" % count, interval=0.05)
+                "return window.dashboardReadyMs && document.getElementById('fleet-count').textContent"
+            ) == "%d gateways" % count, 120, "the fleet page with %d rows" % count, interval=0.05)
             loads.append(driver.execute_script("return window.dashboardReadyMs") / 1000.0)
         return {"page_load_s": round(statistics.median(loads), 3), "page_load_runs": [round(x, 3) for x in loads],
                 "anchor_static_css_s": round(statistics.median(anchor), 3)}
@@ -138,6 +139,7 @@ def main() -> int:
     url = "http://127.0.0.1:%d" % port
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
     procs = []
+    figures: dict = {"gateways": args.gateways}
     try:
         server = subprocess.Popen([sys.executable, "-m", "murano_local", "serve", "--port", str(port), "--data",
                                    os.path.join(tmp, "data"), "--log-level", "WARNING",
@@ -155,9 +157,8 @@ def main() -> int:
         rows_url = "%s/api:1/service/localproduct/fleet/gateways" % url
         wait(lambda: sum(1 for g in requests.get(rows_url, timeout=60).json()["gateways"] if g["gwe_version"])
              == args.gateways, 600, "every simulated gateway's first report", interval=2.0)
-        figures = {"gateways": args.gateways, "load_average": round(os.getloadavg()[0], 1),
-                   "setup_s": round(time.monotonic() - started, 1),
-                   "report_interval": args.report_interval, "poll_interval": args.poll_interval}
+        figures.update({"load_average": round(os.getloadavg()[0], 1), "setup_s": round(time.monotonic() - started, 1),
+                        "report_interval": args.report_interval, "poll_interval": args.poll_interval})
         proc = psutil.Process(server.pid)
         figures.update({"server_" + k: v for k, v in cpu_rss(proc, 20.0).items()})
         figures["fleet_status_runs"] = [round(cli_seconds(url, "fleet", "status", "--json"), 3)
@@ -171,9 +172,13 @@ def main() -> int:
         figures["fleet_api_s"] = round(statistics.median(api_runs), 3)
         figures["anchor_device_list_s"] = round(statistics.median(
             cli_seconds(url, "device", "list", "--json") for _ in range(args.repeat)), 3)
-        figures.update(page_loads(url, args.gateways, args.repeat, os.path.join(tmp, "chromium")))
-        if args.rollout:
-            figures.update(rollout(url, proc, tmp, args.gateways))
+        for name, measure in (("page", lambda: page_loads(url, args.gateways, args.repeat,
+                                                           os.path.join(tmp, "chromium"))),
+                              ("rollout", lambda: rollout(url, proc, tmp, args.gateways) if args.rollout else {})):
+            try:
+                figures.update(measure())
+            except Exception as exc:  # one failed measurement must not lose the others' figures
+                figures["%s_error" % name] = "%s: %s" % (type(exc).__name__, str(exc).splitlines()[0][:200])
         figures["server_rss_mib_end"] = round(proc.memory_info().rss / 2 ** 20, 1)
     finally:
         for p in reversed(procs):
@@ -190,9 +195,9 @@ def main() -> int:
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(figures, f, indent=2)
-    missed = [k for k, goal in GOALS.items() if figures[k] > goal]
+    missed = [k for k, goal in GOALS.items() if figures.get(k) is None or figures[k] > goal]
     if args.check and args.gateways <= 1000 and missed:
-        print("missed: %s" % ", ".join("%s %.3f > %.1f" % (k, figures[k], GOALS[k]) for k in missed))
+        print("missed: %s" % ", ".join("%s %s > %.1f" % (k, figures.get(k), GOALS[k]) for k in missed))
         return 1
     return 0
 

@@ -123,3 +123,10 @@ def test_dashboard_page_in_headless_chromium(murano, gateways, browser, tmp_path
     _shot(browser, tmp_path, "rollout-completed")
     for gw in gateways.values():
         assert gw.running_version("counter") == "1"
+
+    # a big fleet is drawn a page at a time (here one row a page)
+    browser.get(murano.url + "/ui/?rows=1")
+    wait_for(lambda: serials() == ["gw-a"], 20, message="first page")
+    assert browser.find_element("css selector", "#fleet-count").text == "2 gateways"
+    browser.find_element("css selector", "#page-next").click()
+    wait_for(lambda: serials() == ["gw-b"], 10, message="second page")

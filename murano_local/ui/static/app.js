@@ -5,8 +5,10 @@
 (function () {
   // Set once per page load: the browser test checks it survives live updates (no reload happened).
   window.dashboardLoadId = Date.now() + "-" + Math.random();
-  const state = {pid: null, version: -1, tag: "", sort: {key: "serial", dir: 1}, busy: false, again: false,
-                 last: 0, openRollout: null};
+  // Fleet rows drawn at once (?rows=N): a page of 10,000 rows would keep the browser busy.
+  const PAGE = Number(new URLSearchParams(location.search).get("rows")) || 500;
+  const state = {pid: null, version: -1, tag: "", sort: {key: "serial", dir: 1}, page: 0, busy: false, again: false,
+                 last: 0, cost: 0, openRollout: null};
   const view = document.getElementById("view");
 
   function el(tag, attrs, ...children) {
@@ -86,7 +88,15 @@
       const x = column[2](a), y = column[2](b);
       return (x < y ? -1 : x > y ? 1 : 0) * state.sort.dir || (a.serial < b.serial ? -1 : 1);
     });
-    const filter = el("select", {id: "tag-filter", onchange: (e) => { state.tag = e.target.value; refresh(); }},
+    const pages = Math.max(1, Math.ceil(rows.length / PAGE));
+    state.page = Math.min(state.page, pages - 1);
+    const shown = rows.slice(state.page * PAGE, (state.page + 1) * PAGE);
+    const turn = (by) => () => { state.page += by; refresh(); };
+    const pager = pages < 2 ? null : el("span", {id: "pager"},
+      el("button", {id: "page-prev", disabled: state.page === 0, onclick: turn(-1)}, "previous"),
+      " rows " + (state.page * PAGE + 1) + "-" + (state.page * PAGE + shown.length) + " ",
+      el("button", {id: "page-next", disabled: state.page === pages - 1, onclick: turn(1)}, "next"));
+    const filter = el("select", {id: "tag-filter", onchange: (e) => { state.tag = e.target.value; state.page = 0; refresh(); }},
       el("option", {value: ""}, "all tags"),
       Object.entries(data.tags).map(([t, n]) => el("option", {value: t, selected: t === state.tag}, t + " (" + n + ")")));
     const head = el("tr", {}, COLUMNS.map(([key, label]) => el("th", {
@@ -94,12 +104,12 @@
       "data-key": key,
       onclick: () => { state.sort = {key: key, dir: state.sort.key === key ? -state.sort.dir : 1}; refresh(); },
     }, label)));
-    const body = el("tbody", {}, rows.map((g) => el("tr", {class: g.problems.length ? "problem" : "", "data-serial": g.serial},
+    const body = el("tbody", {}, shown.map((g) => el("tr", {class: g.problems.length ? "problem" : "", "data-serial": g.serial},
       COLUMNS.map((c) => el("td", {"data-key": c[0]}, c[3](g))))));
     view.replaceChildren(
       el("h2", {}, "Fleet"),
       el("div", {class: "toolbar"}, el("label", {for: "tag-filter"}, "Tag"), filter,
-        el("span", {class: "muted", id: "fleet-count"}, rows.length + " gateways")),
+        el("span", {class: "muted", id: "fleet-count"}, rows.length + " gateways"), pager),
       el("table", {id: "fleet-table"}, el("thead", {}, head), body));
   }
 
@@ -251,15 +261,17 @@
     document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
   }
 
-  // At most one redraw at a time and one a second: a fleet of thousands reports all the time.
+  // At most one redraw at a time, one a second, and no more than a third of the time busy drawing:
+  // a fleet of thousands reports all the time.
   async function refresh(first) {
     if (state.busy) { state.again = true; return; }
     state.busy = true;
     try {
-      const wait = 1000 - (Date.now() - state.last);
+      const wait = Math.max(1000, 3 * state.cost) - (Date.now() - state.last);
       if (!first && wait > 0) await new Promise((ok) => setTimeout(ok, wait));
       state.last = Date.now();
       await draw(first);
+      state.cost = Date.now() - state.last;
     } catch (e) {
       message(e.message);
     } finally {
