@@ -142,6 +142,13 @@ class AdminApi:
             device = dict(_query(req)).get("device")  # local extension: one device's uploads
             return json_response(200, [_content_json(c) for c in self.murano.content.list(pid, device)])
         name = "/".join(rest[1:])
+        if m == "GET" and dict(_query(req)).get("download") == "true":  # local extension: the blob itself
+            info, blob = self.murano.content.open(pid, name)
+            if blob is None:
+                raise HttpError(404, "content not found")
+            filename = re.sub(r"[^A-Za-z0-9._-]", "_", name.rsplit("/", 1)[-1]) or "content"
+            return Response(200, content_type=info["type"], file=blob, offset=0, length=info["size"],
+                            headers=[("Content-Disposition", 'attachment; filename="%s"' % filename)])
         if m == "GET":
             return json_response(200, _content_json(self.murano.content.info(pid, name)))
         if m == "DELETE":

@@ -233,6 +233,36 @@ def content_list(ctx: click.Context, device: Optional[str], as_json: bool) -> No
         click.echo(line + ("\t%s" % item["sha256"] if item.get("sha256") else ""))
 
 
+@content.command("download")
+@click.argument("name")
+@click.argument("dest", required=False, type=click.Path(dir_okay=False))
+@click.pass_context
+def content_download(ctx: click.Context, name: str, dest: Optional[str]) -> None:
+    """Save NAME (e.g. a device's upload) as DEST (default: its base name); a device upload's sha256 is checked."""
+    import hashlib
+
+    admin = _admin(ctx)
+    item = admin.call("GET", admin.content(name)).json()
+    dest = dest or name.rsplit("/", 1)[-1]
+    part = dest + ".part"
+    digest = hashlib.sha256()
+    resp = admin.call("GET", admin.content(name), params={"download": "true"}, stream=True)
+    try:
+        with open(part, "wb") as out:
+            for chunk in resp.iter_content(64 * 1024):
+                out.write(chunk)
+                digest.update(chunk)
+        if item.get("sha256") and digest.hexdigest() != item["sha256"]:
+            raise CliError("%s: sha256 %s, the device announced %s" % (name, digest.hexdigest(), item["sha256"]))
+        os.replace(part, dest)
+    except OSError as exc:
+        raise CliError("cannot write %s: %s" % (dest, exc.strerror or exc))
+    finally:
+        if os.path.exists(part):
+            os.unlink(part)
+    click.echo("saved %s (%d bytes, sha256 %s)" % (dest, os.path.getsize(dest), digest.hexdigest()))
+
+
 @content.command("delete")
 @click.argument("name")
 @click.pass_context

@@ -26,6 +26,8 @@ HEALTHY_APP_STATES = ("RUNNING", "INSTALLED")
 FULL_PERCENT = 90.0
 SERIES_POINTS = 120
 FETCH_HISTORY = 20
+UPLOAD_STATUS = "upload_status"
+UPLOAD_HISTORY = 20
 
 Report = Tuple[Optional[str], int]  # (raw JSON text, server timestamp in µs)
 
@@ -287,12 +289,21 @@ class FleetView:
                 fetches.append(dict(_fetch(status, point["timestamp"]), version=_text(status.get("version")),
                                     running_version=_text(status.get("running_version"))))
         info = parse_report(history[DEVICE_INFO][-1]["value"]) if history[DEVICE_INFO] else None
+        uploads = []
+        for point in store.history(pid, identity, UPLOAD_STATUS, UPLOAD_HISTORY):
+            status = parse_report(point["value"])
+            if status is not None:
+                uploads.append({"timestamp": point["timestamp"], **{k: status.get(k) for k in (
+                    "id", "trigger", "state", "step", "name", "size", "bytes_done", "sha256", "error")}})
         return {
             "row": row,
             "apps": [dict(name=n, **apps[n]) for n in sorted(apps)],
             "series": gateway_series(history[DEVICE_INFO], history[ENGINE_REPORT]),
             "usage": usage_totals(history[USAGE_REPORT]),
             "fetch_history": fetches,
+            "upload_history": uploads,
+            "uploads": [{"id": c["name"], "size": c["size"], "sha256": c["sha256"], "updated": c["updated"]}
+                        for c in self.murano.content.list(pid, device=identity)],
             "device": {k: info.get(k) for k in ("hostname", "uname", "uptime_s", "ipaddrs")} if info else None,
         }
 

@@ -4,11 +4,13 @@ import json
 import os
 import subprocess
 import sys
+from urllib.parse import quote
 
 import pytest
 import requests
 
 from device_client import Device, errors
+from harness import wait_for
 
 SN = "gw-up-1"
 OTHER = "gw-up-2"
@@ -135,3 +137,54 @@ def test_bad_pieces_are_refused_and_change_nothing(murano):
     other = hashlib.sha256(b"y" * 10).hexdigest()
     assert _piece(murano, dev.token, "a.log", b"", None, 10, other).headers["Upload-Offset"] == "0"
     dev.close()
+
+
+def test_the_operator_downloads_an_upload_with_its_sha256_checked(murano, tmp_path):
+    data = os.urandom(70_000)
+    path = tmp_path / "diag.tar.gz"
+    path.write_bytes(data)
+    with _device(murano) as dev:
+        up = dev.upload_content("diag.tar.gz", str(path))
+    r = requests.get(murano.url + "/api:1/service/localproduct/content/item/%s" % quote(up.name, safe=""),
+                     params={"download": "true"}, timeout=10)
+    assert r.status_code == 200 and r.content == data
+    assert r.headers["Content-Disposition"] == 'attachment; filename="diag.tar.gz"'
+    out = subprocess.run([sys.executable, "-m", "murano_local", "--url", murano.url, "content", "download", up.name,
+                          str(tmp_path / "saved.tgz")], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and up.sha256 in out.stdout
+    assert (tmp_path / "saved.tgz").read_bytes() == data
+    missing = subprocess.run([sys.executable, "-m", "murano_local", "--url", murano.url, "content", "download",
+                              "upload/nobody/x", str(tmp_path / "none")], capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and not (tmp_path / "none").exists()
+
+
+def test_the_dashboard_shows_a_gateways_uploads_and_links_the_file(murano, tmp_path):
+    from fleet_helpers import chromium
+
+    data = os.urandom(50_000)
+    path = tmp_path / "logs.tar.gz"
+    path.write_bytes(data)
+    with _device(murano) as dev:
+        up = dev.upload_content("logs.tar.gz", str(path))
+        dev.write("upload_status", json.dumps({"id": "r-7", "state": "done", "name": up.name, "size": up.size,
+                                               "bytes_done": up.size, "sha256": up.sha256, "error": None}))
+    page = requests.get(murano.url + "/api:1/service/localproduct/fleet/gateways/" + SN, timeout=10).json()
+    assert page["uploads"] == [{"id": up.name, "size": len(data), "sha256": up.sha256,
+                                "updated": page["uploads"][0]["updated"]}]
+    assert page["upload_history"][0]["id"] == "r-7" and page["upload_history"][0]["state"] == "done"
+    browser = chromium(str(tmp_path / "profile"))
+    try:
+        browser.set_page_load_timeout(30)
+        browser.get(murano.url + "/ui/#/gateway/" + SN)
+
+        def link():
+            found = browser.find_elements("css selector", "#uploads-table a.upload-link")
+            return found[0] if found else None
+        a = wait_for(link, 20, message="the uploads table on the gateway page")
+        assert a.text == up.name
+        states = [td.text for td in browser.find_elements("css selector", "#upload-status-table tbody td")]
+        assert "r-7" in states and "done" in states
+        got = requests.get(a.get_attribute("href"), timeout=10)
+        assert hashlib.sha256(got.content).hexdigest() == up.sha256
+    finally:
+        browser.quit()

@@ -149,6 +149,16 @@
         page.fetch_history.map((f) => [time(f.timestamp), f.package || "-",
           el("span", {class: f.status === "installed" ? "ok" : "bad"}, f.status || "-"), f.running_version || "-",
           f.error || ""])),
+      el("h3", {}, "Uploads (upload_status history)"),
+      simpleTable("upload-status-table", ["When", "Id", "State", "Bytes", "Error"],
+        page.upload_history.map((u) => [time(u.timestamp), u.id || "-",
+          el("span", {class: u.state === "done" ? "ok" : u.state === "failed" ? "bad" : ""}, u.state || "-"),
+          u.size === null ? "-" : u.bytes_done + " / " + u.size, u.error || ""])),
+      el("h3", {}, "Uploaded files"),
+      simpleTable("uploads-table", ["File", "Bytes", "sha256", "Uploaded"],
+        page.uploads.map((u) => [el("a", {href: "/api:1/service/" + enc(state.pid) + "/content/item/" + enc(u.id) +
+          "?download=true", class: "upload-link"}, u.id), String(u.size), el("code", {}, u.sha256 || "-"),
+          time(u.updated * 1000000)])),
       el("h3", {}, "Network use"),
       el("div", {class: "plots"}, svgBox("usage", plots.usage)));
   }
