@@ -27,6 +27,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3.5", "murano-client==21.12.22",
+                 "h11==0.16.0",  # the oracle the HTTP parsers are tested against
                  "amqtt==0.12.1; python_version >= '3.10'",
                  "ruff==0.17.6",  # pinned: a newer ruff may add findings to the selected rules
                  "wheel",  # scripts/release and scripts/install-gateway build wheels offline in the tests

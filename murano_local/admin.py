@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 from urllib.parse import parse_qsl
 
 from atomic_config.version import VERSION as __version__
@@ -30,14 +30,16 @@ def _state_value(value: object) -> str:
 
 
 class AdminApi:
-    def __init__(self, murano: Murano, max_content_bytes: int = DEFAULT_MAX_CONTENT) -> None:
+    def __init__(self, murano: Murano, long_polls_waiting: Optional[Callable[[], int]] = None,
+                 max_content_bytes: int = DEFAULT_MAX_CONTENT) -> None:
         self.murano = murano
+        self.long_polls_waiting = long_polls_waiting or (lambda: murano.hub.waiting)
         self.max_content_bytes = max_content_bytes
 
     def handle(self, req: Request) -> Optional[Response]:
         if req.path == "/api:1/info" and req.method == "GET":
             return json_response(200, {"version": __version__, "default_product": self.murano.default_pid,
-                                        "long_polls_waiting": self.murano.hub.waiting})
+                                        "long_polls_waiting": self.long_polls_waiting()})
         match = _SERVICE.match(req.path)
         if not match:
             return None

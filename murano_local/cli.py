@@ -46,8 +46,11 @@ def _admin(ctx: click.Context) -> Admin:
               help="Let unknown identities activate themselves in the default product.")
 @click.option("--history-limit", default=100000, show_default=True, type=click.IntRange(1, 10 ** 9),
               help="Points kept per device and alias (the oldest go first; up to 10% more between trims).")
-@click.option("--max-connections", default=1000, show_default=True, type=click.IntRange(1, 100000),
-              help="Open connections served at once (one thread each); more get 503.")
+@click.option("--max-connections", default=None, type=click.IntRange(1, 1 << 20),
+              help="Open connections served at once, long polls included; more get 503 "
+                   "[default: the open-file limit (raised to its hard limit) less 256, at most 65536].")
+@click.option("--request-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Seconds a request (head and body) may take to arrive; slower ones get 408.")
 @click.option("--mqtt-port", default=None, type=click.IntRange(1, 65535),
               help="Also serve the MQTT Device API on this port (needs the mqtt-server extra).")
 @click.option("--mqtt-cert", default=None, type=click.Path(exists=True, dir_okay=False),
@@ -57,8 +60,8 @@ def _admin(ctx: click.Context) -> Admin:
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def serve(host: str, port: int, data_dir: str, product_id: str, allow_self_register: bool,
-          history_limit: int, max_connections: int, mqtt_port: Optional[int], mqtt_cert: Optional[str],
-          mqtt_key: Optional[str], log_level: str) -> None:
+          history_limit: int, max_connections: Optional[int], request_timeout: float, mqtt_port: Optional[int],
+          mqtt_cert: Optional[str], mqtt_key: Optional[str], log_level: str) -> None:
     """Serve the Device API and the admin API (and MQTT with --mqtt-port) until SIGTERM or Ctrl-C."""
     import sqlite3
 
@@ -87,7 +90,7 @@ def serve(host: str, port: int, data_dir: str, product_id: str, allow_self_regis
     if mqtt_port is not None:
         from .mqtt import MqttFrontEnd
         try:
-            mqtt = MqttFrontEnd(murano, host, mqtt_port, mqtt_cert, mqtt_key, max_connections).start()
+            mqtt = MqttFrontEnd(murano, host, mqtt_port, mqtt_cert, mqtt_key, max_connections or 1000).start()
         except Exception as exc:  # amqtt wraps bind errors in its own exception types
             murano.close()
             raise CliError("cannot serve MQTT on %s:%d: %s" % (host, mqtt_port, getattr(exc, "strerror", None) or exc))
@@ -99,8 +102,8 @@ def serve(host: str, port: int, data_dir: str, product_id: str, allow_self_regis
         if mqtt is not None:
             mqtt.stop()
     try:
-        run(murano, host, port, max_connections=max_connections, before_close=before_close,
-            front_ends=console.front_ends())
+        run(murano, host, port, max_connections=max_connections, request_timeout=request_timeout,
+            before_close=before_close, front_ends=console.front_ends())
     except OSError as exc:
         before_close()
         raise CliError("cannot serve on %s:%d: %s" % (host, port, exc.strerror or exc))

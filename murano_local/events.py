@@ -40,6 +40,12 @@ class ChangeHub:
         """Call ``callback(change)`` after every committed change (from the changing thread)."""
         self._subscribers.append(callback)
 
+    def unsubscribe(self, callback: Callable[[Change], None]) -> None:
+        try:
+            self._subscribers.remove(callback)
+        except ValueError:
+            pass
+
     def version(self, key: DeviceKey) -> int:
         with self._lock:
             return self._versions.get(key, 0)
@@ -58,17 +64,8 @@ class ChangeHub:
             except Exception:
                 log.exception("change subscriber %r failed", callback)
 
-    def wake(self, key: DeviceKey) -> None:
-        """Make the waiters of ``key`` re-check their ``stop`` conditions."""
-        with self._lock:
-            entry = self._conditions.get(key)
-            if entry is not None:
-                entry[0].notify_all()
-
-    def wait_change(self, key: DeviceKey, seen: int, timeout: float,
-                    stop: Callable[[], bool] = lambda: False) -> bool:
-        """Block until the cloud sets something on ``key`` after version ``seen``, ``stop()``
-        turns true (checked when woken), or ``timeout``."""
+    def wait_change(self, key: DeviceKey, seen: int, timeout: float) -> bool:
+        """Block until the cloud sets something on ``key`` after version ``seen``, or ``timeout``."""
         with self._lock:
             entry = self._conditions.get(key)
             if entry is None:
@@ -77,7 +74,7 @@ class ChangeHub:
             self._waiting += 1
             try:
                 return entry[0].wait_for(
-                    lambda: self._closed or stop() or self._versions.get(key, 0) != seen, timeout)
+                    lambda: self._closed or self._versions.get(key, 0) != seen, timeout)
             finally:
                 self._waiting -= 1
                 entry[1] -= 1

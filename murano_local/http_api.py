@@ -3,19 +3,18 @@ from __future__ import annotations
 
 import email.utils
 import math
-import threading
 import time
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 from urllib.parse import parse_qsl
 
 from device_api import (
-    ALIAS_PATH, FORM_CONTENT_TYPE, RECORD_PATH, FormError, activation_identity, alias_from_path, decode_alias_query,
-    decode_form, decode_record, encode_form, form_type_ok,
+    ALIAS_PATH, FORM_CONTENT_TYPE, MAX_LONG_POLL_MS, RECORD_PATH, FormError, activation_identity, alias_from_path,
+    decode_alias_query, decode_form, decode_record, encode_form, form_type_ok,
 )
 
 from .service import Murano
 from .store import ceil_second_us
-from .wire import HttpError, Request, Response, text
+from .wire import HttpError, LongPoll, Request, Response, text
 
 
 
@@ -65,7 +64,7 @@ class DeviceApi:
     def __init__(self, murano: Murano) -> None:
         self.murano = murano
 
-    def handle(self, req: Request) -> Optional[Response]:
+    def handle(self, req: Request) -> Union[Response, LongPoll, None]:
         path, method = req.path, req.method
         if path == "/timestamp" and method in ("GET", "HEAD"):
             return text(200, str(int(time.time())))
@@ -131,7 +130,7 @@ class DeviceApi:
             return Response(204)
         return form_response(self.murano.read(pid, identity, reads))
 
-    def read(self, req: Request) -> Response:
+    def read(self, req: Request) -> Union[Response, LongPoll]:
         pid, identity = self._device(req)
         aliases = self._aliases(req.query)
         if not aliases:
@@ -140,22 +139,18 @@ class DeviceApi:
         since_us = parse_if_modified_since(req.header("If-Modified-Since"))
         if timeout_ms is None:
             return form_response(self.murano.read(pid, identity, aliases))
-        gone = threading.Event()
+        key = (pid, identity)
+        deadline = time.monotonic() + min(timeout_ms, MAX_LONG_POLL_MS) / 1000.0
 
-        def hung_up() -> None:
-            gone.set()
-            self.murano.hub.wake((pid, identity))
+        def check() -> Optional[Response]:
+            found = self.murano.poll(pid, identity, aliases, since_us)
+            if not found:
+                return None
+            newest = ceil_second_us(max(ts for _a, _v, ts in found))  # what the store dated the answer
+            return form_response([(a, v) for a, v, _ts in found], [("Last-Modified", http_date(newest))])
 
-        unwatch = req.watch_hangup(hung_up) if req.watch_hangup else None
-        try:
-            found = self.murano.long_poll(pid, identity, aliases, timeout_ms, since_us, gone)
-        finally:
-            if unwatch:
-                unwatch()
-        if not found:
-            return Response(304)
-        newest = ceil_second_us(max(ts for _a, _v, ts in found))  # what the store dated the answer
-        return form_response([(a, v) for a, v, _ts in found], [("Last-Modified", http_date(newest))])
+        version = self.murano.hub.version(key)
+        return check() or LongPoll(key, deadline, check, version)
 
     def record(self, req: Request) -> Response:
         pid, identity = self._device(req)

@@ -7,7 +7,6 @@ its errors (``device_api.ContractError``) carry the status a front end answers.
 from __future__ import annotations
 
 import re
-import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -140,23 +139,28 @@ class Murano:
         return [(a, state[a]["set"]) for a in aliases if a in state and state[a]["set"] is not None]
 
     def long_poll(self, pid: str, identity: str, aliases: Sequence[str], timeout_ms: int,
-                  since_us: Optional[int], gone: Optional[threading.Event] = None) -> List[Tuple[str, str, int]]:
-        """Pending cloud-set values newer than ``since_us``, waiting up to ``timeout_ms`` for one.
+                  since_us: Optional[int]) -> List[Tuple[str, str, int]]:
+        """:meth:`poll`, waiting up to ``timeout_ms`` for an answer in the calling thread (for callers
+        that embed the service; the HTTP front end holds its long polls without a thread each).
 
-        Returns ``[(alias, value, timestamp_us)]``, empty on timeout or once ``gone`` is set
-        (the client hung up; whoever sets it calls ``hub.wake``). Holds no CPU while waiting.
+        Returns ``[(alias, value, timestamp_us)]``, empty on timeout. Holds no CPU while waiting.
         """
         deadline = time.monotonic() + min(timeout_ms, MAX_LONG_POLL_MS) / 1000.0
         key = (pid, identity)
         while True:
             seen = self.hub.version(key)
-            found = self.store.pending(pid, identity, aliases, since_us, whole_seconds=True)
+            found = self.poll(pid, identity, aliases, since_us)
             if found:
                 return found
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.hub.closed or (gone is not None and gone.is_set()):
+            if remaining <= 0 or self.hub.closed:
                 return []
-            self.hub.wait_change(key, seen, remaining, gone.is_set if gone is not None else lambda: False)
+            self.hub.wait_change(key, seen, remaining)
+
+    def poll(self, pid: str, identity: str, aliases: Sequence[str], since_us: Optional[int]) -> List[Tuple[str, str, int]]:
+        """What a long poll answers now: pending cloud-set values newer than ``since_us``, dated to
+        the second (see :meth:`Store.pending`); empty if it has to wait."""
+        return self.store.pending(pid, identity, aliases, since_us, whole_seconds=True)
 
     def pending_sets(self, pid: str, identity: str) -> List[Tuple[str, str, int]]:
         """Every cloud-set value the device has not written back yet (MQTT pushes them on connect)."""

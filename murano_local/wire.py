@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
-from email.message import Message
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Dict, List, Optional, Tuple
+from typing import BinaryIO, Callable, List, Optional, Tuple
 from urllib.parse import unquote
+
+from .http_parser import Headers
 
 from device_api import MAX_BODY_BYTES
 
@@ -25,11 +26,10 @@ class Request:
     method: str
     path: str
     query: str
-    headers: Message  # http.client.HTTPMessage: case-insensitive .get()
+    headers: Headers
     client_ip: str
-    length: int
-    stream: BinaryIO
-    watch_hangup: Optional[Callable[[Callable[[], None]], Callable[[], None]]] = None
+    length: int  # Content-Length
+    stream: BinaryIO  # the body: in memory, or streamed from the client as it arrives (over 8 MiB)
     consumed: bool = False
     _body: Optional[bytes] = None
 
@@ -72,6 +72,20 @@ class Response:
     length: int = 0
 
 
+@dataclass
+class LongPoll:
+    """A read that waits for a cloud set: the server holds it without a thread until ``check()``
+    returns the answer (run again after each set on ``key``) or ``deadline`` (monotonic) passes (304).
+
+    ``version`` is the change hub's version of ``key`` before the last check: a set after it
+    moves the version, so the server knows to check again even if the set came first.
+    """
+    key: Tuple[str, str]
+    deadline: float
+    check: Callable[[], Optional[Response]]
+    version: int
+
+
 def text(status: int, message: str) -> Response:
     return Response(status, message.encode("utf-8"), "text/plain; charset=utf-8")
 
@@ -86,6 +100,3 @@ def path_segment(segment: str) -> str:
         return unquote(segment, errors="strict")
     except UnicodeDecodeError:
         raise HttpError(400, "path is not UTF-8")
-
-
-Handler = Callable[[Request, Dict[str, str]], Response]

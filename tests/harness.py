@@ -250,12 +250,13 @@ class MuranoLocal(ManagedProcess):
     ``start()`` after ``kill()`` or ``stop()`` restarts it on the same port and data directory.
     The helpers use the admin HTTP API on the server's default product. ``mqtt_port``
     (``True`` picks a free one) also serves MQTT, at ``mqtt_url``; with ``mqtt_cert``
-    and ``mqtt_key`` over TLS (``mqtts://``).
+    and ``mqtt_key`` over TLS (``mqtts://``). ``args`` go to ``murano-local serve`` as they are.
     """
 
     def __init__(self, workdir: str, port: Optional[int] = None, *, product_id: str = "localproduct",
                  allow_self_register: bool = False, mqtt_port=None, mqtt_cert: Optional[str] = None,
-                 mqtt_key: Optional[str] = None) -> None:
+                 mqtt_key: Optional[str] = None, args=()) -> None:
+        self.args = list(args)
         self.workdir = workdir
         self.port = port or free_port()
         self.url = "http://127.0.0.1:%d" % self.port
@@ -275,6 +276,7 @@ class MuranoLocal(ManagedProcess):
                "--product-id", self.product_id]
         if self.allow_self_register:
             cmd.append("--allow-self-register")
+        cmd += self.args
         if self.mqtt_port is not None:
             cmd += ["--mqtt-port", str(self.mqtt_port)]
             if self.mqtt_cert:

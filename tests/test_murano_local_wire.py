@@ -1,5 +1,6 @@
 """murano_local on the wire: libexosite_c's byte-level transcripts, keep-alive, and bad input."""
 import http.client
+import re
 import socket
 import threading
 import time
@@ -310,3 +311,62 @@ def test_a_long_poll_whose_client_hangs_up_is_released_at_once(device):
     polls[4].settimeout(10)
     assert polls[4].recv(4096).startswith(b"HTTP/1.1 200")
     polls[4].close()
+
+
+def _read_all(sock):
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_conflicting_content_length_is_400_and_the_smuggled_request_is_not_served(device):
+    murano, token = device
+    before = murano.state("bad")
+    with socket.create_connection(("127.0.0.1", murano.port), timeout=10) as sock:
+        sock.sendall(b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: x\r\nX-Exosite-CIK: " + token.encode()
+                     + b"\r\nContent-Length: 6\r\nContent-Length: 44\r\n\r\nkeep=2"
+                     b"GET /timestamp HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.count(b"HTTP/1.1 ") == 1
+    assert b"Connection: close\r\n" in answer
+    assert_unchanged(murano, before)
+
+
+def test_pipelined_requests_are_answered_in_order(device):
+    murano, token = device
+    cik = b"X-Exosite-CIK: " + token.encode() + b"\r\n"
+    with socket.create_connection(("127.0.0.1", murano.port), timeout=10) as sock:
+        sock.sendall(b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: x\r\n" + cik + b"Content-Length: 6\r\n\r\nkeep=3"
+                     b"GET /onep:v1/stack/alias?keep HTTP/1.1\r\nHost: x\r\n" + cik + b"\r\n"
+                     b"HEAD /timestamp HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /onep:v1/stack/alias?keep HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + cik + b"\r\n")
+        answer = _read_all(sock)
+    statuses = re.findall(rb"HTTP/1.1 (\d+) ", answer)
+    assert statuses == [b"204", b"200", b"200", b"200"]
+    assert answer.count(b"keep=3") == 2  # and HEAD sent no body
+    assert answer.endswith(b"keep=3")
+
+
+def test_expect_100_continue_gets_the_interim_answer(device):
+    murano, token = device
+    with socket.create_connection(("127.0.0.1", murano.port), timeout=10) as sock:
+        sock.sendall(b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: x\r\nX-Exosite-CIK: " + token.encode()
+                     + b"\r\nExpect: 100-continue\r\nContent-Length: 6\r\n\r\n")
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"keep=4")
+        assert sock.recv(100).startswith(b"HTTP/1.1 204")
+    assert murano.state("bad")["keep"]["reported"] == "4"
+
+
+def test_http_1_0_keep_alive_is_kept_and_said(device):
+    murano, _token = device
+    with socket.create_connection(("127.0.0.1", murano.port), timeout=10) as sock:
+        for _ in range(2):
+            sock.sendall(b"GET /timestamp HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            answer = sock.recv(1000)
+            assert answer.startswith(b"HTTP/1.1 200") and b"Connection: keep-alive\r\n" in answer
+        sock.sendall(b"GET /timestamp HTTP/1.0\r\n\r\n")
+        assert b"Connection: close\r\n" in _read_all(sock)
