@@ -66,7 +66,7 @@ def test_sigkill_during_rewrites_leaves_a_written_version(tmp_path):
         assert parsed.get("device", "payload") == _expected_payload(got)
         assert len(_temps(tmp_path)) <= 1, _temps(tmp_path)
         seen, start = got, max(got, start) + 1000000  # so each writer's versions are distinguishable
-    assert advanced > 100  # the writers really were rewriting when killed
+    assert advanced >= 100  # the writers really were rewriting when killed
     # the next write (by a live process) clears what the last killed writer left
     set_option(path, "device", "done", "yes")
     assert _temps(tmp_path) == []

@@ -64,7 +64,7 @@ def otau_upgrade_and_rollback(murano, supervisord, tmp_path):
     wait_for(lambda: reported(murano, "engine_report"), 20, message="gwe running")
     v1 = make_app(str(tmp_path), "counter", "1")
     v2 = make_app(str(tmp_path), "counter", "2")
-    v3 = make_app(str(tmp_path), "counter", "3", command="%(ENV_GWE_PYTHON)s -c 'raise SystemExit(3)'")
+    v3 = make_app(str(tmp_path), "counter", "3", command="/bin/sh -c 'exit 3'")
     for pkg in (v1, v2, v3):
         upload(murano, pkg)
 

@@ -341,7 +341,7 @@ def conf_continuation_environment(gw):
 
 def crash_loop(gw):
     return _pkg(gw, dict(good_files(), **{"supervisor.conf": supervisor_conf(
-        "%(ENV_GWE_PYTHON)s -c 'import sys; sys.exit(1)'")}))
+        "/bin/sh -c 'exit 1'")}))
 
 
 def dies_after_start(gw):

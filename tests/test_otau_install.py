@@ -44,7 +44,7 @@ def test_install_upgrade_then_failed_upgrade_rolls_back(supervisord, gwe_home, t
     assert os.readlink(os.path.join(paths.apps, "counter", "current")) == "2"
 
     st3 = otau.install_package(make_app(str(tmp_path), "counter", "3",
-                                        command="%(ENV_GWE_PYTHON)s -c 'import sys; sys.exit(2)'"), settings=FAST)
+                                        command="/bin/sh -c 'exit 2'"), settings=FAST)
     assert st3.status == "rolled_back", st3.to_json()
     assert st3.running_version == "2" and "rolled back to 2" in st3.error
     assert running_version(supervisord, "counter")[0] == "2"

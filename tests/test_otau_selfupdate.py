@@ -23,7 +23,7 @@ from otau_helpers import make_app
 import otau
 from otau.selfupdate import marker_path
 
-CRASH = "%(ENV_GWE_PYTHON)s -c 'import sys; sys.exit(1)'"
+CRASH = "/bin/sh -c 'exit 1'"
 
 
 def gwe_cli(*args, crash_at=None):
