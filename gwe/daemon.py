@@ -328,7 +328,7 @@ class Engine:
         self._link_ok()  # a report that arrives went over a live link, and says so
         report = engine_report(self.paths, self._processes, fetch_gmq_status, self.link.snapshot())
         self.device.write({
-            "device_info": json.dumps(device_info(), sort_keys=True),
+            "device_info": json.dumps(device_info()),  # key order matters to positional parsers
             "engine_report": json.dumps(report, sort_keys=True),
             "usage_report": json.dumps(snapshot.report, sort_keys=True),
         })

@@ -1,4 +1,12 @@
-"""The ``device_info`` report: what the original sent (command text) plus structured figures."""
+"""The ``device_info`` report: what the original sent (command text) plus structured figures.
+
+The original's four keys come first and in the original's order, ``df, uname, ipaddrs, free``:
+the order Python 2 gave the original's dict (its string hashes put them in slots 0, 1, 2 and 6
+of an 8-slot table, on 32- and 64-bit alike). Exosite's own dashboard (GWE-MrMurano-Example-App,
+``modules/GWE.lua``) parses the JSON text positionally: it reads disk rows from the first
+escaped newline (df's header) up to the first ``uname`` and the addresses from the first ``[``
+after ``ipaddrs``. The report is therefore written with its keys in this order, never sorted.
+"""
 from __future__ import annotations
 
 import logging
@@ -14,7 +22,8 @@ COMMAND_TIMEOUT_S = 10
 
 
 def _command_text(argv: List[str]) -> Optional[str]:
-    """stdout of a fixed command (never a shell), or None when it is missing or fails."""
+    """stdout of a fixed command (never a shell) without its final newline, or None when it is
+    missing or fails. GWE.lua finds df's last row by the absence of a newline after it."""
     try:
         done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               timeout=COMMAND_TIMEOUT_S, check=False, env={**os.environ, "LC_ALL": "C"})
@@ -23,7 +32,7 @@ def _command_text(argv: List[str]) -> Optional[str]:
         return None
     if done.returncode != 0:
         return None
-    return done.stdout.decode("utf-8", errors="replace")
+    return done.stdout.decode("utf-8", errors="replace").rstrip("\n")
 
 
 def _uname_text() -> str:
@@ -41,7 +50,7 @@ def _free_text(psutil) -> str:
     vm, sw = psutil.virtual_memory(), psutil.swap_memory()
     kib = lambda n: n // 1024  # noqa: E731
     return ("              total        used        free      shared  buff/cache   available\n"
-            "Mem: %14d %11d %11d %11d %11d %11d\nSwap: %13d %11d %11d\n"
+            "Mem: %14d %11d %11d %11d %11d %11d\nSwap: %13d %11d %11d"
             % (kib(vm.total), kib(vm.used), kib(vm.free), kib(getattr(vm, "shared", 0)),
                kib(getattr(vm, "buffers", 0) + getattr(vm, "cached", 0)), kib(vm.available),
                kib(sw.total), kib(sw.used), kib(sw.free)))
@@ -55,7 +64,7 @@ def _df_text(disks: List[dict]) -> str:
     for d in disks:
         lines.append("%-14s %9d %8d %9d %3d%% %s" % (d["device"], d["total"] // 1024, d["used"] // 1024,
                                                   d["free"] // 1024, round(d["percent"]), d["mount"]))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def ip_addresses(psutil) -> Dict[str, List[str]]:
@@ -79,7 +88,8 @@ def _disks(psutil) -> List[dict]:
 
 
 def device_info() -> dict:
-    """Collect the report. Every field is best effort: a missing tool never fails it."""
+    """Collect the report, keys in wire order (module docstring). Every field is best effort: a
+    missing tool never fails it."""
     import psutil
 
     disks = _disks(psutil)
@@ -90,10 +100,10 @@ def device_info() -> dict:
     except OSError:
         load = []
     return {
-        "uname": _uname_text(),
         "df": _df_text(disks),
-        "free": _free_text(psutil),
+        "uname": _uname_text(),
         "ipaddrs": ip_addresses(psutil),
+        "free": _free_text(psutil),
         "date": time.strftime("%a %b %d %H:%M:%S %Z %Y"),
         "hostname": socket.gethostname(),
         "timestamp": int(time.time()),
