@@ -19,12 +19,12 @@ def _emit_json(doc) -> None:
     click.echo(json.dumps(doc, sort_keys=True))
 
 
-def install_apps(tarballs: Sequence[str], as_json: bool) -> int:
+def install_apps(tarballs: Sequence[str], as_json: bool, force: bool = False) -> int:
     import otau
 
     statuses = []
     for tarball in tarballs:
-        status = otau.install_package(tarball)
+        status = otau.install_package(tarball, force=force)
         statuses.append(status)
         if as_json:
             _emit_json(status.to_dict())  # one fetch_status per line

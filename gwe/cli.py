@@ -69,6 +69,7 @@ def fail(message: str, code: int = 1) -> None:
 @click.option("--set-mqtt-url", metavar="URL", help="MQTT endpoint (default mqtts://<host>:8883).")
 @click.option("-I", "--install-apps", "install_apps", multiple=True, metavar="APP_TARBALL...",
               help="Install or update app packages <name>.v<version>.tar.gz now.")
+@click.option("--force", is_flag=True, help="With -I: reinstall a version that is already installed.")
 @click.option("--build-app", "build_buildfile", metavar="BUILDFILE", help="Build an app package from a buildfile.")
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Where --build-app writes the package.")
 @click.option("-z", "--check-tarball", "--check-tarfile", "check_tarball", metavar="TARBALL",
@@ -82,7 +83,7 @@ def fail(message: str, code: int = 1) -> None:
 @click.pass_context
 def cli(ctx: click.Context, show_version: bool, show_path: bool, show_gateway_cfg: bool, show_engine_cfg: bool,
         show_cik: bool, mac_address: Optional[str], once: bool, set_product_id: Optional[str],
-        install_apps: tuple, build_buildfile: Optional[str], output_dir: Optional[str],
+        install_apps: tuple, force: bool, build_buildfile: Optional[str], output_dir: Optional[str],
         check_tarball: Optional[str], sign_tarball: Optional[str], key: Optional[str], gen_key: Optional[str],
         recover_installs: bool, as_json: bool, **settings: Optional[str]) -> None:
     """Gateway Engine. With no option, runs the gwe daemon (as supervisord does)."""
@@ -122,7 +123,7 @@ def cli(ctx: click.Context, show_version: bool, show_path: bool, show_gateway_cf
         if recover_installs:
             sys.exit(apps_cli.recover_installs(as_json))
         if install_apps:
-            sys.exit(apps_cli.install_apps(install_apps, as_json))
+            sys.exit(apps_cli.install_apps(install_apps, as_json, force))
         if configured or show_gateway_cfg or show_engine_cfg or show_cik or mac_address:
             return
     except (apps_cli.CliError, ConfigError) as exc:

@@ -29,6 +29,7 @@ class FetchRequestError(ValueError):
 class InstallJob:
     package: "PackageName"     # the request's name, parsed once here
     sha256: Optional[str] = None
+    force: bool = False        # reinstall even if this version is already installed
 
     @property
     def name(self) -> str:
@@ -36,7 +37,7 @@ class InstallJob:
 
 
 def parse_engine_fetch(raw: str) -> List[InstallJob]:
-    """``{"install": [{"name": "<app>.v<version>.tar.gz", "sha256"?: hex}]}`` -> jobs.
+    """``{"install": [{"name": "<app>.v<version>.tar.gz", "sha256"?: hex, "force"?: bool}]}`` -> jobs.
 
     Names come from the network: they must be valid package names (no paths) before
     anything is downloaded or written.
@@ -65,7 +66,10 @@ def parse_engine_fetch(raw: str) -> List[InstallJob]:
         sha = entry.get("sha256")
         if sha is not None and (not isinstance(sha, str) or not SHA256_RE.match(sha)):
             raise FetchRequestError("sha256 of %s must be 64 hex digits" % entry["name"])
-        jobs.append(InstallJob(package, sha.lower() if sha else None))
+        force = entry.get("force", False)
+        if not isinstance(force, bool):
+            raise FetchRequestError("force of %s must be true or false" % entry["name"])
+        jobs.append(InstallJob(package, sha.lower() if sha else None, force))
     # installing gwe restarts this process: do it last so the other jobs are not cut off
     return sorted(jobs, key=lambda job: job.package.name == SELF)
 
@@ -94,7 +98,7 @@ def fetch_and_install(device, job: InstallJob, paths: GwePaths) -> "FetchStatus"
         return status  # a partial download stays for the next request to resume
     download_s = time.monotonic() - started
     try:
-        status = install_package(dest, sha256=job.sha256, paths=paths, package=job.package)
+        status = install_package(dest, sha256=job.sha256, paths=paths, package=job.package, force=job.force)
     finally:
         _remove(dest)
     status.timings["download"] = download_s

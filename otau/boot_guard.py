@@ -45,7 +45,7 @@ def _revert(marker):
     previous = marker["previous"]
     _replace(marker["conf_path"], previous["conf"].encode("utf-8"))
     if previous.get("version"):  # a factory-installed program has no version directory
-        _relink(marker["current_link"], previous["version"])
+        _relink(marker["current_link"], previous.get("current") or previous["version"])
 
 
 def _exec(argv, directory=None, environment=None):

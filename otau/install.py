@@ -26,7 +26,7 @@ from .settings import OtauSettings, load_settings
 from .status import FAILED, INSTALLED, ROLLED_BACK, FetchStatus, save_status
 from .store import AppStore
 from .supervisord import Health, Supervisor
-from .verify import check_sha256, check_size
+from .verify import check_sha256, check_size, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,17 @@ class Installer:
     # --- public entry points ---
 
     def install(self, tarball: str, sha256: Optional[str] = None,
-                package: Optional[PackageName] = None) -> FetchStatus:
+                package: Optional[PackageName] = None, force: bool = False) -> FetchStatus:
         """Install one package; never raises for a bad package, the FetchStatus says what happened.
 
         ``package`` is the tarball's name already parsed (gwe parses the cloud's request once).
+        The version that is already current is left alone when the package is the same one
+        (same sha256) and refused when it differs, unless ``force`` asks to reinstall it: then it
+        goes through the whole pipeline, into a directory of its own, with rollback.
         """
         with install_lock(self.paths):
             self._recover_locked()
-            status = self._install(tarball, sha256, package)
+            status = self._install(tarball, sha256, package, force)
             status.finished_at = time.time()
             save_status(self.paths, status)
             return status
@@ -72,7 +75,8 @@ class Installer:
 
     # --- the pipeline ---
 
-    def _install(self, tarball: str, sha256: Optional[str], package: Optional[PackageName]) -> FetchStatus:
+    def _install(self, tarball: str, sha256: Optional[str], package: Optional[PackageName],
+                 force: bool) -> FetchStatus:
         started = time.monotonic()
         filename = os.path.basename(tarball)
         if package is None or package.filename != filename:
@@ -86,22 +90,35 @@ class Installer:
                              previous_version=state.current, running_version=state.current)
         timings = status.timings
         mark = time.monotonic()
-        target = self.store.version_dir(name, version)
+        directory = version
         root_existed = os.path.isdir(self.store.app_root(name))
         try:
             check_size(tarball, self.settings.max_package_bytes)
-            if sha256:
-                status.sha256 = check_sha256(tarball, sha256)
+            status.sha256 = check_sha256(tarball, sha256) if sha256 else sha256_file(tarball)
             timings["verify"] = time.monotonic() - mark
-            if state.current == version and os.path.isdir(target):
-                status.status = INSTALLED
-                status.output = "%s %s is already installed; nothing done" % (name, version)
-                timings["total"] = time.monotonic() - started
-                return status
-            self._forget_version(name, version)
+            current_dir = state.directory(state.current)
+            if state.current == version and os.path.isdir(self.store.version_dir(name, current_dir)):
+                recorded = state.sha256.get(version)
+                if recorded == status.sha256 and not force:
+                    status.status = INSTALLED
+                    status.output = ("%s %s is already installed from this very package (sha256 %s); nothing done"
+                                     % (name, version, status.sha256))
+                    timings["total"] = time.monotonic() - started
+                    return status
+                if not force:
+                    return self._fail(status, "%s %s is already installed, from a different package (%s); nothing "
+                                      "changed. Publish the new content as a new version, or ask for a reinstall: "
+                                      "\"force\": true in its engine_fetch entry, or gwe -I --force"
+                                      % (name, version, "sha256 %s" % recorded if recorded else "no sha256 recorded"),
+                                      "package", started, root_existed)
+                directory = self.store.reinstall_directory(name, version)
+            else:
+                self._forget_version(name, version)
+            target = self.store.version_dir(name, directory)
             journal = Journal(name=name, version=version, package=filename, state=UNPACKING,
                               staging=self.store.staging_dir(name, version), previous_version=state.current,
-                              previous_conf=self.store.read_conf(name), self_update=package.is_self_update)
+                              previous_conf=self.store.read_conf(name), self_update=package.is_self_update,
+                              directory=directory, previous_directory=current_dir, sha256=status.sha256)
             begin_journal(self.paths, journal)
             _crash_point("unpacking")
             mark = time.monotonic()
@@ -123,11 +140,11 @@ class Installer:
             if journal.new_conf is not None or journal.previous_conf is not None:
                 self.supervisor.check()
         except OtauError as exc:
-            return self._fail(status, str(exc), exc.step, started, root_existed, unpacked=True)
+            return self._fail(status, str(exc), exc.step, started, root_existed, unpacked=directory)
         short = self._below_reserve(reserve)
         if short:
             return self._fail(status, "not enough disk to run the installer: %s" % short, "install", started,
-                              root_existed, unpacked=True)
+                              root_existed, unpacked=directory)
         journal.status = status.to_dict()
         write_journal(self.paths, journal, INSTALLING)
         _crash_point("installing")
@@ -142,7 +159,7 @@ class Installer:
                                    self.settings.install_timeout, self.settings.output_limit, journal_installer)
         except OSError as exc:
             return self._fail(status, "cannot run the installer: %s" % exc, "install", started, root_existed,
-                              unpacked=True)
+                              unpacked=directory)
         timings["install"] = result.seconds
         status.exit_code = result.exit_code
         status.output = result.output
@@ -151,12 +168,12 @@ class Installer:
             what = ("timed out after %gs (process group killed)" % self.settings.install_timeout
                     if result.timed_out else "exited with status %s" % result.exit_code)
             return self._fail(status, "%s %s; previous version kept" % (prepared.unpacked.layout.installer, what),
-                              "install", started, root_existed, unpacked=True)
+                              "install", started, root_existed, unpacked=directory)
         short = self._below_reserve(reserve)
         if short:
             return self._fail(status, "%s left too little disk: %s; its directory is removed and the previous "
                               "version kept" % (prepared.unpacked.layout.installer, short), "install", started,
-                              root_existed, unpacked=True)
+                              root_existed, unpacked=directory)
         _crash_point("installed")
         journal.status = status.to_dict()
         return self._activate(journal, status, started)
@@ -179,10 +196,11 @@ class Installer:
         return None
 
     def _fail(self, status: FetchStatus, error: str, step: str, started: float, root_existed: bool,
-              unpacked: bool = False) -> FetchStatus:
-        """Before registering nothing that runs has changed: drop what was unpacked, report ``failed``."""
+              unpacked: Optional[str] = None) -> FetchStatus:
+        """Before registering nothing that runs has changed: drop what was unpacked (the directory
+        ``unpacked``), report ``failed``."""
         if unpacked:
-            self.store.remove_version(status.name, status.version)
+            self.store.remove_version(status.name, unpacked)
         self.store.remove_staging(status.name)
         clear_journal(self.paths)
         if not root_existed:
@@ -199,11 +217,15 @@ class Installer:
     def _forget_version(self, name: str, version: str) -> None:
         """A kept older copy of the version being installed is replaced, not reused."""
         state = self.store.read_state(name)
-        if version in state.history and version != state.current:
+        if version == state.current:
+            return
+        directory = state.directory(version)
+        if version in state.history:
             state.history.remove(version)
-            state.confs.pop(version, None)
+            state.forget(version)
             self.store.write_state(state)
-        if version != state.current:
+        self.store.remove_version(name, directory)
+        if directory != version:
             self.store.remove_version(name, version)
 
     def _activate(self, journal: Journal, status: FetchStatus, started: float) -> FetchStatus:
@@ -230,10 +252,10 @@ class Installer:
         if journal.self_update and journal.new_conf is not None:
             selfupdate.write_marker(self.paths, journal.name, journal.version, self.store.conf_path(journal.name),
                                     self.store.app_root(journal.name), journal.previous_version,
-                                    journal.previous_conf)
+                                    journal.previous_conf, journal.previous_dir)
         self.store.write_conf(journal.name, journal.new_conf)
         _crash_point("conf_written")
-        self.store.switch_current(journal.name, journal.version)
+        self.store.switch_current(journal.name, journal.new_dir)
         self._apply(journal.name, journal.new_conf, journal.previous_conf)
         _crash_point("applied")
 
@@ -254,20 +276,30 @@ class Installer:
         _crash_point("committed")
         name, version = journal.name, journal.version
         state = self.store.read_state(name)
+        replaced = state.directory(version) if version in state.history else None  # a reinstalled version's
         state.current = version
         if version in state.history:
             state.history.remove(version)
         state.history.append(version)
         state.confs[version] = journal.new_conf
+        if journal.new_dir != version:
+            state.dirs[version] = journal.new_dir
+        else:
+            state.dirs.pop(version, None)
+        if journal.sha256:
+            state.sha256[version] = journal.sha256
         protect = [v for v in (version, journal.previous_version) if v]
         keep = max(2, self.settings.keep_versions)
         dropped = [v for v in state.history[:max(0, len(state.history) - keep)] if v not in protect]
+        gone = [state.directory(v) for v in dropped]
+        if replaced and replaced != journal.new_dir:
+            gone.append(replaced)
         state.history = [v for v in state.history if v not in dropped]
         for v in dropped:
-            state.confs.pop(v, None)
+            state.forget(v)
         self.store.write_state(state)
-        for v in dropped:
-            self.store.remove_version(name, v)
+        for directory in gone:
+            self.store.remove_version(name, directory)
         selfupdate.remove_marker(self.paths, name)
         self.store.remove_staging(name)
         clear_journal(self.paths)
@@ -282,7 +314,7 @@ class Installer:
         restored = ""
         try:
             self.store.write_conf(name, journal.previous_conf, verify=False)
-            self.store.switch_current(name, journal.previous_version)
+            self.store.switch_current(name, journal.previous_dir)
             self._apply(name, journal.previous_conf, journal.new_conf)
             if journal.previous_conf is not None:
                 health = self.supervisor.wait_healthy(name, _startsecs(name, journal.previous_conf), 0.0,
@@ -290,8 +322,8 @@ class Installer:
                 restored = "" if health.healthy else "; previous version not healthy either: " + health.detail
         except OtauError as exc:
             restored = "; restoring the previous version failed: %s" % exc
-        if journal.version != journal.previous_version:
-            self.store.remove_version(name, journal.version)
+        if journal.new_dir != journal.previous_dir:
+            self.store.remove_version(name, journal.new_dir)
         selfupdate.remove_marker(self.paths, name)
         self.store.remove_staging(name)
         clear_journal(self.paths)
@@ -309,8 +341,8 @@ class Installer:
 
     def _discard(self, journal: Journal, status: FetchStatus) -> None:
         """Before registering nothing that runs has changed: drop the new version."""
-        if journal.version != journal.previous_version:
-            self.store.remove_version(journal.name, journal.version)
+        if journal.new_dir != journal.previous_dir:
+            self.store.remove_version(journal.name, journal.new_dir)
         self.store.remove_staging(journal.name)
         clear_journal(self.paths)
         status.status = FAILED
@@ -333,11 +365,12 @@ class Installer:
             if kill_orphaned_installer(journal.installer):
                 log.warning("killed the installer of %s %s that outlived its gwe", journal.name, journal.version)
             in_use = None
-            if journal.version != journal.previous_version:
-                in_use = self.store.in_use(journal.name, journal.version)
+            if journal.new_dir != journal.previous_dir:
+                in_use = self.store.in_use(journal.name, journal.new_dir)
+            state = self.store.read_state(journal.name)
             if in_use is None:
                 self._discard(journal, status)
-            elif self.store.read_state(journal.name).current == journal.version:
+            elif state.current == journal.version and state.directory(state.current) == journal.new_dir:
                 # an older generation of the journal was read: the install had been committed
                 log.warning("journal of %s %s says %s, but %s: finishing the commit", journal.name,
                             journal.version, journal.state, in_use)
@@ -377,9 +410,10 @@ def _startsecs(name: str, conf: str) -> float:
 
 
 def install_package(tarball: str, sha256: Optional[str] = None, paths: Optional[GwePaths] = None,
-                    settings: Optional[OtauSettings] = None, package: Optional[PackageName] = None) -> FetchStatus:
-    """Install ``tarball`` (``<name>.v<version>.tar.gz``) into GWE_HOME; see :class:`Installer`."""
-    return Installer(paths, settings).install(tarball, sha256, package)
+                    settings: Optional[OtauSettings] = None, package: Optional[PackageName] = None,
+                    force: bool = False) -> FetchStatus:
+    """Install ``tarball`` (``<name>.v<version>.tar.gz``) into GWE_HOME; see :meth:`Installer.install`."""
+    return Installer(paths, settings).install(tarball, sha256, package, force)
 
 
 def recover(paths: Optional[GwePaths] = None, settings: Optional[OtauSettings] = None) -> List[FetchStatus]:

@@ -72,6 +72,17 @@ class Journal:
     self_update: bool = False
     status: Dict = field(default_factory=dict)  # fetch_status fields gathered so far
     installer: Optional[Dict] = None  # runner.installer_identity() of a running install.sh / setup.py
+    directory: Optional[str] = None            # the new version's directory (None: the version)
+    previous_directory: Optional[str] = None   # the previous version's (None: the previous version)
+    sha256: Optional[str] = None               # of the package being installed
+
+    @property
+    def new_dir(self) -> str:
+        return self.directory or self.version
+
+    @property
+    def previous_dir(self) -> Optional[str]:
+        return self.previous_directory or self.previous_version
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"

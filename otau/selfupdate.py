@@ -56,7 +56,8 @@ def base_interpreter() -> str:
 
 
 def write_marker(paths: GwePaths, name: str, version: str, conf_path: str, app_root: str,
-                 previous_version: Optional[str], previous_conf: Optional[str]) -> None:
+                 previous_version: Optional[str], previous_conf: Optional[str],
+                 previous_directory: Optional[str] = None) -> None:
     """Install the guard script (from this, known-good, version) and a ``pending`` marker.
 
     An existing marker is kept: a resumed install must not reset the guard's count.
@@ -71,7 +72,8 @@ def write_marker(paths: GwePaths, name: str, version: str, conf_path: str, app_r
         try:
             prev = parse_program(name, previous_conf)
             previous = {"argv": list(prev.argv), "directory": prev.directory, "environment": prev.environment,
-                        "version": previous_version, "conf": previous_conf}
+                        "version": previous_version, "conf": previous_conf,
+                        "current": previous_directory or previous_version}  # what the link pointed at
         except PackageError as exc:
             log.warning("the boot guard cannot restore %s's previous program: %s", name, exc)
     marker = {"name": name, "version": version, "state": PENDING, "attempts": 0, "conf_path": conf_path,

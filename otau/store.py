@@ -2,7 +2,10 @@
 and the program file ``<supervisor_include>/<name>.conf``.
 
 ``state.json`` is the record of what is installed (the current version and, per kept
-version, the program conf it ran with, so an older version can be restored exactly).
+version, the program conf it ran with, so an older version can be restored exactly, and the
+sha256 of the package it came from). A version reinstalled in place (``gwe -I --force``) gets a
+directory of its own, ``<version>~<n>`` (``~`` never occurs in a version), recorded in ``dirs``;
+every other version's directory is its version.
 Every file is replaced atomically; the symlink is switched by renaming a new link over it.
 """
 from __future__ import annotations
@@ -24,6 +27,12 @@ log = logging.getLogger(__name__)
 STATE = "state.json"
 CURRENT = "current"
 STAGING_PREFIX = ".staging-"
+REINSTALL_SEP = "~"
+
+
+def version_of(directory: str) -> str:
+    """The version a version directory holds (``2.1~1`` holds 2.1, reinstalled once)."""
+    return directory.split(REINSTALL_SEP, 1)[0]
 
 
 @dataclass
@@ -32,10 +41,20 @@ class AppState:
     current: Optional[str] = None
     history: List[str] = field(default_factory=list)          # kept versions, oldest first
     confs: Dict[str, Optional[str]] = field(default_factory=dict)  # version -> program conf (None: one-off)
+    dirs: Dict[str, str] = field(default_factory=dict)         # version -> its directory, where it is not the version
+    sha256: Dict[str, str] = field(default_factory=dict)       # version -> sha256 of the package it came from
+
+    def directory(self, version: Optional[str]) -> Optional[str]:
+        return self.dirs.get(version, version) if version else None
+
+    def forget(self, version: str) -> None:
+        for table in (self.confs, self.dirs, self.sha256):
+            table.pop(version, None)
 
     def to_json(self) -> str:
         return json.dumps({"name": self.name, "current": self.current, "history": self.history,
-                           "confs": self.confs}, indent=1, sort_keys=True) + "\n"
+                           "confs": self.confs, "dirs": self.dirs, "sha256": self.sha256},
+                          indent=1, sort_keys=True) + "\n"
 
 
 class AppStore:
@@ -45,8 +64,9 @@ class AppStore:
     def app_root(self, name: str) -> str:
         return os.path.join(self.paths.apps, name)
 
-    def version_dir(self, name: str, version: str) -> str:
-        return os.path.join(self.app_root(name), version)
+    def version_dir(self, name: str, directory: str) -> str:
+        """The directory of a version: ``directory`` is the version, or its reinstall directory."""
+        return os.path.join(self.app_root(name), directory)
 
     def staging_dir(self, name: str, version: str) -> str:
         return os.path.join(self.app_root(name), "%s%s-%s" % (STAGING_PREFIX, version, secrets.token_hex(4)))
@@ -58,7 +78,15 @@ class AppStore:
         doc = read_recovering(os.path.join(self.app_root(name), STATE), lambda raw: json.loads(raw.decode("utf-8")))
         if not doc:
             return AppState(name)
-        return AppState(name, doc.get("current"), list(doc.get("history", [])), dict(doc.get("confs", {})))
+        return AppState(name, doc.get("current"), list(doc.get("history", [])), dict(doc.get("confs", {})),
+                        dict(doc.get("dirs", {})), dict(doc.get("sha256", {})))
+
+    def reinstall_directory(self, name: str, version: str) -> str:
+        """A fresh directory name for reinstalling ``version`` beside the one that runs."""
+        n = 1
+        while os.path.lexists(self.version_dir(name, "%s%s%d" % (version, REINSTALL_SEP, n))):
+            n += 1
+        return "%s%s%d" % (version, REINSTALL_SEP, n)
 
     def write_state(self, state: AppState) -> None:
         os.makedirs(self.app_root(state.name), exist_ok=True)
@@ -99,7 +127,7 @@ class AppStore:
             return None
 
     def switch_current(self, name: str, version: Optional[str]) -> None:
-        """Point ``current`` at ``version`` (relative link) by an atomic rename; None removes it."""
+        """Point ``current`` at a version directory (relative link) by an atomic rename; None removes it."""
         root = self.app_root(name)
         link = os.path.join(root, CURRENT)
         if version is None:
@@ -117,26 +145,27 @@ class AppStore:
         os.replace(tmp, link)
         fsync_dir(root)
 
-    def in_use(self, name: str, version: str) -> Optional[str]:
-        """Why ``version`` is what runs or is recorded as installed (None if it is neither): the
-        ``current`` link, state.json, or the program file's directory point at it."""
-        if self.current_target(name) == version:
+    def in_use(self, name: str, directory: str) -> Optional[str]:
+        """Why a version directory holds what runs or is recorded as installed (None if neither):
+        the ``current`` link, state.json, or the program file point at it."""
+        if self.current_target(name) == directory:
             return "the current link points at it"
         try:
-            if self.read_state(name).current == version:
+            state = self.read_state(name)
+            if state.directory(state.current) == directory:
                 return "state.json records it as current"
         except Exception:  # a damaged state.json: the other two facts still count
             pass
         conf = self.read_conf(name)
-        directory = "directory = %s\n" % self.version_dir(name, version).replace("%", "%%")
-        if conf is not None and directory in conf:
+        line = "directory = %s\n" % self.version_dir(name, directory).replace("%", "%%")
+        if conf is not None and line in conf:
             return "the program file runs it"
         return None
 
-    def remove_version(self, name: str, version: str) -> bool:
-        """Delete a version's directory, never one that is current or running (logged, False)."""
-        path = self.version_dir(name, version)
-        reason = self.in_use(name, version)
+    def remove_version(self, name: str, directory: str) -> bool:
+        """Delete a version directory, never one that is current or running (logged, False)."""
+        path = self.version_dir(name, directory)
+        reason = self.in_use(name, directory)
         if reason:
             log.error("not removing %s: %s", path, reason)
             return False
@@ -172,5 +201,5 @@ class AppStore:
             if current is None and os.path.isfile(os.path.join(self.app_root(name), STATE)):
                 current = self.read_state(name).current
             if current:
-                versions[name] = current
+                versions[name] = version_of(current)
         return versions

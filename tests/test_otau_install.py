@@ -108,17 +108,16 @@ def test_other_apps_keep_running(supervisord, gwe_home, tmp_path):
 def test_one_off_app_with_top_directory_and_environment(gwe_home, tmp_path):
     script = ("#!/bin/sh\nset -e\necho \"name=$GWE_APP_NAME version=$GWE_APP_VERSION dir=$GWE_APP_DIR "
               "home=$GWE_HOME prev=$GWE_APP_PREVIOUS_VERSION cwd=$(pwd)\"\ntouch \"$GWE_APP_DIR/ran\"\n")
-    status = otau.install_package(make_app(str(tmp_path), "oneoff", "1.5.RC68", top="oneoff.v1", install_sh=script,
-                                           command=None), settings=FAST)
+    package = make_app(str(tmp_path), "oneoff", "1.5.RC68", top="oneoff.v1", install_sh=script, command=None)
+    status = otau.install_package(package, settings=FAST)
     paths = gwe_paths(str(gwe_home))
     app_dir = os.path.join(paths.apps, "oneoff", "1.5.RC68")
     assert status.ok, status.to_json()
     assert "name=oneoff version=1.5.RC68 dir=%s home=%s prev= cwd=%s" % (app_dir, paths.home, app_dir) in status.output
     assert os.path.exists(os.path.join(app_dir, "ran")) and os.path.exists(os.path.join(app_dir, "install.sh"))
     assert not os.path.exists(os.path.join(paths.supervisor_include, "oneoff.conf"))
-    again = otau.install_package(make_app(str(tmp_path), "oneoff", "1.5.RC68", top="oneoff.v1", install_sh=script,
-                                          command=None), settings=FAST)
-    assert again.ok and "already installed" in again.output
+    again = otau.install_package(package, settings=FAST)
+    assert again.ok and "already installed from this very package" in again.output
 
 
 def test_setup_py_route(gwe_home, tmp_path):
