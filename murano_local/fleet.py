@@ -269,10 +269,6 @@ class FleetView:
             stamp, summary = self._rows[(pid, identity)]
         return _with_identity(summary, identity, self.murano.store.tags(pid).get(identity, []), stamp)
 
-    def forget(self, pid: str, identity: str) -> None:
-        with self._lock:
-            self._rows.pop((pid, identity), None)
-
     def gateway(self, pid: str, identity: str, points: int = SERIES_POINTS) -> dict:
         """A gateway's page: its row, the engine_report app table, plot series, usage totals and
         its fetch_status history (newest first)."""

@@ -5,7 +5,6 @@ and a rendering of its JSON; the rules live in the server.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from typing import List, Optional, Sequence
@@ -64,38 +63,23 @@ def rollout_detail(r: dict) -> str:
     return rollout_line(r) + "\n" + table(rows, ("SERIAL", "BATCH", "STATE", "ASKED", "DETAIL"))
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def register_fleet_commands(main: click.Group, device: click.Group) -> None:
     """Add the fleet commands to the ``murano-local`` command group and its ``device`` group."""
 
-    @device.command("tag")
-    @click.argument("identity")
-    @click.argument("tags", nargs=-1, required=True)
-    @click.pass_context
-    def device_tag(ctx: click.Context, identity: str, tags) -> None:
-        """Add TAGS to IDENTITY (its groups for fleet status and rollouts)."""
-        admin = Admin.of(ctx)
-        answer = admin.call("POST", admin.fleet("/gateways/%s/tags" % _q(identity)), brief=True,
-                            json={"add": list(tags)}).json()
-        click.echo("%s: %s" % (identity, ", ".join(answer["tags"]) or "(no tags)"))
+    def tags_command(verb: str, change: str, help_text: str):
+        @click.argument("identity")
+        @click.argument("tags", nargs=-1, required=True)
+        @click.pass_context
+        def command(ctx: click.Context, identity: str, tags) -> None:
+            admin = Admin.of(ctx)
+            answer = admin.call("POST", admin.fleet("/gateways/%s/tags" % _q(identity)), brief=True,
+                                json={change: list(tags)}).json()
+            click.echo("%s: %s" % (identity, ", ".join(answer["tags"]) or "(no tags)"))
+        command.__doc__ = help_text
+        return device.command(verb)(command)
 
-    @device.command("untag")
-    @click.argument("identity")
-    @click.argument("tags", nargs=-1, required=True)
-    @click.pass_context
-    def device_untag(ctx: click.Context, identity: str, tags) -> None:
-        """Remove TAGS from IDENTITY."""
-        admin = Admin.of(ctx)
-        answer = admin.call("POST", admin.fleet("/gateways/%s/tags" % _q(identity)), brief=True,
-                            json={"remove": list(tags)}).json()
-        click.echo("%s: %s" % (identity, ", ".join(answer["tags"]) or "(no tags)"))
+    tags_command("tag", "add", "Add TAGS to IDENTITY (its groups for fleet status and rollouts).")
+    tags_command("untag", "remove", "Remove TAGS from IDENTITY.")
 
     @main.group()
     def fleet() -> None:
@@ -141,10 +125,12 @@ def register_fleet_commands(main: click.Group, device: click.Group) -> None:
     def rollout_create(ctx: click.Context, name: str, package_file: str, tags, batch_size: str, max_failures: str,
                        health_window: float, fetch_timeout: float, report_timeout: float, as_json: bool) -> None:
         """Start rollout NAME: ask the gateways with TAG, one batch at a time, to install the package."""
+        from otau.verify import sha256_file
+
         admin = Admin.of(ctx)
         package = os.path.basename(package_file)
         try:
-            sha256 = file_sha256(package_file)
+            sha256 = sha256_file(package_file)
             size = os.path.getsize(package_file)
         except OSError as exc:
             raise CliError("cannot read package %s: %s" % (package_file, exc.strerror or exc))

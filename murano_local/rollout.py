@@ -17,7 +17,6 @@ not allowed in the current state raises :class:`TransitionError` and changes not
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -529,7 +528,8 @@ class RolloutEngine:
             info = store.content_info(pid, fields["package"])
             if info is None:
                 raise RolloutNotFound("no package %s in the content area (upload it first)" % fields["package"])
-            sha256 = _sha256(self.murano.content.path(info))
+            from otau.verify import sha256_file  # otau's, as gwe checks it
+            sha256 = sha256_file(self.murano.content.path(info))
             if fields["sha256"] is not None and fields["sha256"] != sha256:
                 raise RolloutConflict("content %s differs from the package given (sha256 %s, not %s): give a new "
                                       "version a new name" % (fields["package"], sha256[:12], fields["sha256"][:12]))
@@ -751,11 +751,3 @@ class RolloutEngine:
     def _changed(self, pid: str) -> None:
         if self.on_change is not None:
             self.on_change(pid)
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
