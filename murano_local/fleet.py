@@ -143,6 +143,8 @@ def _summary(reports: Dict[str, Report]) -> dict:
         "suite": [dict(name=name, **apps[name]) for name in SUITE_APPS if name in apps],
         "fetch_status": _fetch(fetch, fetch_ts),
         "gmq": _gmq(engine),
+        "link": _text(engine["connection"].get("state")) if engine and isinstance(engine.get("connection"), dict)
+        else None,
         "disk": _disk(info),
         "memory": _memory(info),
         "cpu": _cpu(info),
@@ -162,6 +164,8 @@ def problems(row: dict, reported: bool) -> List[str]:
     fetch = row["fetch_status"]
     if fetch and fetch["status"] not in (None, "installed"):
         found.append("last install %s: %s" % (fetch["status"], fetch["package"]))
+    if row["link"] not in (None, "connected"):
+        found.append("link %s" % row["link"])
     gmq = row["gmq"]
     if gmq and gmq["error"]:
         found.append("gmq unreachable")

@@ -149,6 +149,8 @@ class SimulatedGateway:
                                 "uptime": int(now - app["started"]) if running else 0, "version": app["version"]}})
         return {"apps": apps, "gwe_version": "0.1.0", "gmq_version": "0.1.0", "device_client_version": "0.1.0",
                 "build_id": "simulated", "timestamp": int(now),
+                "connection": {"state": "connected", "since": self.booted, "checked": now, "last_error": None,
+                               "last_error_at": None, "next_retry": None, "retry_in": None},
                 "gmq": {"version": "0.1.0", "counters": {"accepted": self.accepted, "delivered": self.delivered},
                         "alarms": [], "queue": {"depth": self.depth, "bytes": self.depth * 40}}}
 

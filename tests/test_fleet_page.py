@@ -64,6 +64,7 @@ def test_dashboard_page_in_headless_chromium(murano, gateways, browser, tmp_path
     cells = _js(browser, "return Array.from(document.querySelectorAll('#fleet-table tbody tr:first-child td'))"
                          ".map(c => c.textContent)")
     assert cells[0] == "gw-a" and cells[1] == "all, north" and cells[3]  # serial, tags, gwe version
+    assert cells[4] == "connected"  # gwe's link, from its engine_report
     _shot(browser, tmp_path, "fleet")
     browser.find_element("css selector", "#fleet-table th[data-key=serial]").click()
     wait_for(lambda: serials() == list(reversed(SERIALS)), 10, message="table sorted by serial, descending")

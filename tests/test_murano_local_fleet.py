@@ -94,7 +94,7 @@ def test_a_fleet_row_is_read_from_the_reports_gwe_writes(gwe_home):
                                         "device_info": (json.dumps(info), 12 * S),
                                         "fetch_status": (json.dumps(fetch), 11 * S)})
     assert row["serial"] == "gw-1" and row["tags"] == ["north"] and row["last_seen"] == 12 * S
-    assert row["gwe_version"] == report["gwe_version"]
+    assert row["gwe_version"] == report["gwe_version"] and row["link"] is None  # no link state given here
     assert [(a["name"], a["status"]) for a in row["apps"]] == [("counter", "BACKOFF")]
     assert row["suite"][0]["name"] == "gwe"
     assert row["fetch_status"]["status"] == "rolled_back" and row["fetch_status"]["timestamp"] == 11 * S
@@ -344,3 +344,31 @@ def test_pause_resume_abort_and_a_restart_resumes_where_it_was(murano, tmp_path)
             resumed.stop()
     finally:
         again.close()
+
+
+def test_simulated_gateways_write_what_gwe_writes_and_answer_as_drawn(gwe_home):
+    import random
+
+    from murano_local.simulator import SimulatedGateway, SimulationError, draw, parse_mix
+
+    bounds = parse_mix("success=3,rolled_back=1")
+    drawn = [draw(bounds, "sim-%05d" % i, 7) for i in range(4000)]
+    assert 0.7 < drawn.count("success") / 4000 < 0.8 and set(drawn) == {"success", "rolled_back"}
+    assert drawn == [draw(bounds, "sim-%05d" % i, 7) for i in range(4000)]  # the same seed, the same fleet
+    with pytest.raises(SimulationError):
+        parse_mix("success=0")
+    real_info, real_report = _real_reports(gwe_home)
+    gw = SimulatedGateway("sim-1", "crash", [("sensor", "1")], random.Random(1))
+    info, report = gw.device_info(1000.0), gw.engine_report(1000.0)
+    assert set(real_info) <= set(info) and set(real_report) - {"supervisord"} <= set(report)
+    row = summarize("sim-1", [], {"engine_report": (json.dumps(report), 1), "device_info": (json.dumps(info), 1)})
+    assert row["apps"][0]["name"] == "sensor" and row["disk"]["mount"] == "/" and row["gmq"]["depth"] is not None
+    assert row["link"] == "connected" and row["problems"] == []
+    status = gw.install("sensor.v2.tar.gz", 1001.0)
+    assert status["status"] == "installed" and gw.apps["sensor"] == {"version": "2", "started": 1001.0,
+                                                                      "status": "FATAL"}
+    again = gw.install("sensor.v2.tar.gz", 1002.0)
+    assert again["status"] == "installed" and "already installed; nothing done" in again["output"]
+    failing = SimulatedGateway("sim-2", "rolled_back", [("sensor", "1")], random.Random(2))
+    assert failing.install("sensor.v2.tar.gz", 5.0)["status"] == "rolled_back" and failing.apps["sensor"][
+        "version"] == "1"

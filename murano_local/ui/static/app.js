@@ -65,6 +65,7 @@
     ["tags", "Tags", (g) => g.tags.join(","), (g) => g.tags.join(", ") || "-"],
     ["last_seen", "Last seen", (g) => g.last_seen || 0, (g) => ago(g.last_seen)],
     ["gwe", "gwe", (g) => g.gwe_version || "", (g) => g.gwe_version || "-"],
+    ["link", "Link", (g) => g.link || "", (g) => g.link ? el("span", {class: g.link === "connected" ? "ok" : "bad"}, g.link) : "-"],
     ["apps", "Apps", (g) => g.apps.map((a) => a.name + a.version).join(),
      (g) => g.apps.length ? g.apps.map((a) => el("div", {class: a.status === "RUNNING" ? "ok" : "bad"},
        a.name + " " + a.version + " " + a.status)) : "-"],
