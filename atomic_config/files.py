@@ -225,8 +225,8 @@ def read_recovering(path: PathLike, parse: Callable[[bytes], object]) -> Optiona
     if raw:
         try:
             return parse(raw)
-        except Exception as exc:
-            problem = "unparsable (%s)" % (exc,)
+        except Exception as exc:  # configparser's messages span lines: errors are one line
+            problem = "unparsable (%s)" % " ".join(str(exc).split())
     elif raw is not None:
         problem = "empty"
     if raw is None:
@@ -236,13 +236,14 @@ def read_recovering(path: PathLike, parse: Callable[[bytes], object]) -> Optiona
         with open(prev, "rb") as f:
             prev_raw = f.read()
     except FileNotFoundError:
-        raise RecoveryError("%s is %s and has no previous generation" % (path, problem))
+        raise RecoveryError("%s is %s and has no previous generation: repair or remove it" % (path, problem)) from None
     try:
         if not prev_raw:
             raise ValueError("empty")
         parsed = parse(prev_raw)
     except Exception as exc:
-        raise RecoveryError("%s is %s and its previous generation is damaged (%s)" % (path, problem, exc))
+        raise RecoveryError("%s is %s and its previous generation is damaged (%s): repair or remove it"
+                            % (path, problem, " ".join(str(exc).split()))) from None
     log.warning("%s is %s; recovered the previous generation", path, problem)
     _write_replace(path, prev_raw, None)
     return parsed

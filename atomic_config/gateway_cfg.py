@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import Dict, Optional
+from urllib.parse import urlsplit
 
 from .files import RecoveryError
 from .locking import edit_config, read_config
@@ -36,6 +37,15 @@ def stored_value(value: str) -> str:
     return value if value else EMPTY
 
 
+def check_host(host: str) -> str:
+    """``host`` if it can be a Murano base URL (http:// or https:// and a host), else a ConfigError."""
+    parts = urlsplit(host)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("Gateway.cfg: host = %r is not an http:// or https:// URL: fix it with gwe --set-host URL "
+                          "('' for https://<product_id>.m2.exosite.io)" % host)
+    return host
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     cik: str = ""
@@ -53,7 +63,7 @@ class GatewayConfig:
     def murano_url(self) -> str:
         """``host`` if set, else Murano's address for the product."""
         if self.host:
-            return self.host.rstrip("/")
+            return check_host(self.host).rstrip("/")
         if not self.product_id:
             raise ConfigError("no product id: run gwe --set-product-id PRODUCT_ID (or set [device] host)")
         return "https://%s.m2.exosite.io" % self.product_id

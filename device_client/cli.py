@@ -104,6 +104,16 @@ class Context:
             except ConfigError as exc:
                 raise GdcError("give --host: %s" % exc, EXIT_USAGE) from None
 
+    def not_activated(self, exc: errors.NotActivated) -> str:
+        """What to do: the library's message names a Python call, gdc's names the command."""
+        o = self.options
+        again = "gdc%s%s activate" % (" --host %s" % o["host"] if o["host"] else "",
+                                      " --serial %s" % o["serial"] if o["serial"] else "")
+        if exc.status is None:
+            return "not activated: no token for %s yet: run '%s' first (or give --token)" % (o["serial"] or "this device",
+                                                                                          again)
+        return "%s: the token was rejected and dropped: run '%s' for a new one" % (exc, again)
+
     def emit(self, data: object, human: str) -> None:
         click.echo(json.dumps(data, sort_keys=True) if self.as_json else human)
 
@@ -130,6 +140,8 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except errors.NotActivated as exc:
+            raise GdcError(ctx.obj.not_activated(exc), EXIT_NOT_ACTIVATED) from None
         except errors.DeviceAPIError as exc:
             raise GdcError(str(exc), exit_code_for(exc)) from None
         except ValueError as exc:

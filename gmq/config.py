@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 from atomic_config import (
-    DEFAULT_MIN_FREE_DISK, AtomicConfigParser, ConfigError as GatewayConfigError, GwePaths, edit_config,
-    load_gateway_config, read_config,
+    DEFAULT_MIN_FREE_DISK, AtomicConfigParser, ConfigError as GatewayConfigError, GwePaths, RecoveryError,
+    edit_config, load_gateway_config, read_config,
 )
 from device_api import MAX_VALUES_PER_REQUEST
 
@@ -141,9 +141,17 @@ def local_url(cfg: "GmqConfig", path: str) -> str:
     return "http://%s:%d%s" % (host, cfg.port, path)
 
 
+def _read(paths: GwePaths) -> AtomicConfigParser:
+    """gmq.cfg parsed; damaged beyond recovery is a ConfigError (one line, saying what to do)."""
+    try:
+        return read_config(paths.gmq_cfg)
+    except RecoveryError as exc:
+        raise ConfigError("gmq.cfg unreadable: %s" % exc) from None
+
+
 def load(paths: GwePaths) -> GmqConfig:
     """Read gmq.cfg (defaults for what is missing) and resolve the upstream URL."""
-    return _build(_values(read_config(paths.gmq_cfg)), paths)
+    return _build(_values(_read(paths)), paths)
 
 
 def _build(v: Dict[Tuple[str, str], object], paths: GwePaths) -> GmqConfig:
@@ -182,24 +190,27 @@ def get(paths: GwePaths, section: str, option: str) -> str:
     """The effective value of one key (the default when unset)."""
     if (section, option) not in KEYS:
         raise ConfigError("unknown key [%s] %s" % (section, option))
-    return _text(_values(read_config(paths.gmq_cfg))[(section, option)])
+    return _text(_values(_read(paths))[(section, option)])
 
 
 def set_value(paths: GwePaths, section: str, option: str, value: str) -> None:
     """Check and store one key in gmq.cfg (atomically, under the file lock)."""
     parse_value(section, option, value)
     paths.ensure()
-    with edit_config(paths.gmq_cfg) as cfg:
-        if not cfg.has_section(section):
-            cfg.add_section(section)
-        cfg.set(section, option, value)
-        _build(_values(cfg), paths)  # the file as a whole must still make sense, or nothing is written
+    try:
+        with edit_config(paths.gmq_cfg) as cfg:
+            if not cfg.has_section(section):
+                cfg.add_section(section)
+            cfg.set(section, option, value)
+            _build(_values(cfg), paths)  # the file as a whole must still make sense, or nothing is written
+    except RecoveryError as exc:
+        raise ConfigError("gmq.cfg unreadable, nothing changed: %s" % exc) from None
 
 
 def effective(paths: GwePaths) -> Dict[str, Dict[str, str]]:
     """Every key with its effective value, by section."""
     out: Dict[str, Dict[str, str]] = {}
-    for (section, option), value in _values(read_config(paths.gmq_cfg)).items():
+    for (section, option), value in _values(_read(paths)).items():
         out.setdefault(section, {})[option] = _text(value)
     return out
 

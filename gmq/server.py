@@ -42,7 +42,13 @@ class Gmq:
         self.forwarder = Forwarder(self.queue, self.clients, upstream_settings(self.cfg))
         self.clients.on_new = lambda client: self.forwarder.wake()
         self._apply_server_settings(self.cfg)
-        self.httpd = GmqHTTPServer((self.cfg.host, self.cfg.port if port is None else port), self)
+        address = (self.cfg.host, self.cfg.port if port is None else port)
+        try:
+            self.httpd = GmqHTTPServer(address, self)
+        except OSError as exc:  # the port gmq.cfg names is taken (another gmq?) or the address is not ours
+            self.queue.close()
+            raise config.ConfigError("cannot listen on %s:%d: %s: stop what listens there, or give gmq another "
+                                     "port (gmq cfg set server port N)" % (address + (exc.strerror or exc,))) from None
         self._stop = threading.Event()
 
     def _apply_server_settings(self, cfg: config.GmqConfig) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import List, Optional, Sequence
 
@@ -99,17 +100,15 @@ def cli(ctx: click.Context, show_version: bool, show_path: bool, show_gateway_cf
             click.echo(__version__)
             return
         if show_path:
-            import os
-
             click.echo(os.path.dirname(os.path.abspath(__file__)))
             return
-        configured = config_cli.apply_settings(settings, set_product_id)
+        configured, problems = config_cli.apply_settings(settings, set_product_id, as_json)
         if show_gateway_cfg:
-            config_cli.echo_gateway_cfg()
+            problems += config_cli.echo_gateway_cfg(as_json)
         if show_engine_cfg:
-            config_cli.echo_engine_cfg()
+            problems += config_cli.echo_engine_cfg(as_json)
         if show_cik:
-            config_cli.print_cik()
+            config_cli.print_cik(as_json)
         if mac_address:
             config_cli.print_mac(mac_address)
         if gen_key:
@@ -125,6 +124,8 @@ def cli(ctx: click.Context, show_version: bool, show_path: bool, show_gateway_cf
         if install_apps:
             sys.exit(apps_cli.install_apps(install_apps, as_json, force))
         if configured or show_gateway_cfg or show_engine_cfg or show_cik or mac_address:
+            if problems:  # what was printed holds values gwe cannot use
+                fail(problems[0] + ("" if len(problems) == 1 else " (and %d more above)" % (len(problems) - 1)))
             return
     except (apps_cli.CliError, ConfigError) as exc:
         fail(str(exc))
@@ -151,6 +152,8 @@ def status(as_json: bool) -> None:
 
     doc = gateway_status()
     click.echo(json.dumps(doc, indent=2, sort_keys=True) if as_json else render_status(doc))
+    if doc["problems"]:
+        fail(doc["problems"][0])
 
 
 @cli.command()
@@ -183,22 +186,34 @@ def supervisor_config(bin_dir: Optional[str], programs: bool) -> None:
     """Write supervisord.conf (and the gwe/gmq program files) for this GWE_HOME."""
     from atomic_config import gwe_paths
 
-    from .supervisor_conf import write_suite_configs
+    from .supervisor_conf import missing_commands, write_suite_configs
 
-    for path in write_suite_configs(gwe_paths(), bin_dir, programs):
+    missing = missing_commands(bin_dir or os.path.dirname(sys.executable)) if programs else []
+    if missing:
+        fail("%s has no %s: give --bin-dir, the bin directory of the virtualenv the suite is installed in "
+             "(e.g. /opt/gateway-engine/venv/bin); nothing written"
+             % (bin_dir or os.path.dirname(sys.executable), " or ".join(missing)))
+    try:
+        written = write_suite_configs(gwe_paths(), bin_dir, programs)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    for path in written:
         click.echo(path)
 
 
 def run_daemon(once: bool, level: Optional[str]) -> int:
     """The daemon, logging to stderr (supervisord keeps and rotates it) at the configured level."""
-    from .config import load_engine_settings
+    from .config import ConfigError, load_engine_settings
     from .daemon import Engine
 
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    logging.basicConfig(level=(level or load_engine_settings()["debug_level"]).upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:  # logging is set up first: the settings' own warnings go to the log
+        root.setLevel((level or load_engine_settings()["debug_level"]).upper())
+    except ConfigError as exc:
+        fail(str(exc))
     engine = Engine(once=once)
     engine.install_signal_handlers()
     return engine.run()

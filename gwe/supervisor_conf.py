@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from atomic_config import GwePaths, atomic_write
 
 DEFAULT_BIN_DIR = "/opt/gateway-engine/venv/bin"
+SUITE_COMMANDS = ("gwe", "gmq")  # what the program files run
 MAX_SOCKET_PATH = 96  # sun_path holds 107 bytes; supervisord binds "<path>.<pid>" first, then renames
 
 
@@ -71,6 +72,11 @@ def suite_configs(paths: GwePaths, bin_dir: Optional[str] = None) -> Dict[str, s
         os.path.join("conf.d", "gmq.conf"): program_conf("gmq", os.path.join(bin_dir, "gmq"), paths, startsecs=2,
                                                          environment=",MALLOC_ARENA_MAX=\"2\""),
     }
+
+
+def missing_commands(bin_dir: str) -> List[str]:
+    """The suite's commands the program files would run that ``bin_dir`` does not hold as executables."""
+    return [name for name in SUITE_COMMANDS if not os.access(os.path.join(bin_dir, name), os.X_OK)]
 
 
 def write_suite_configs(paths: GwePaths, bin_dir: Optional[str] = None, programs: bool = True) -> Dict[str, str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from typing import Optional
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import click
 
@@ -22,6 +22,9 @@ class Admin:
 
     def __init__(self, url: str, product: Optional[str]) -> None:
         import requests
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise CliError("--url %r is not an http:// or https:// URL (e.g. %s)" % (url, DEFAULT_URL))
         self.url = url.rstrip("/")
         self.session = requests.Session()
         self._product = product
@@ -31,8 +34,12 @@ class Admin:
         import requests
         try:
             resp = self.session.request(method, self.url + path, timeout=60, **kwargs)
+        except requests.ConnectionError as exc:
+            raise CliError(unreachable(self.url, exc)) from None
+        except requests.Timeout:
+            raise CliError("%s did not answer %s %s within 60 s" % (self.url, method, path)) from None
         except requests.RequestException as exc:
-            raise CliError("cannot reach %s: %s" % (self.url, exc.__class__.__name__))
+            raise CliError("cannot reach %s: %s" % (self.url, " ".join(str(exc).split()))) from None
         if resp.status_code not in expect:
             reason = resp.text.strip().splitlines()[0] if resp.text.strip() else resp.reason
             if brief and 400 <= resp.status_code < 500:
@@ -68,6 +75,17 @@ def dump_rows(rows: list) -> None:
     """A JSON array with one compact row per line (json's C encoder: indent would make 1,000 rows
     take a second)."""
     click.echo("[\n" + ",\n".join(json.dumps(row, sort_keys=True) for row in rows) + "\n]" if rows else "[]")
+
+
+def unreachable(url: str, exc: Exception) -> str:
+    """Nothing answers at ``url``: say so, and how to start one or point at the right one."""
+    text = str(exc).lower()
+    parts = urlsplit(url)
+    reason = ("connection refused" if "refused" in text else "cannot resolve %s" % parts.hostname
+              if "resolve" in text else exc.__class__.__name__)
+    port = parts.port
+    return ("nothing answers at %s (%s): start the server (murano-local serve%s) or point --url "
+            "(or MURANO_LOCAL_URL) at the one running" % (url, reason, " --port %d" % port if port else ""))
 
 
 def dump(data: object) -> None:

@@ -8,6 +8,7 @@ The command lines come from the click trees themselves, so a command added later
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -26,20 +27,28 @@ COMMANDS = (("gwe", "gwe", "gwe.cli:cli"), ("gmq", "gmq", "gmq.commands_cli:cli"
 # not exist yet, a directory (holding a damaged murano-local database), a URL where nothing listens
 FILE, NEW, DIR, URL = "{file}", "{new}", "{dir}", "{url}"
 
-# Lines that need none of the broken parts: they may succeed (each says why).
-NEEDS_NOTHING = {
-    ("gwe", "-v"): "prints the version",
-    ("gwe", "-p"): "prints where the package is",
-    ("gwe", "--gen-key", NEW): "writes a new key pair",
-    ("gwe", "--recover"): "no install was interrupted: nothing to recover",
-    ("gwe", "--recover", "--json"): "the same, as JSON",
-    ("gwe", "supervisor-config"): "writes supervisord.conf; reads no config",
-    ("gwe", "supervisor-config", "--bin-dir", DIR): "the same",
-    ("gwe", "supervisor-config", "--no-programs"): "the same",
-    ("gmq", "-g"): "prints gmq.cfg's path",
-    ("gmq", "-v"): "prints the version",
-    ("gdc", "--version"): "prints the version",
+# Lines that may succeed, in the environments named, and why.
+BOTH = ("unparsable", "bad-values")
+MAY_SUCCEED = {
+    ("gwe", "-v"): (BOTH, "prints the version"),
+    ("gwe", "-p"): (BOTH, "prints where the package is"),
+    ("gwe", "--mac-address", "lo"): (BOTH, "reads the interface, no config"),
+    ("gwe", "--gen-key", NEW): (BOTH, "writes a new key pair"),
+    ("gwe", "--recover"): (BOTH, "no install was interrupted: nothing to recover"),
+    ("gwe", "supervisor-config"): (BOTH, "writes supervisord.conf; reads no config"),
+    ("gwe", "supervisor-config", "--no-programs"): (BOTH, "the same"),
+    ("gmq", "-g"): (BOTH, "prints gmq.cfg's path"),
+    ("gmq", "-v"): (BOTH, "prints the version"),
+    ("gdc", "--version"): (BOTH, "prints the version"),
+    ("gdc", "usage"): (BOTH, "reads the usage log, which is sound"),
+    ("gdc", "usage", "--json"): (BOTH, "the same"),
+    ("gdc", "usage", "--flush"): (BOTH, "the same"),
+    ("gwe", "-C"): (("bad-values",), "prints the cik, which is sound"),
+    ("gwe", "--set-host", URL): (("bad-values",), "replaces the one bad value of Gateway.cfg"),
 }
+
+# a daemon's log record (gwe, gmq, murano-local serve log to stderr, which supervisord keeps)
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (gmq\[\d+\] )?(DEBUG|INFO|WARNING|ERROR) ")
 
 # Lines not run here, with the test that covers them.
 NOT_RUN = {
@@ -182,7 +191,33 @@ def run_line(line: Tuple[str, ...], env: Dict[str, str], values: Dict[str, str],
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-LINES = all_lines()
+def kinds(line: Tuple[str, ...]) -> Tuple[str, ...]:
+    """gdc (but for its CIK form) and murano-local read neither config file: the bad values
+    would only test "no server" again."""
+    if line[0] == "murano-local" or (line[0] == "gdc" and line[:3] != ("gdc", "write", "0" * 40)):
+        return ("unparsable",)
+    return tuple(sorted(BROKEN))
+
+
+CASES = [(line, kind) for line in all_lines() for kind in kinds(line)]
+
+
+@pytest.mark.parametrize("line,kind", CASES, ids=["%s-%s" % (" ".join(line), kind) for line, kind in CASES])
+def test_every_command_fails_cleanly_on_a_broken_gateway(tmp_path, line, kind):
+    env, values = broken_environment(str(tmp_path), kind)
+    try:
+        result = run_line(line, env, values, cwd=str(tmp_path))
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail("%s hung (no answer in %.0f s)" % (" ".join(line), exc.timeout))
+    shown = "%s\nrc=%s\nstdout:\n%s\nstderr:\n%s" % (" ".join(line), result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr, shown
+    if kind in MAY_SUCCEED.get(line, ((), ""))[0]:
+        return
+    assert result.returncode != 0, "exit code 0 although the gateway is broken:\n" + shown
+    errors = [ln for ln in result.stderr.splitlines() if ln.strip() and not LOG_RECORD.match(ln)]
+    assert len(errors) == 1, "not one line on stderr (beside a daemon's log records):\n" + shown
+    assert errors[0].startswith(line[0] + ":"), "the line does not name the command:\n" + shown
+    assert result.stderr.rstrip("\n").endswith(errors[0]), "the error is not the last line:\n" + shown
 
 
 def command_paths(prog: str, command: click.Command, prefix: Tuple[str, ...] = ()) -> Iterator[Tuple[str, ...]]:

@@ -330,10 +330,9 @@ def test_gateway_cfg_parser_takes_any_text(tmp_path):
     figure("fuzz_gateway_cfg", cases=len(cases), crashes=0)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 item 5: an empty or unparsable gmq.cfg with no previous "
-                                       "generation raises atomic_config.RecoveryError out of gmq.config.load "
-                                       "(gmq serve and gmq cfg end in a traceback) instead of a ConfigError")
 def test_gmq_cfg_parser_takes_any_text(tmp_path):
+    """An empty or unparsable gmq.cfg with no previous generation raised atomic_config.RecoveryError
+    out of gmq.config.load (gmq serve and gmq cfg ended in a traceback; issue 13 item 5)."""
     from atomic_config import gwe_paths
     from gmq import config as gmq_config
 
