@@ -64,3 +64,30 @@ def test_engine_fetch_puts_gwe_last_and_rejects_paths():
                 '{"install": [{"name": "a.v1.tar.gz", "sha256": "zz"}]}', '{"install": [{"nam": 1}]}'):
         with pytest.raises(FetchRequestError):
             parse_engine_fetch(bad)
+
+
+def test_config_echoes_mask_the_token_and_only_gwe_c_prints_it(gwe_home):
+    """Every gwe --set-* echoes Gateway.cfg: once activated that held the token, on screen and in logs."""
+    import json
+    import subprocess
+    import sys
+
+    token = "DzpquZ" + "a1" * 17
+
+    def gwe(*args):
+        result = subprocess.run([sys.executable, "-m", "gwe", *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    for args in (["--set-cik", token], ["--set-uuid", "gw-1"], ["-P", "p1"], ["--set-host", "http://127.0.0.1:1"],
+                 ["-g"], ["-u", "gw-1", "-t", "60"]):
+        shown = gwe(*args)
+        assert token not in shown and "cik = ********\n" in shown, (args, shown)
+        shown = gwe(*args, "--json")
+        assert token not in shown, (args, shown)
+        assert json.loads(shown.splitlines()[-1])["device"]["cik"] == "********"
+    assert gwe("-C") == token + "\n"
+    assert json.loads(gwe("-C", "--json")) == {"cik": token}
+    assert "cik = %s\n" % token in (gwe_home / "etc" / "gwe" / "Gateway.cfg").read_text()  # stored as it was
+    update_gateway_config({"cik": ""})
+    assert "cik = ''\n" in gwe("-g") and json.loads(gwe("-g", "--json"))["device"]["cik"] == ""
