@@ -1,6 +1,7 @@
 """``murano-local``: run the server, and operate it (devices, state, history, content) over its admin API."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -158,17 +159,36 @@ def device_list(ctx: click.Context, as_json: bool) -> None:
         click.echo("%s\t%s" % (item["identity"], item["status"]))
 
 
+def holding_json(value):
+    """A dataport's value with the JSON object or array it holds decoded (Murano stores text)."""
+    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            pass
+    return value
+
+
 @device.command("read")
 @click.argument("identity")
 @click.argument("aliases", nargs=-1)
+@click.option("--raw", is_flag=True, help="Values as stored: JSON dataports stay JSON text.")
+@click.option("--json", "as_json", is_flag=True, help="One line of JSON, for scripts.")
 @click.pass_context
-def device_read(ctx: click.Context, identity: str, aliases) -> None:
-    """Print IDENTITY's state as JSON {alias: {reported, set, timestamp}}."""
+def device_read(ctx: click.Context, identity: str, aliases, raw: bool, as_json: bool) -> None:
+    """Print IDENTITY's state as JSON {alias: {reported, set, timestamp}}, dataports that hold JSON
+    (engine_report, fetch_status...) decoded and indented."""
     admin = _admin(ctx)
     state = admin.call("GET", admin.identity(identity, "/state")).json()
     if aliases:
         state = {a: state[a] for a in aliases if a in state}
-    _dump(state)
+    if not raw:
+        state = {alias: {k: holding_json(v) if k in ("reported", "set") else v for k, v in entry.items()}
+                 for alias, entry in state.items()}
+    if as_json:
+        click.echo(json.dumps(state, sort_keys=True))
+    else:
+        _dump(state)
 
 
 @device.command("write")

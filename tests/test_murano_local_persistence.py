@@ -116,6 +116,25 @@ def test_operator_cli_content(murano, tmp_path):
     assert result.exit_code == 1 and result.stderr.count("\n") == 1
 
 
+def test_device_read_decodes_dataports_holding_json(murano):
+    """engine_report, fetch_status...: Murano stores JSON as text; read shows it decoded and indented."""
+    auth = activate(murano, "gw-r")
+    report = {"apps": [{"counter": {"status": "RUNNING", "version": "2"}}], "gwe_version": "0.1.0"}
+    requests.post(murano.url + "/onep:v1/stack/alias", headers=auth, timeout=10,
+                  data={"engine_report": json.dumps(report), "temp": "19.5", "note": "[not json", "empty": ""})
+    assert cli(murano, "device", "write", "gw-r", "engine_fetch", '{"install": []}').exit_code == 0
+    shown = cli(murano, "device", "read", "gw-r")
+    assert shown.exit_code == 0
+    state = json.loads(shown.stdout)
+    assert state["engine_report"]["reported"] == report and state["engine_fetch"]["set"] == {"install": []}
+    assert (state["temp"]["reported"], state["note"]["reported"], state["empty"]["reported"]) == ("19.5", "[not json", "")
+    assert "\n      \"apps\": [\n" in shown.stdout  # indented, for a terminal
+    compact = cli(murano, "device", "read", "gw-r", "engine_report", "--json")
+    assert compact.stdout.count("\n") == 1 and json.loads(compact.stdout) == {"engine_report": state["engine_report"]}
+    raw = json.loads(cli(murano, "device", "read", "gw-r", "engine_report", "--raw").stdout)
+    assert raw["engine_report"]["reported"] == json.dumps(report)  # as stored
+
+
 def test_cli_reports_an_unreachable_server_in_one_line(tmp_path):
     result = CliRunner().invoke(main, ["--url", "http://127.0.0.1:9", "device", "list"])
     assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "nothing answers at http://127.0.0.1:9 " in result.stderr
