@@ -12,6 +12,8 @@ with the outcome drawn for it from the mix:
 - ``crash``: installed, but the new version goes FATAL (the health window catches it);
 - ``silent``: never answers (an offline or wedged gateway).
 
+Like gwe, a gateway loses a ``fetch_status`` it cannot write (the server down) and polls on.
+
 A few worker threads share the gateways (each worker its own HTTP session and schedule).
 """
 from __future__ import annotations
@@ -309,7 +311,8 @@ class Simulator:
             except Exception as exc:  # a refused or failed call: count it and go on, as a gateway would retry
                 log.debug("%s %s failed: %s", gw.serial, what, exc)
                 self._count("errors")
-                follow = [(self.poll_interval, what, arg)] if what == "installed" else []
+                # a fetch_status that could not be written is lost, as gwe loses it; polling goes on
+                follow = [(self.poll_interval, "poll", None)] if what == "installed" else []
             if what == "report":
                 follow.append((self.report_interval, "report", None))
             elif what == "poll" and gw.installing is None:

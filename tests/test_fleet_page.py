@@ -45,8 +45,21 @@ def _shot(browser, tmp_path, name):
     return path
 
 
-def _js(browser, script):
-    return browser.execute_script(script)
+def _js(browser, script, *args):
+    return browser.execute_script(script, *args)
+
+
+def _click(browser, css):
+    """Click in one script: the page redraws its tables as reports arrive, so an element found in
+    one call may be gone by the next (selenium's stale element)."""
+    wait_for(lambda: _js(browser, "const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e;",
+                         css), 10, message="%s to click" % css)
+
+
+def _choose(browser, css, value):
+    wait_for(lambda: _js(browser, "const e = document.querySelector(arguments[0]); if (!e) return false;"
+                                  "e.value = arguments[1]; e.dispatchEvent(new Event('change')); return true;",
+                         css, value), 10, message="%s to choose %s" % (css, value))
 
 
 def test_dashboard_page_in_headless_chromium(murano, gateways, browser, tmp_path):
@@ -66,15 +79,15 @@ def test_dashboard_page_in_headless_chromium(murano, gateways, browser, tmp_path
     assert cells[0] == "gw-a" and cells[1] == "all, north" and cells[3]  # serial, tags, gwe version
     assert cells[4] == "connected"  # gwe's link, from its engine_report
     _shot(browser, tmp_path, "fleet")
-    browser.find_element("css selector", "#fleet-table th[data-key=serial]").click()
+    _click(browser, "#fleet-table th[data-key=serial]")
     wait_for(lambda: serials() == list(reversed(SERIALS)), 10, message="table sorted by serial, descending")
-    browser.find_element("css selector", "#tag-filter option[value=south]").click()
+    _choose(browser, "#tag-filter", "south")
     wait_for(lambda: serials() == ["gw-b"], 10, message="only the south gateway")
-    browser.find_element("css selector", "#tag-filter option[value='']").click()
+    _choose(browser, "#tag-filter", "")
     wait_for(lambda: len(serials()) == 2, 10, message="all gateways again")
 
     # a gateway page draws its plots from the real reports
-    browser.find_element("css selector", "#fleet-table a[href='#/gateway/gw-a']").click()
+    _click(browser, "#fleet-table a[href='#/gateway/gw-a']")
 
     def points(plot, series):
         return _js(browser, "const p = document.querySelector('#plot-%s polyline[data-series=%s]');"
@@ -91,7 +104,7 @@ def test_dashboard_page_in_headless_chromium(murano, gateways, browser, tmp_path
 
     # a rollout started from the form (uploading the package) progresses without a reload
     package = make_app(str(tmp_path), "counter", "1")
-    browser.find_element("css selector", "#nav-rollouts").click()
+    _click(browser, "#nav-rollouts")
     wait_for(lambda: browser.find_elements("css selector", "#rollout-form"), 10, message="rollout form")
     browser.find_element("css selector", "#rf-name").send_keys("from-page")
     browser.find_element("css selector", "#rf-file").send_keys(package)
@@ -128,6 +141,6 @@ def test_dashboard_page_in_headless_chromium(murano, gateways, browser, tmp_path
     # a big fleet is drawn a page at a time (here one row a page)
     browser.get(murano.url + "/ui/?rows=1")
     wait_for(lambda: serials() == ["gw-a"], 20, message="first page")
-    assert browser.find_element("css selector", "#fleet-count").text == "2 gateways"
-    browser.find_element("css selector", "#page-next").click()
+    assert _js(browser, "return document.getElementById('fleet-count').textContent") == "2 gateways"
+    _click(browser, "#page-next")
     wait_for(lambda: serials() == ["gw-b"], 10, message="second page")
