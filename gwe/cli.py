@@ -146,14 +146,23 @@ def demo(keep_running: bool) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def status(as_json: bool) -> None:
-    """Installed apps, versions, supervisord states, the last installs and gmq's queue."""
-    from .status import gateway_status, render_status
+@click.option("--wait", "wait_for", metavar="APP[=VERSION]",
+              help="First wait until APP runs and no install is in progress (exit 1 if its install fails).")
+@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds --wait waits at most.")
+def status(as_json: bool, wait_for: Optional[str], timeout: float) -> None:
+    """Installed apps, versions, supervisord states, an install in progress, the last installs and gmq's queue."""
+    from .status import gateway_status, render_status, wait_until_up
 
-    doc = gateway_status()
+    problem = None
+    if wait_for:
+        app, _, version = wait_for.partition("=")
+        doc, problem = wait_until_up(app, version or None, timeout)
+    else:
+        doc = gateway_status()
     click.echo(json.dumps(doc, indent=2, sort_keys=True) if as_json else render_status(doc))
-    if doc["problems"]:
-        fail(doc["problems"][0])
+    if problem or doc["problems"]:
+        fail(problem or doc["problems"][0])
 
 
 @cli.command()

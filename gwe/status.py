@@ -1,10 +1,15 @@
 """``gwe status``: what this gateway runs, read locally (no cloud needed)."""
 from __future__ import annotations
 
+import json
 import os
-from typing import List
+import sys
+import time
+from typing import List, Optional, Tuple
 
 from atomic_config import gwe_paths
+
+from .engine_report import SUITE_PROGRAMS
 
 
 def _supervisord_problem(paths, exc: Exception) -> str:
@@ -45,13 +50,77 @@ def gateway_status() -> dict:
         problems.insert(0, str(exc))
         report["gateway"] = {"error": str(exc)}
     report["last_installs"] = sorted(load_statuses(paths), key=lambda s: s.get("finished_at") or 0)[-5:]
+    report["installing"] = install_in_progress(paths)
+    # this command is the base install's; gwe and gmq may run newer versions installed over the air
+    report["running"] = {name: app["version"] for entry in report["apps"] for name, app in entry.items()
+                         if name in SUITE_PROGRAMS}
     report["problems"] = problems
     return report
 
 
-def _clock(ts: float) -> str:
-    import time
+def install_in_progress(paths) -> Optional[dict]:
+    """The install otau is running now, from its journal: name, version, package, step, since.
 
+    Read without otau's recovery (which rewrites a damaged journal): ``gwe status`` changes nothing."""
+    from otau.journal import journal_path
+    from otau.settings import load_settings
+
+    path = journal_path(paths)
+    try:
+        with open(path, encoding="utf-8") as f:
+            journal = json.load(f)
+        since = os.stat(path).st_mtime
+    except (OSError, ValueError):
+        return None
+    if not isinstance(journal, dict):
+        return None
+    try:
+        settle = load_settings(paths).settle_seconds
+    except Exception:  # a bad [otau] section is the installer's to report
+        settle = None
+    return {"name": journal.get("name"), "version": journal.get("version"), "package": journal.get("package"),
+            "step": journal.get("state"), "since": since, "startsecs": journal.get("startsecs"),
+            "settle_seconds": settle}
+
+
+def wait_until_up(app: str, version: Optional[str], timeout: float, poll: float = 0.25) -> Tuple[dict, Optional[str]]:
+    """Wait until ``app`` (at ``version``, if given) runs (RUNNING, or INSTALLED for a one-off) with
+    no install in progress, or an install of it fails; the last status, and what is wrong (None: up)."""
+    started = time.time()
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = gateway_status()
+        apps = {name: entry for item in doc["apps"] for name, entry in item.items()}
+        here = apps.get(app)
+        if doc["installing"] is None:
+            if here and here["status"] in ("RUNNING", "INSTALLED") and version in (None, here["version"]):
+                return doc, None
+            for failed in doc["last_installs"]:
+                if failed.get("name") == app and failed.get("status") != "installed" \
+                        and (failed.get("finished_at") or 0) >= started:
+                    return doc, "the install of %s failed: %s" % (failed.get("package"), failed.get("status")) + (
+                        " (%s)" % failed["error"] if failed.get("error") else "")
+        if time.monotonic() >= deadline:
+            now = (_installing_line(doc["installing"], time.time()) if doc["installing"] else
+                   "%s is %s %s" % (app, here["status"], here["version"]) if here else
+                   "%s is not installed (has the cloud asked for it in engine_fetch?)" % app)
+            return doc, "waited %.0f s for %s%s to run: %s" % (timeout, app, " " + version if version else "", now)
+        time.sleep(poll)
+
+
+STEPS = {"unpacking": "unpacking", "installing": "running install.sh",
+         "registering": "starting it under supervisord (health gate: RUNNING for startsecs + settle_seconds)",
+         "committed": "finishing", "rolling_back": "rolling back"}
+
+
+def _installing_line(job: dict, now: float) -> str:
+    gate = (job.get("startsecs") or 0) + (job.get("settle_seconds") or 0)
+    return ("installing %s %s (%s): %s, %.0f s so far; the health gate alone takes %.0f s"
+            % (job["name"], job["version"], job["package"], STEPS.get(job["step"], job["step"]),
+               max(0.0, now - job["since"]), gate))
+
+
+def _clock(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
@@ -63,8 +132,15 @@ def render_status(doc: dict) -> str:
     else:
         lines.append("gateway  %s  product %s  %s" % (gw["serial"] or "(no serial)", gw["product_id"] or "(none)",
                                                       "activated" if gw["activated"] else "not activated"))
-    lines.append("gwe %s  gmq %s  device_client %s  build %s" % (doc["gwe_version"], doc["gmq_version"],
-                                                                doc["device_client_version"], doc["build_id"]))
+    base = "gwe %s  gmq %s  device_client %s  build %s" % (doc["gwe_version"], doc["gmq_version"],
+                                                          doc["device_client_version"], doc["build_id"])
+    running = doc.get("running", {})
+    if any(running.get(name) not in (None, doc["%s_version" % name]) for name in SUITE_PROGRAMS):
+        lines.append("running  %s (installed over the air)" % "  ".join(
+            "%s %s" % (name, running.get(name) or "-") for name in SUITE_PROGRAMS))
+        lines.append("base install (this command, %s): %s" % (sys.prefix, base))
+    else:
+        lines.append(base)
     if "supervisord" in doc:
         lines.append("supervisord: %s" % doc["supervisord"])
     lines.append("")
@@ -86,6 +162,9 @@ def render_status(doc: dict) -> str:
         queue = gmq.get("queue", gmq)
         lines.append("gmq queue: %s" % ", ".join("%s=%s" % (k, queue[k]) for k in sorted(queue)
                                                  if not isinstance(queue[k], (dict, list))))
+    if doc.get("installing"):
+        lines.append("")
+        lines.append(_installing_line(doc["installing"], time.time()))
     if doc["last_installs"]:
         lines.append("")
         lines.append("last installs:")
