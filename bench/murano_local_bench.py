@@ -131,7 +131,7 @@ def idle_polls(url: str, proc: psutil.Process, count: int) -> dict:
         s.close()
     return {"polls": count, "idle_cpu_percent": round(100 * idle_cpu, 3),
             "rss_mib_before": round(rss_before / 2 ** 20, 1), "rss_mib_polling": round(rss_polling / 2 ** 20, 1),
-            "threads_polling": count, "wake_all_seconds": round(time.monotonic() - started, 3),
+            "threads_polling": proc.num_threads(), "wake_all_seconds": round(time.monotonic() - started, 3),
             "answered_200": answered}
 
 

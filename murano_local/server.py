@@ -246,7 +246,8 @@ class MuranoHTTPServer:
         self._conns: Set[_Conn] = set()
         self._timers: List[Tuple[float, int, _Conn]] = []
         self._timer_seq = 0
-        self._polls: Dict[Tuple[str, str], Set[_Conn]] = {}
+        self._polls: Dict[Tuple[str, str], Set[_Conn]] = {}  # held long polls by device
+        self._polls_lock = threading.Lock()
         self._inbox: Deque[tuple] = deque()
         self._inbox_lock = threading.Lock()
         self._jobs: "queue.SimpleQueue" = queue.SimpleQueue()
@@ -457,7 +458,8 @@ class MuranoHTTPServer:
             conn.close_after = True
             self._end_pipe(conn)
         elif conn.state == _HOLDING:
-            self._respond(conn, Response(304))
+            if self._unpark(conn):  # else a set's thread is checking it again: its answer comes
+                self._respond(conn, Response(304))
         elif conn.responding or conn.handshaking:
             self._close(conn)  # it does not read its answer, or never finished the TLS handshake
         elif conn.state == _READING and conn.receiving:
@@ -681,17 +683,19 @@ class MuranoHTTPServer:
                 pass  # the pipe is full of wake-ups already
 
     def _on_change(self, change: Change) -> None:
-        if change.kind == "set":  # from whichever thread committed it
-            self._post(("set", (change.pid, change.identity)))
+        """A set on a device: check its held polls again right here, in the thread that committed
+        it (two thread hand-offs fewer than through the loop and a worker)."""
+        if change.kind != "set":
+            return
+        with self._polls_lock:
+            claimed = self._polls.pop((change.pid, change.identity), ())
+        for conn in claimed:
+            self._post(("done", conn, self._check_again(conn, conn.poll), False))
 
     def _run_inbox(self) -> None:
         with self._inbox_lock:
             messages, self._inbox = self._inbox, deque()
         for message in messages:
-            if message[0] == "set":
-                for conn in list(self._polls.get(message[1], ())):
-                    self._check(conn)
-                continue
             if message[0] == "drained":
                 conn = message[1]
                 if conn.pipe is not None and not conn.closed:
@@ -710,7 +714,7 @@ class MuranoHTTPServer:
                 if isinstance(result, Response) and result.file is not None:
                     result.file.close()
                 continue
-            if conn.state != _WORKING:
+            if conn.state not in (_WORKING, _HOLDING):  # held: a set's thread checked it again
                 continue
             self._release_body(conn)
             if isinstance(result, LongPoll):
@@ -729,11 +733,14 @@ class MuranoHTTPServer:
         if time.monotonic() >= poll.deadline:
             self._respond(conn, Response(304))
             return
-        if self.murano.hub.version(poll.key) != poll.version:
-            self._check(conn)  # a set arrived between the check and now
+        with self._polls_lock:  # a set bumps the version, then takes this lock to claim the polls
+            moved = self.murano.hub.version(poll.key) != poll.version
+            if not moved:
+                self._polls.setdefault(poll.key, set()).add(conn)
+        if moved:
+            self._check(conn)  # a set came between the check and now
             return
         conn.state = _HOLDING
-        self._polls.setdefault(poll.key, set()).add(conn)
         self._set_deadline(conn, poll.deadline)
         self._want(conn)
 
@@ -743,12 +750,16 @@ class MuranoHTTPServer:
         self._set_deadline(conn, None)
         self._jobs.put((conn, self._check_again, conn.poll))
 
-    def _unpark(self, conn: _Conn) -> None:
-        waiting = self._polls.get(conn.poll.key)
-        if waiting is not None:
+    def _unpark(self, conn: _Conn) -> bool:
+        """Take ``conn`` from the held polls; False if it was not there (a set's thread has it)."""
+        with self._polls_lock:
+            waiting = self._polls.get(conn.poll.key)
+            if waiting is None or conn not in waiting:
+                return False
             waiting.discard(conn)
             if not waiting:
                 del self._polls[conn.poll.key]
+            return True
 
     def _unhold(self, conn: _Conn) -> None:
         self._unpark(conn)
