@@ -21,6 +21,7 @@ from atomic_config.version import VERSION as __version__
 from device_api import MAX_LONG_POLL_MS, check_alias, check_value, format_timestamp
 
 from . import errors
+from .hashing import hash_file as _hash_file
 from .token_store import TokenStore, valid_token
 from .transport import Pairs, Transport
 from .usage import DROPPED, TOP_CONSUMER, UsageLog
@@ -481,20 +482,6 @@ def _alias_list(aliases: Sequence[Union[str, Sequence[str]]]) -> List[str]:
     if not names:
         raise ValueError("name at least one alias")
     return names
-
-
-def _hash_file(path: str, length: int, digest) -> None:
-    """Feed the first ``length`` bytes of ``path`` to ``digest`` (resuming a download)."""
-    if length <= 0:
-        return
-    with open(path, "rb") as f:
-        left = length
-        while left:
-            block = f.read(min(left, 1 << 20))
-            if not block:
-                break
-            digest.update(block)
-            left -= len(block)
 
 
 def _remove(path: str) -> None:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from device_api import encode_form
 
 from . import errors
+from .hashing import hash_file
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,8 @@ class FileSlice:
 
 
 def file_sha256(path: str) -> str:
-    from .device import _hash_file  # the one file hasher of this package (downloads resume with it)
-
     digest = hashlib.sha256()
-    _hash_file(path, os.path.getsize(path), digest)
+    hash_file(path, os.path.getsize(path), digest)
     return digest.hexdigest()
 
 

@@ -41,6 +41,7 @@ _NEXT = {
     "failed": (),
 }
 REPORT_RETRY_S = 30.0
+LISTED = 20  # skipped/missing entries named in a status (a value must stay well under Murano's 1 MiB)
 
 
 class TransitionError(RuntimeError):
@@ -108,7 +109,9 @@ class UploadJob:
         return {
             "id": req["id"], "trigger": req["trigger"], "state": self.state, "step": self.step,
             "target": req["url"] or "content", "name": self.name, "files": self.files,
-            "skipped": self.skipped, "missing": self.missing, "size": self.size, "sha256": self.sha256,
+            "skipped": self.skipped[:LISTED], "skipped_count": len(self.skipped),
+            "missing": self.missing[:LISTED], "missing_count": len(self.missing), "size": self.size,
+            "sha256": self.sha256,
             "bytes_done": self.bytes_done, "resumed_from": self.resumed_from, "attempts": self.attempts,
             "error": self.error, "last_error": self.last_error, "retry_in": self.retry_in,
             "requested_at": self.created, "started_at": self.started_at, "finished_at": self.finished_at,
@@ -126,7 +129,8 @@ def refusal(raw_or_doc, reason: str, trigger: str = "request") -> dict:
             doc = None
     now = round(time.time(), 3)
     return {"id": request_id(doc), "trigger": trigger, "state": "failed", "step": "request", "error": reason,
-            "target": None, "name": None, "files": 0, "skipped": [], "missing": [], "size": None, "sha256": None,
+            "target": None, "name": None, "files": 0, "skipped": [], "skipped_count": 0, "missing": [],
+            "missing_count": 0, "size": None, "sha256": None,
             "bytes_done": 0, "resumed_from": None, "attempts": 0, "last_error": None, "retry_in": None,
             "requested_at": now, "started_at": None, "finished_at": now, "timestamp": now}
 
@@ -247,8 +251,13 @@ class UploadRunner:
         return self.publish(status)
 
     def publish(self, status: dict) -> bool:
+        from device_client import errors
+
         try:
             self.device().write({UPLOAD_STATUS: json.dumps(status, sort_keys=True)})
+            return True
+        except (errors.RequestError, errors.Forbidden, errors.NotFound) as exc:  # sending it again won't help
+            log.error("upload_status of %s refused, not sent again: %s", status.get("id"), exc)
             return True
         except Exception as exc:  # the link is down: the next step's status carries the news
             log.info("upload_status of %s not delivered: %s", status.get("id"), exc)

@@ -368,3 +368,24 @@ def test_gwe_upload_from_the_cli(gwe_home, murano, tmp_path):
         assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
     assert os.listdir(os.path.join(gwe_paths().var_lib, "uploads")) == ["cli"] or \
         os.listdir(os.path.join(gwe_paths().var_lib, "uploads", "cli")) == []
+
+
+def test_a_job_moves_only_along_its_steps_and_its_status_stays_small():
+    from gwe.upload import TransitionError, UploadJob
+    from gwe.upload_request import UploadRequest
+
+    job = UploadJob("k", UploadRequest("r", ("*.log",), 1000).to_dict(), created=time.time())
+    with pytest.raises(TransitionError):
+        job.advance("done")
+    job.advance("queued")
+    job.advance("collecting")
+    with pytest.raises(TransitionError):
+        job.advance("queued")
+    job.advance("uploading", skipped=[{"path": "/x/%d" % i, "reason": "not a regular file"} for i in range(500)])
+    job.advance("failed", error="why")
+    for state in ("uploading", "done", "failed", "collecting"):
+        with pytest.raises(TransitionError):
+            job.advance(state)
+    status = job.status()
+    assert status["state"] == "failed" and status["finished_at"] and len(status["skipped"]) == 20
+    assert status["skipped_count"] == 500 and len(json.dumps(status)) < 4096
