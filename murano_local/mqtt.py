@@ -34,6 +34,9 @@ from .store import Conflict, NotFound
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'the MQTT endpoint needs amqtt: pip install "gateway-engine[mqtt-server]"'
+# MuranoBroker replaces Broker._handle_message_delivery (amqtt refuses every $-topic there and has no
+# public switch for it), so it runs only on the amqtt it was checked against (setup.py pins the same).
+AMQTT_VERSION = "0.12.1"
 PUSH_TIMEOUT_S = 10
 QOS_1 = 1
 _FRONT_ENDS: Dict[str, "MqttFrontEnd"] = {}  # amqtt builds plugins from config: they find us by key
@@ -83,12 +86,18 @@ def batch_points(payload: str) -> List[Tuple[str, int, str]]:
 
 
 def require_amqtt():
-    """amqtt's parts; raises :class:`MqttUnavailable` with the install hint when it is missing."""
+    """amqtt's parts; raises :class:`MqttUnavailable` with the install hint when it is missing or is
+    another version than :data:`AMQTT_VERSION`."""
     try:
+        import amqtt
         from amqtt.broker import Broker
         from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
     except ImportError:
         raise MqttUnavailable(INSTALL_HINT) from None
+    found = getattr(amqtt, "__version__", "unknown")
+    if found != AMQTT_VERSION or not callable(getattr(Broker, "_handle_message_delivery", None)):
+        raise MqttUnavailable('the MQTT endpoint needs amqtt %s (it replaces a private step of its broker), found %s: '
+                              'pip install "amqtt==%s"' % (AMQTT_VERSION, found, AMQTT_VERSION))
     return Broker, BaseAuthPlugin, BaseTopicPlugin
 
 
@@ -328,7 +337,7 @@ def _broker_class(broker_base):
 
         def handler_for(self, client_id: str, session):
             """The protocol handler of ``client_id``, if that is still ``session``'s connection."""
-            current, handler = self._sessions.get(client_id, (None, None))
+            current, handler = self.sessions.get(client_id, (None, None))
             return handler if current is session else None
 
     return MuranoBroker

@@ -318,6 +318,24 @@ def test_serve_without_amqtt_says_how_to_install(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_serve_with_another_amqtt_version_says_which_one_it_needs(tmp_path):
+    shadow = tmp_path / "shadow"
+    (shadow / "amqtt" / "plugins").mkdir(parents=True)
+    (shadow / "amqtt" / "__init__.py").write_text('__version__ = "0.13.0"\n')
+    (shadow / "amqtt" / "broker.py").write_text("class Broker:\n    pass\n")  # its private step is gone
+    (shadow / "amqtt" / "plugins" / "__init__.py").write_text("")
+    (shadow / "amqtt" / "plugins" / "base.py").write_text("class BaseAuthPlugin:\n    pass\n\n\n"
+                                                          "class BaseTopicPlugin:\n    pass\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(shadow), os.environ["PYTHONPATH"]]))
+    proc = subprocess.run([sys.executable, "-m", "murano_local", "serve", "--port", "0", "--mqtt-port", "1883",
+                           "--data", str(tmp_path / "data")], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        'murano-local: error: the MQTT endpoint needs amqtt 0.12.1 (it replaces a private step of its broker), '
+        'found 0.13.0: pip install "amqtt==0.12.1"']
+    assert not (tmp_path / "data").exists()
+
+
 def _gdc(*args):
     return subprocess.run([sys.executable, "-m", "device_client", *args], capture_output=True, text=True, timeout=60)
 
