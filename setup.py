@@ -19,6 +19,7 @@ setup(
     install_requires=[
         "supervisor>=4.2",
         "requests>=2.25",
+        "urllib3>=2,<3",  # device_client meters connections through urllib3 2.x internals (checked at import)
         "paho-mqtt>=2.0,<3",
         "psutil>=5.8",
         "click>=8.0",

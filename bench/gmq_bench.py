@@ -272,7 +272,7 @@ def drain_and_rss(args, work) -> dict:
             base = n * per
             body = "&".join("%d.%03d=%d" % (1600000000 + (base + i) // 1000, (base + i) % 1000, base + i)
                             for i in range(per)).encode()
-            sock.sendall(b"POST /onep:v1/stack/alias/v HTTP/1.1\r\nX-Exosite-VMS: p p drain-1\r\n"
+            sock.sendall(b"POST /onep:v1/stack/alias/v HTTP/1.1\r\nHost: gmq\r\nX-Exosite-VMS: p p drain-1\r\n"
                          b"Content-Length: %d\r\n\r\n" % len(body) + body)
             answer = sock.recv(4096)
             if not answer.startswith(b"HTTP/1.1 204"):

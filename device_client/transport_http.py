@@ -40,6 +40,26 @@ MAX_BODY = 16 * 1024 * 1024  # a read answer beyond this is refused (resources h
 
 _current = threading.local()
 
+# The metering below plugs its connection classes in through urllib3's ConnectionCls and
+# PoolManager.pool_classes_by_scheme: attributes urllib3 has kept through 2.x but never
+# documented (requests offers no public hook at the socket). So the tested major version is
+# pinned (setup.py) and checked here, with one clear error instead of a silently unmetered
+# or broken transport.
+URLLIB3_MAJOR = 2
+
+
+def check_urllib3(version: str = urllib3.__version__) -> None:
+    """Raise ImportError unless urllib3 is the major version whose internals this module uses."""
+    major = re.match(r"(\d+)", version)
+    if major is None or int(major.group(1)) != URLLIB3_MAJOR or not hasattr(HTTPConnectionPool, "ConnectionCls") \
+            or not isinstance(getattr(urllib3.poolmanager, "pool_classes_by_scheme", None), dict):
+        raise ImportError("device_client needs urllib3 %d.x (it meters requests through urllib3's ConnectionCls and "
+                          "pool_classes_by_scheme), found %s: pip install 'urllib3>=%d,<%d'"
+                          % (URLLIB3_MAJOR, version, URLLIB3_MAJOR, URLLIB3_MAJOR + 1))
+
+
+check_urllib3()
+
 
 class _Wire:
     """Bytes sent and received, and the local address, of one request."""

@@ -27,12 +27,11 @@ import time
 from typing import Dict, List, Optional, Protocol, Set, Tuple
 
 from .queue import Rejected
-from .routes import Reply, Request, Store, route, text
+from .http_parser import ParseError, RequestParser
+from .routes import Reply, Store, route, text
 
 log = logging.getLogger(__name__)
 
-MAX_HEAD_BYTES = 16384
-MAX_HEADERS = 64
 RECV_BYTES = 65536
 MAX_PENDING_OUT = 262144  # answers not yet taken by the client; above it, its requests wait
 LISTEN_BACKLOG = 1024
@@ -44,7 +43,6 @@ REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 40
            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
            505: "HTTP Version Not Supported", 507: "Insufficient Storage"}
 NO_CONTENT = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
-METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 
 
 class App(Protocol):
@@ -62,18 +60,17 @@ class App(Protocol):
 
 
 class _Conn:
-    __slots__ = ("sock", "inbuf", "out", "busy", "closing", "seen", "started", "head", "keep", "http10", "events",
+    __slots__ = ("sock", "parser", "out", "busy", "closing", "seen", "started", "keep", "http10", "events",
                  "eof")
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
-        self.inbuf = bytearray()
+        self.parser = RequestParser()
         self.out = bytearray()
         self.busy = False          # a Store of this connection is waiting for the commit
         self.closing = False       # close once ``out`` is sent
         self.seen = now            # last byte received (idle timeout)
         self.started: Optional[float] = None  # first byte of the request being received
-        self.head: Optional[Tuple[str, str, str, Dict[str, str], int]] = None
         self.keep = True
         self.http10 = False        # an HTTP/1.0 client keeps the connection only if told so in each answer
         self.events = selectors.EVENT_READ  # what the selector watches for (0: not registered)
@@ -81,13 +78,6 @@ class _Conn:
 
 
 _NO_TURN, _TURN_ASKED, _TURN_HELD = "none", "asked", "held"
-
-
-class _BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class GmqHTTPServer:
@@ -273,7 +263,7 @@ class GmqHTTPServer:
             return  # the answer is on its way; ignore the rest
         if conn.started is None:
             conn.started = now
-        conn.inbuf += data
+        conn.parser.buffer += data
         self._ready.add(conn)
 
     def _flush(self, conn: _Conn) -> None:
@@ -290,7 +280,7 @@ class GmqHTTPServer:
         if not out and conn.closing and not conn.busy:
             self._close(conn)
             return
-        if (conn.inbuf or conn.eof) and len(out) < MAX_PENDING_OUT and not conn.busy and not conn.closing:
+        if (conn.parser.buffer or conn.eof) and len(out) < MAX_PENDING_OUT and not conn.busy and not conn.closing:
             self._ready.add(conn)  # requests held back while the answers piled up
         self._watch(conn)
 
@@ -326,12 +316,20 @@ class GmqHTTPServer:
                 if len(conn.out) >= MAX_PENDING_OUT:
                     break  # the client is not reading its answers: no more until it does (see _flush)
                 try:
-                    req = self._parse(conn)
-                except _BadRequest as exc:
+                    req = conn.parser.next_request(self.app.max_body_bytes)
+                except ParseError as exc:
                     self._answer(conn, text(exc.status, exc.message), close=True)
                     break
                 if req is None:
+                    if conn.parser.wants_continue():
+                        conn.out += b"HTTP/1.1 100 Continue\r\n\r\n"
+                        self._flush(conn)
+                    if not conn.parser.receiving:
+                        conn.started = None
                     break
+                conn.started = time.monotonic() if conn.parser.buffer else None
+                conn.http10 = req.version == "HTTP/1.0"  # an HTTP/1.0 client keeps the connection only if told so
+                conn.keep = req.keep_alive
                 try:
                     result = route(self.app, req)
                 except Exception:
@@ -375,7 +373,7 @@ class GmqHTTPServer:
                     self._answer(conn, Reply(204))
             else:
                 self._answer(conn, text(rejected.status, rejected.reason))
-            if conn.inbuf or conn.eof:
+            if conn.parser.buffer or conn.eof:
                 self._ready.add(conn)
 
     def _answer(self, conn: _Conn, reply: Reply, close: bool = False, head_only: bool = False) -> None:
@@ -393,72 +391,3 @@ class GmqHTTPServer:
         if not head_only:
             conn.out += reply.body
         self._flush(conn)
-
-    def _parse(self, conn: _Conn) -> Optional[Request]:
-        """The next complete request in ``conn.inbuf``, or None until more bytes arrive."""
-        buf = conn.inbuf
-        if conn.head is None:
-            while buf[:2] == b"\r\n":
-                del buf[:2]
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_HEAD_BYTES:
-                    raise _BadRequest(431, "request head too large")
-                if not buf:
-                    conn.started = None
-                return None
-            if end > MAX_HEAD_BYTES:
-                raise _BadRequest(431, "request head too large")
-            conn.head = self._parse_head(bytes(buf[:end]))
-            del buf[:end + 4]
-            _, _, version, headers, length = conn.head
-            connection = headers.get("connection", "").lower()
-            conn.http10 = version == "HTTP/1.0"
-            conn.keep = connection == "keep-alive" if conn.http10 else connection != "close"
-            if length > len(buf) and headers.get("expect", "").lower() == "100-continue" and not conn.http10:
-                conn.out += b"HTTP/1.1 100 Continue\r\n\r\n"
-                self._flush(conn)
-        method, target, _, headers, length = conn.head
-        if len(buf) < length:
-            return None
-        body = bytes(buf[:length])
-        del buf[:length]
-        conn.head = None
-        conn.started = time.monotonic() if buf else None
-        return Request(method, target, headers, body)
-
-    def _parse_head(self, raw: bytes) -> Tuple[str, str, str, Dict[str, str], int]:
-        lines = raw.decode("iso-8859-1").split("\r\n")
-        words = lines[0].split()
-        if len(words) != 3 or not words[1].startswith("/"):
-            raise _BadRequest(400, "bad request line")
-        method, target, version = words
-        if version not in ("HTTP/1.1", "HTTP/1.0"):
-            raise _BadRequest(505, "HTTP/1.0 or HTTP/1.1 only")
-        if method not in METHODS:
-            raise _BadRequest(501, "method not supported")
-        if len(lines) - 1 > MAX_HEADERS:
-            raise _BadRequest(431, "too many headers")
-        headers: Dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            name = name.lower()
-            if not sep or not name or name != name.strip() or " " in name:
-                raise _BadRequest(400, "bad header line")
-            value = value.strip()
-            if name == "content-length" and headers.get(name, value) != value:
-                raise _BadRequest(400, "conflicting Content-Length headers")
-            headers[name] = value
-        if "transfer-encoding" in headers:
-            raise _BadRequest(411, "chunked bodies are not supported; send Content-Length")
-        length_text = headers.get("content-length")
-        if length_text is None:
-            length = 0  # no Content-Length and no Transfer-Encoding: no body (RFC 9112 6.3)
-        else:
-            if not (length_text.isascii() and length_text.isdigit()):  # "\xb2".isdigit() is true
-                raise _BadRequest(400, "bad Content-Length")
-            digits = length_text.lstrip("0")
-            length = int(digits or "0") if len(digits) <= 18 else self.app.max_body_bytes + 1  # int() caps digits
-        if length > self.app.max_body_bytes:
-            raise _BadRequest(413, "body of %d bytes; the limit is %d" % (length, self.app.max_body_bytes))
-        return method, target, version, headers, length

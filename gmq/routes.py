@@ -17,6 +17,7 @@ from device_api import (
 )
 
 from .clients import Client
+from .http_parser import Request
 from .queue import Value
 
 Identity = Tuple[Optional[str], Optional[str], Optional[str], Optional[str]]  # token, serial, vendor, model
@@ -34,14 +35,6 @@ class App(Protocol):
     def reread(self) -> dict: ...
 
     def clear_alarms(self) -> int: ...
-
-
-@dataclass
-class Request:
-    method: str
-    target: str
-    headers: Dict[str, str]  # lower-case names
-    body: bytes
 
 
 @dataclass

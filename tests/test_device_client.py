@@ -582,3 +582,20 @@ def test_a_server_that_never_answers_times_out(usage_db):
     finally:
         listener.close()
     assert usage_report(usage_db)["lo"]["gwe"]["read:['a']"]["num"] == 1  # the request went out: it is logged
+
+
+def test_an_untested_urllib3_is_one_clear_error():
+    """The HTTP transport uses urllib3 internals (ConnectionCls, pool_classes_by_scheme): another major is refused."""
+    import sys
+
+    from device_client.transport_http import check_urllib3
+
+    check_urllib3()  # the installed one is fine
+    for version in ("3.0.0", "1.26.18", "garbage"):
+        with pytest.raises(ImportError, match=r"needs urllib3 2\.x"):
+            check_urllib3(version)
+    code = ("import urllib3; urllib3.__version__ = '3.1.0'; from device_client import Device; "
+            "Device('http://127.0.0.1:1', serial='x', usage_db=False)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("ImportError: device_client needs urllib3 2.x")

@@ -28,18 +28,18 @@ def gmq(gwe_home):
 @pytest.mark.parametrize("length,status", [(b"\xb2", b"400"), (b"9" * 5000, b"413")])
 def test_content_length_that_isdigit_but_not_int_is_answered_and_the_server_survives(gmq, length, status):
     # latin-1 superscript two passes str.isdigit() but not int(); 5000 digits exceed int()'s digit limit
-    head = b"POST /onep:v1/stack/alias HTTP/1.1\r\nX-Exosite-VMS: p p s\r\nContent-Length: " + length + b"\r\n\r\n"
+    head = b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: gmq\r\nX-Exosite-VMS: p p s\r\nContent-Length: " + length + b"\r\n\r\n"
     assert raw(gmq, head).startswith(b"HTTP/1.1 " + status)
     assert gmq.proc.poll() is None
     assert gmq.post("/onep:v1/stack/alias", "ok=1").status_code == 204
 
 
 def test_pipelined_requests_then_half_close_are_all_answered(gmq):
-    one = b"POST /onep:v1/stack/alias HTTP/1.1\r\nX-Exosite-VMS: p p s\r\nContent-Length: 3\r\n\r\na=%d"
-    answer = raw(gmq, b"".join(one % i for i in range(3)) + b"GET /timestamp HTTP/1.1\r\n\r\n", shut=True)
+    one = b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: gmq\r\nX-Exosite-VMS: p p s\r\nContent-Length: 3\r\n\r\na=%d"
+    answer = raw(gmq, b"".join(one % i for i in range(3)) + b"GET /timestamp HTTP/1.1\r\nHost: gmq\r\n\r\n", shut=True)
     assert answer.count(b"HTTP/1.1 204 ") == 3 and answer.count(b"HTTP/1.1 200 ") == 1, answer
     assert [r[3] for r in gmq.queued()] == ["0", "1", "2"]
-    assert raw(gmq, b"GET /timestamp HTTP/1.1\r\n\r\n", shut=True).startswith(b"HTTP/1.1 200")
+    assert raw(gmq, b"GET /timestamp HTTP/1.1\r\nHost: gmq\r\n\r\n", shut=True).startswith(b"HTTP/1.1 200")
     wait_for(lambda: gmq.status()["connections"] == 1, 5)  # only the status request's own connection
 
 
@@ -114,7 +114,7 @@ def test_a_client_that_pipelines_without_reading_neither_blocks_others_nor_grows
     rss_before = psutil.Process(gmq.proc.pid).memory_info().rss
     hog = socket.create_connection(("127.0.0.1", gmq.port), timeout=5)
     hog.setblocking(False)
-    request = b"GET /status HTTP/1.1\r\n\r\n" * 1000
+    request = b"GET /status HTTP/1.1\r\nHost: gmq\r\n\r\n" * 1000
     sent, deadline = 0, time.monotonic() + 3
     try:
         while time.monotonic() < deadline and sent < 200:  # up to 200,000 requests, never reading an answer

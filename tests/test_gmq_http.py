@@ -87,20 +87,20 @@ def test_bad_requests_get_a_clear_4xx_and_queue_nothing(gmq, path, body, headers
 def test_malformed_http_is_answered_and_the_server_stays_up(gmq):
     assert raw(gmq, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400")
     assert raw(gmq, b"POST /onep:v1/stack/alias HTTP/2.0\r\n\r\n").startswith(b"HTTP/1.1 505")
-    assert raw(gmq, b"BREW /onep:v1/stack/alias HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 501")
-    assert raw(gmq, b"POST /onep:v1/stack/alias HTTP/1.1\r\nX-Exosite-VMS: p p s\r\n\r\n").startswith(b"HTTP/1.1 400")
-    chunked = b"POST /onep:v1/stack/alias HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\na=1\r\n0\r\n\r\n"
+    assert raw(gmq, b"BREW /onep:v1/stack/alias HTTP/1.1\r\nHost: gmq\r\n\r\n").startswith(b"HTTP/1.1 501")
+    assert raw(gmq, b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: gmq\r\nX-Exosite-VMS: p p s\r\n\r\n").startswith(b"HTTP/1.1 400")
+    chunked = b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: gmq\r\nTransfer-Encoding: chunked\r\n\r\n3\r\na=1\r\n0\r\n\r\n"
     assert raw(gmq, chunked).startswith(b"HTTP/1.1 411")
-    assert raw(gmq, b"GET / HTTP/1.1\r\nbad header\r\n\r\n").startswith(b"HTTP/1.1 400")
-    assert raw(gmq, b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n").startswith(b"HTTP/1.1 431")
-    dup = b"POST /onep:v1/stack/alias HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\na=1"
+    assert raw(gmq, b"GET / HTTP/1.1\r\nHost: gmq\r\nbad header\r\n\r\n").startswith(b"HTTP/1.1 400")
+    assert raw(gmq, b"GET / HTTP/1.1\r\nHost: gmq\r\nX: " + b"a" * 20000 + b"\r\n\r\n").startswith(b"HTTP/1.1 431")
+    dup = b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: gmq\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\na=1"
     assert raw(gmq, dup).startswith(b"HTTP/1.1 400")
     assert gmq.queued() == []
     assert gmq.post("/onep:v1/stack/alias", "ok=1").status_code == 204
 
 
 def test_huge_body_is_413_without_reading_it(gmq):
-    head = (b"POST /onep:v1/stack/alias HTTP/1.1\r\nX-Exosite-VMS: p p s\r\nContent-Length: %d\r\n\r\n"
+    head = (b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: gmq\r\nX-Exosite-VMS: p p s\r\nContent-Length: %d\r\n\r\n"
             % (50 * 1024 * 1024))
     assert raw(gmq, head + b"a=" + b"x" * 1000).startswith(b"HTTP/1.1 413")
     assert gmq.queued() == []
@@ -111,7 +111,7 @@ def test_slow_request_gets_408_while_others_are_served(gwe_home):
     gmq.start()
     try:
         with socket.create_connection(("127.0.0.1", gmq.port), timeout=10) as slow:
-            slow.sendall(b"POST /onep:v1/stack/alias HTTP/1.1\r\nX-Exosite-VMS: p p s\r\nContent-Length: 100\r\n\r\na=")
+            slow.sendall(b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: gmq\r\nX-Exosite-VMS: p p s\r\nContent-Length: 100\r\n\r\na=")
             started = time.monotonic()
             assert gmq.post("/onep:v1/stack/alias", "fast=1").status_code == 204  # not blocked by the slow one
             assert time.monotonic() - started < 1.0
@@ -130,7 +130,7 @@ def test_connection_cap_answers_503(gwe_home):
 
         def grab():  # a served keep-alive connection that stays open (the start-up probe may hold a slot briefly)
             s = socket.create_connection(("127.0.0.1", gmq.port), timeout=5)
-            s.sendall(b"GET /timestamp HTTP/1.1\r\n\r\n")
+            s.sendall(b"GET /timestamp HTTP/1.1\r\nHost: gmq\r\n\r\n")
             if s.recv(1000).startswith(b"HTTP/1.1 200"):
                 held.append(s)
                 return True
@@ -140,7 +140,7 @@ def test_connection_cap_answers_503(gwe_home):
         for _ in range(4):
             wait_for(grab, 5)
         extra = socket.create_connection(("127.0.0.1", gmq.port), timeout=5)
-        extra.sendall(b"GET /status HTTP/1.1\r\n\r\n")
+        extra.sendall(b"GET /status HTTP/1.1\r\nHost: gmq\r\n\r\n")
         assert extra.recv(1000).startswith(b"HTTP/1.1 503")
         extra.close()
         for s in held:
@@ -277,3 +277,17 @@ def test_queue_full_under_drop_oldest_keeps_the_newest(gwe_home):
         assert st["counters"]["accepted"] == 30
     finally:
         gmq.stop()
+
+
+def test_strict_framing_over_a_real_socket(gmq):
+    """The issue's cases, end to end: each refused with 400 and nothing queued; a Connection list closes."""
+    vms = b"X-Exosite-VMS: p p s\r\nContent-Length: 3\r\n"
+    for bad in (b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: gmq\r\nX\x00Y: 1\r\n" + vms + b"\r\na=1",
+                b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: gmq\r\nX: a\rb\r\n" + vms + b"\r\na=1",
+                b"POST /onep:v1/stack/alias HTTP/1.1\r\n" + vms + b"\r\na=1",
+                b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: gmq\r\n" + vms + b"Content-Length: 3\r\n\r\na=1"):
+        assert raw(gmq, bad).startswith(b"HTTP/1.1 400"), bad
+    answer = raw(gmq, b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: gmq\r\nConnection: keep-alive, close\r\n" + vms
+                 + b"\r\na=1POST /onep:v1/stack/alias HTTP/1.1\r\nHost: gmq\r\n" + vms + b"\r\na=2", timeout=3)
+    assert answer.count(b"HTTP/1.1 204") == 1 and b"Connection: close" in answer  # the second is never read
+    assert [r[1] for r in gmq.queued()] == ["a"]
