@@ -1,13 +1,14 @@
 """The ``gmq`` command: bare ``gmq`` (or ``gmq serve``) runs the server; subcommands manage it."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Optional
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if not args or args == ["serve"]:
+    if (not args or args == ["serve"]) and "_GMQ_COMPLETE" not in os.environ:  # shell completion asks click
         from .serve_cli import serve  # without click
         serve()
         return

@@ -60,11 +60,22 @@ def _admin(ctx: click.Context) -> Admin:
               help="PEM private key for --mqtt-cert.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def serve(host: str, port: int, data_dir: str, product_id: str, allow_self_register: bool,
+@click.option("--detach", is_flag=True, help="Run in the background: return once the server answers, printing "
+              "its pid (also in DATA/murano-local.pid; its log is DATA/murano-local.log).")
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, data_dir: str, product_id: str, allow_self_register: bool,
           history_limit: int, max_connections: Optional[int], request_timeout: float, mqtt_port: Optional[int],
-          mqtt_cert: Optional[str], mqtt_key: Optional[str], log_level: str) -> None:
+          mqtt_cert: Optional[str], mqtt_key: Optional[str], log_level: str, detach: bool) -> None:
     """Serve the Device API and the admin API (and MQTT with --mqtt-port) until SIGTERM or Ctrl-C."""
     import sqlite3
+
+    if detach:
+        from .detach import serve_detached
+        try:
+            click.echo(serve_detached(_serve_argv(ctx), host, port, data_dir))
+        except RuntimeError as exc:
+            raise CliError(str(exc))
+        return
 
     from .server import serve as run
     from .service import Murano
@@ -108,6 +119,17 @@ def serve(host: str, port: int, data_dir: str, product_id: str, allow_self_regis
     except OSError as exc:
         before_close()
         raise CliError("cannot serve on %s:%d: %s" % (host, port, exc.strerror or exc))
+
+
+def _serve_argv(ctx: click.Context) -> list:
+    """This ``serve`` command line, without --detach (every option spelled out)."""
+    argv = ["serve"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name == "detach" or value is None or value is False:
+            continue
+        argv += [param.opts[0]] if value is True else [param.opts[0], str(value)]
+    return argv
 
 
 @main.group()

@@ -142,3 +142,31 @@ def test_a_damaged_config_is_one_line_saying_to_repair_or_remove_it(gwe_home):
         assert result.stderr.endswith(" is unparsable (File contains no section headers. file: '<string>', "
                                       "line: 1 'no section\\n') and has no previous generation: repair or remove "
                                       "it\n"), result.stderr
+
+
+def test_murano_local_serve_detach_returns_once_it_answers(tmp_path):
+    import requests
+
+    port = free_port()
+    data = str(tmp_path / "ml")
+    result = run("murano_local", "serve", "--port", str(port), "--data", data, "--detach")
+    pid_file = os.path.join(data, "murano-local.pid")
+    try:
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == open(pid_file).read().strip()
+        assert requests.get("http://127.0.0.1:%d/timestamp" % port, timeout=5).status_code == 200  # no wait needed
+        again = run("murano_local", "serve", "--port", str(port), "--data", str(tmp_path / "other"), "--detach")
+        assert (again.returncode, again.stderr) == (1, "murano-local: error: something already answers at "
+                                                       "http://127.0.0.1:%d: stop it, or choose another --port\n" % port)
+    finally:
+        if os.path.exists(pid_file):
+            os.kill(int(open(pid_file).read()), 15)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "murano_local.sqlite3").write_bytes(b"not a database" * 100)
+    failed = run("murano_local", "serve", "--port", str(free_port()), "--data", str(bad), "--detach")
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("murano-local: error: the server exited (1): cannot use data directory %s" % bad)
+    assert failed.stderr.count("\n") == 1
+    assert run("murano_local", "serve", "--port", "0", "--detach").stderr == (
+        "murano-local: error: --detach needs a --port: with 0 nobody would know which one it took\n")

@@ -1,7 +1,8 @@
-"""sample_sensor: posts a temperature reading to gmq every half second (standard library only).
+"""sample_sensor: posts a temperature reading to gmq every half second.
 
-GMQ_URL (default http://127.0.0.1:8090) is where gmq listens; SENSOR_VMS is the
-"<vendor> <model> <serial>" identity gmq provisions upstream for this app.
+gmq listens where gmq.cfg says (127.0.0.1:8090 unless `gmq cfg set server port N`), found with
+the suite's small gmq client (apps run on the suite's Python); GMQ_URL overrides it. SENSOR_VMS
+is the "<vendor> <model> <serial>" identity gmq provisions upstream for this app.
 """
 import math
 import os
@@ -9,7 +10,10 @@ import sys
 import time
 import urllib.request
 
-url = os.environ.get("GMQ_URL", "http://127.0.0.1:8090") + "/onep:v1/stack/alias"
+from gmq.client import local_url
+
+path = "/onep:v1/stack/alias"
+url = os.environ["GMQ_URL"] + path if os.environ.get("GMQ_URL") else local_url(path)
 vms = os.environ.get("SENSOR_VMS", "localproduct localproduct sensor-1")
 print("sample_sensor %s posting to %s as %s" % (os.environ.get("GWE_APP_VERSION"), url, vms), flush=True)
 n = 0
