@@ -180,8 +180,8 @@ class Spool:
         except FileNotFoundError:
             pass
 
-    def new_job(self, request: UploadRequest) -> UploadJob:
-        created = time.time()
+    def new_job(self, request: UploadRequest, created: Optional[float] = None) -> UploadJob:
+        created = time.time() if created is None else created
         key = "%s-%d" % (request.id, int(created * 1000))
         return UploadJob(key=key, request=request.to_dict(), created=created)
 
@@ -450,7 +450,7 @@ class Uploader(threading.Thread):
         request = UploadRequest("schedule-%d" % now, tuple(settings.schedule_files), settings.max_bytes,
                                 trigger="schedule")
         self.spool.set_last_scheduled(now)
-        job = self.spool.new_job(request)
+        job = self.spool.new_job(request, created=now)  # requested when due: the interval runs between these
         job.advance("queued", step="queued")
         self.spool.save(job)
         return 0.0
