@@ -25,7 +25,7 @@ from gmq_harness import GmqProcess
 from harness import GiveUp, MuranoLocal
 from lab import FULL, count, figure
 
-FUZZ = settings(max_examples=count(200, 5000), deadline=None, derandomize=not FULL, database=None,
+FUZZ = settings(max_examples=count(200, 3000), deadline=None, derandomize=not FULL, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
 
@@ -337,14 +337,22 @@ def test_gmq_cfg_parser_takes_any_text(tmp_path):
     from gmq import config as gmq_config
 
     paths = gwe_paths(str(tmp_path / "home")).ensure()
+    cases, crashes = [], []
 
     @FUZZ
     @given(INI)
     def one(text):
+        cases.append(1)
         write_fresh(paths.gmq_cfg, text)
         try:
             gmq_config.load(paths)
         except gmq_config.ConfigError:
             pass
+        except Exception:
+            crashes.append(text)
+            raise
 
-    one()
+    try:
+        one()
+    finally:
+        figure("fuzz_gmq_cfg", cases=len(cases), crashes=len(crashes))

@@ -90,7 +90,7 @@ def run_cuts(disk, r, cuts):
 
 
 def test_atomic_config_writers_survive_power_cuts(powerloss):
-    numbers = figure("atomic_config_power_cut", **run_cuts(powerloss(), rng("atomic_config"), count(15, 240)))
+    numbers = figure("atomic_config_power_cut", **run_cuts(powerloss(), rng("atomic_config"), count(8, 240)))
     assert numbers["lost"] == 0, "a file read back older than its last acknowledged write, or unparsable"
     assert numbers["acknowledged"] > numbers["cuts"], "the writers hardly wrote"
 
@@ -113,7 +113,7 @@ def test_the_lab_catches_atomic_write_without_its_file_fsync(powerloss, monkeypa
 
     monkeypatch.setattr(atomic_config.files, "os", _OsWithoutFileFsync())
     numbers = figure("atomic_config_power_cut_without_file_fsync",
-                     **run_cuts(powerloss(), rng("atomic_config_nofsync"), count(6, 20)))
+                     **run_cuts(powerloss(), rng("atomic_config_nofsync"), count(4, 20)))
     assert numbers["lost"] > 0, "the lab did not notice atomic_write skipping its fsync: %s" % numbers
 
 

@@ -53,7 +53,7 @@ def outcome(paths, sup, old, new):
 def test_gwe_install_survives_power_cuts(tmp_path, powerloss):
     disk = powerloss()
     r = rng("otau")
-    cuts = count(3, 30)
+    cuts = count(1, 30)
     home = disk.mountpoint
     os.makedirs(str(tmp_path / "run"))
     os.symlink(str(tmp_path / "run"), os.path.join(home, "run"))  # /run is a tmpfs (and FUSE has no unix sockets)

@@ -98,7 +98,7 @@ def test_a_filling_disk_answers_507_and_loses_nothing(gwe_home, murano, small_di
     SIGKILL of gmq while full now and then: only 204 or 507 is answered, gmq stays up, and
     everything acknowledged is delivered once there is room again."""
     r = rng("enospc")
-    steps = count(6, 60)
+    steps = count(4, 60)
     plant = Plant(gwe_home, murano, "full", min_free_disk=0).start()
     kills = 0
     try:
@@ -147,7 +147,7 @@ def test_a_completely_full_disk_still_drains(gwe_home, murano, small_disk):
         checkpointed_stop(plant)
         assert small_disk.fill(0) == 0
         plant.gmq.start()
-        plant.drain(timeout=30)
+        plant.drain(timeout=10)
         assert lost_values(murano, plant.acked) == 0
     finally:
         plant.close()
@@ -185,7 +185,7 @@ def test_a_disk_turned_read_only_under_load(gwe_home, murano):
     assert alive, "gmq exited when its disk turned read-only"
 
 
-def stop_with_backlog(plant, values=3000):
+def stop_with_backlog(plant, values=1500):
     """Clients activated upstream, then an outage and a backlog of ``values`` values, then gmq
     stopped cleanly with the queue checkpointed into gmq.db (no -wal, no -shm left)."""
     plant.produce()
