@@ -651,16 +651,25 @@ class PowerLossMount:
         os.makedirs(self.backing, exist_ok=True)
         os.makedirs(self.mountpoint, exist_ok=True)
 
-    def mount(self, timeout: float = 20.0) -> "PowerLossMount":
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), self.backing, self.mountpoint,
-                                          "--control", self.control], stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        while not (os.path.ismount(self.mountpoint) and os.path.exists(self.control)):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("power-loss filesystem did not mount (log %s): %s" % (self.log, self._log_tail()))
-            time.sleep(0.02)
-        return self
+    def mount(self, timeout: float = 20.0, attempts: int = 3) -> "PowerLossMount":
+        """Start the daemon and wait for the mount. On a loaded machine the lazy unmount of the
+        previous daemon can still be in progress, and libfuse then exits at once: try again."""
+        for attempt in range(attempts):
+            if os.path.exists(self.control):
+                os.unlink(self.control)  # the previous daemon's; the new one makes its own
+            with open(self.log, "ab") as log:
+                self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), self.backing,
+                                              self.mountpoint, "--control", self.control], stdout=log, stderr=log)
+            deadline = time.monotonic() + timeout
+            while not (os.path.ismount(self.mountpoint) and os.path.exists(self.control)):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            else:
+                return self
+            self.unmount()
+            time.sleep(0.5 * (attempt + 1))
+        raise RuntimeError("power-loss filesystem did not mount (log %s): %s" % (self.log, self._log_tail()))
 
     def internal_errors(self) -> List[str]:
         """Operations that failed inside the filesystem itself (a bug of the lab, not of the code

@@ -87,21 +87,28 @@ FUZZ = [("fuzz_gmq_http", "gmq's HTTP front end, raw bytes on a real socket",
 
 def outcomes(junit: str) -> Dict[str, str]:
     """``file.py::test`` -> passed / failed / xfailed (a known hole) / skipped."""
+    return {name: state for name, (state, _) in details(junit).items()}
+
+
+def details(junit: str) -> Dict[str, tuple]:
+    """``file.py::test`` -> (outcome, the xfail reason or the failure's message)."""
     result = {}
     for case in ET.parse(junit).iter("testcase"):
         name = "%s.py::%s" % (case.get("classname", "").split(".")[-1], case.get("name"))
-        state = "passed"
+        state, why = "passed", ""
         for child in case:
             if child.tag in ("failure", "error"):
-                state = "**failed**"
+                state, why = "**failed**", (child.get("message") or "").splitlines()[0][:300] if child.get(
+                    "message") else ""
             elif child.tag == "skipped":
-                state = "xfailed (known hole)" if "xfail" in (child.get("type", "") + child.get("message", "")) \
-                    else "skipped"
-        result[name] = state
+                xfail = "xfail" in (child.get("type", "") + child.get("message", ""))
+                state = "xfailed (known hole)" if xfail else "skipped"
+                why = (child.get("message") or "").replace("xfail: ", "").replace("\n", " ")
+        result[name] = (state, why)
     return result
 
 
-def render(figures: List[dict], results: Dict[str, str], minutes: float) -> str:
+def render(figures: List[dict], results: Dict[str, str], minutes: float, reasons: Dict[str, tuple]) -> str:
     by_model = {}
     for f in figures:
         by_model[f["model"]] = f
@@ -125,11 +132,18 @@ def render(figures: List[dict], results: Dict[str, str], minutes: float) -> str:
     holes = sorted(t for t, r in results.items() if r.startswith("xfailed"))
     failed = sorted(t for t, r in results.items() if "failed" in r and not r.startswith("xfailed"))
     out.append("")
-    out.append("Known holes (tests marked `xfail(strict=True)`: they fail today, and turn into a failure to "
-               "un-mark once fixed): %s." % (", ".join("`%s`" % t for t in holes) or "none"))
+    out.append("## Known holes")
+    out.append("")
+    out.append("Tests marked `xfail(strict=True)`: they fail today, and turn into a failure (to un-mark) once fixed.")
+    out.append("")
+    for t in holes or ["none"]:
+        out.append("- `%s`: %s" % (t, reasons.get(t, ("", ""))[1]) if t != "none" else "- none")
     if failed:
         out.append("")
-        out.append("**Failed in this run:** %s." % ", ".join("`%s`" % t for t in failed))
+        out.append("## Failed in this run")
+        out.append("")
+        for t in failed:
+            out.append("- `%s`: %s" % (t, reasons.get(t, ("", ""))[1]))
     out.append(FOOTER)
     return "\n".join(out) + "\n"
 
@@ -231,7 +245,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with open(args.figures) as f:
         figures = [json.loads(line) for line in f if line.strip()]
-    text = render(figures, outcomes(args.junit), args.minutes)
+    text = render(figures, outcomes(args.junit), args.minutes, details(args.junit))
     if args.output == "-":
         sys.stdout.write(text)
     else:
