@@ -74,8 +74,30 @@ def route(app: App, req: Request) -> Union[Reply, Store]:
         return text(exc.status, str(exc))
 
 
+BROWSER_ONLY_TYPES = ("text/plain", "multipart/form-data")  # what a page may POST cross-origin without asking
+
+
+def _from_a_browser(req: Request) -> Optional[Reply]:
+    """A web page open on the gateway must not change gmq: a request a browser made is refused.
+
+    Browsers send ``Origin`` (and ``Sec-Fetch-*``) with every cross-site POST, also the CORS
+    "simple" ones that need no preflight; apps and murano-client never do. The types a form or
+    ``fetch(mode: "no-cors")`` can send beside the form type are refused too.
+    """
+    if "origin" in req.headers or any(name.startswith("sec-fetch-") for name in req.headers):
+        return text(403, "requests from web pages are refused (Origin header); gmq is for local apps")
+    ctype = req.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype in BROWSER_ONLY_TYPES:
+        return text(415, "Content-Type %s is refused; send application/x-www-form-urlencoded" % ctype)
+    return None
+
+
 def _route(app: App, req: Request) -> Union[Reply, Store]:
     path, _, query = req.target.partition("?")
+    if req.method not in ("GET", "HEAD"):
+        refused = _from_a_browser(req)
+        if refused is not None:
+            return refused
     if req.method == "POST":
         if path == ALIAS_PATH:
             if query:

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -291,3 +292,50 @@ def test_strict_framing_over_a_real_socket(gmq):
                  + b"\r\na=1POST /onep:v1/stack/alias HTTP/1.1\r\nHost: gmq\r\n" + vms + b"\r\na=2", timeout=3)
     assert answer.count(b"HTTP/1.1 204") == 1 and b"Connection: close" in answer  # the second is never read
     assert [r[1] for r in gmq.queued()] == ["a"]
+
+
+@pytest.mark.parametrize("path,body,headers", [
+    ("/alarms/clear", "", {"Origin": "http://evil.example", "Content-Type": "text/plain"}),
+    ("/alarms/clear", "", {"Content-Type": "text/plain;charset=UTF-8"}),  # fetch(mode: "no-cors") with a string
+    ("/reread", "", {"Origin": "null"}),
+    ("/reread", "x", {"Content-Type": "multipart/form-data; boundary=b"}),
+    ("/onep:v1/stack/alias", "a=1", {"Origin": "http://evil.example", "X-Exosite-VMS": "p p s"}),
+    ("/onep:v1/stack/alias", "a=1", {"Sec-Fetch-Site": "cross-site", "X-Exosite-VMS": "p p s"}),
+    ("/provision/activate", "id=evil", {"Origin": "http://evil.example"}),
+])
+def test_a_web_page_cannot_change_gmq(gmq, path, body, headers):
+    """CORS "simple" requests (no preflight) from any page open on the gateway: refused, nothing changed."""
+    before = gmq.status()
+    resp = requests.post(gmq.url + path, data=body, headers=headers, timeout=10)
+    assert resp.status_code in (403, 415), resp.text
+    after = gmq.status()
+    assert after["queue"]["depth"] == before["queue"]["depth"] == 0
+    assert after["forwarder"]["clients"] == before["forwarder"]["clients"] == []
+    assert "restart_needed_for" not in resp.text
+
+
+def _rss_mib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_many_aliases_in_one_request_are_bounded_in_count_and_memory(gmq):
+    """1 MiB of 262,144 aliases (x8 at once) is 413 before it is decoded: RSS stays near idle, others flow."""
+    tiny = "&".join("a%d=1" % (i % 1000) for i in range(262144))[:1 << 20]
+    base = _rss_mib(gmq.proc.pid)
+    results = []
+
+    def flood():
+        results.append(requests.post(gmq.url + "/onep:v1/stack/alias", data=tiny,
+                                     headers={"X-Exosite-VMS": "p p flood"}, timeout=60).status_code)
+
+    threads = [threading.Thread(target=flood) for _ in range(8)]
+    for t in threads:
+        t.start()
+    assert gmq.post("/onep:v1/stack/alias", "calm=1").status_code == 204  # not stalled behind the floods
+    for t in threads:
+        t.join(60)
+    assert results == [413] * 8
+    assert _rss_mib(gmq.proc.pid) - base < 40  # was +89 MiB for one such request, +527 for eight
+    assert gmq.post("/onep:v1/stack/alias", "&".join("k%d=%d" % (i, i) for i in range(10000))).status_code == 204
+    assert gmq.status()["queue"]["depth"] == 10001
