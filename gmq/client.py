@@ -21,7 +21,7 @@ def local_url(path: str, paths: Optional[GwePaths] = None) -> str:
     from . import config
 
     try:
-        return config.local_url(config.load(paths or gwe_paths()), path)
+        return config.local_url(config.load(paths or gwe_paths(), []), path)  # damaged: gmq runs on defaults too
     except config.ConfigError as exc:
         raise GmqClientError(str(exc)) from None
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from atomic_config import (
     DEFAULT_MIN_FREE_DISK, AtomicConfigParser, ConfigError as GatewayConfigError, GwePaths, RecoveryError,
@@ -19,6 +19,10 @@ MAX_BATCH = MAX_VALUES_PER_REQUEST  # values in one record request (each may add
 
 class ConfigError(ValueError):
     """A gmq.cfg value that cannot be used."""
+
+
+class DamagedConfig(ConfigError):
+    """gmq.cfg is empty or unparsable and has no previous generation to recover."""
 
 
 def _bool(text: str) -> bool:
@@ -127,10 +131,19 @@ def _values(cfg: AtomicConfigParser) -> Dict[Tuple[str, str], object]:
     return out
 
 
-def upstream_from_gateway(paths: GwePaths) -> Optional[str]:
-    """The Murano URL gwe uses (Gateway.cfg), or None when it has no host or product id yet."""
+def upstream_from_gateway(paths: GwePaths, damage: Optional[List[str]] = None) -> Optional[str]:
+    """The Murano URL gwe uses (Gateway.cfg), or None when it has no host or product id yet.
+
+    A damaged Gateway.cfg is None too; ``damage`` (a list) gets the reason.
+    """
     try:
-        return load_gateway_config(paths.gateway_cfg).murano_url
+        gateway = load_gateway_config(paths.gateway_cfg)
+    except GatewayConfigError as exc:
+        if damage is not None:
+            damage.append("%s; no upstream until it is repaired" % exc)
+        return None
+    try:
+        return gateway.murano_url
     except GatewayConfigError:
         return None
 
@@ -142,19 +155,32 @@ def local_url(cfg: "GmqConfig", path: str) -> str:
 
 
 def _read(paths: GwePaths) -> AtomicConfigParser:
-    """gmq.cfg parsed; damaged beyond recovery is a ConfigError (one line, saying what to do)."""
+    """gmq.cfg parsed; damaged beyond recovery is a DamagedConfig (one line, saying what to do)."""
     try:
         return read_config(paths.gmq_cfg)
     except RecoveryError as exc:
-        raise ConfigError("gmq.cfg unreadable: %s" % exc) from None
+        raise DamagedConfig("gmq.cfg unreadable: %s" % exc) from None
 
 
-def load(paths: GwePaths) -> GmqConfig:
-    """Read gmq.cfg (defaults for what is missing) and resolve the upstream URL."""
-    return _build(_values(_read(paths)), paths)
+def load(paths: GwePaths, damage: Optional[List[str]] = None) -> GmqConfig:
+    """Read gmq.cfg (defaults for what is missing) and resolve the upstream URL.
+
+    ``damage`` (a list): a gmq.cfg or Gateway.cfg damaged beyond recovery (empty or unparsable,
+    no previous generation: what a power cut leaves of a hand edit) is no error: gmq.cfg's
+    defaults are used, or no upstream, and the reason is appended (gmq raises an alarm).
+    Without it, a damaged gmq.cfg is a DamagedConfig.
+    """
+    try:
+        parsed = _read(paths)
+    except DamagedConfig as exc:
+        if damage is None:
+            raise
+        damage.append("%s; running on the defaults until it is repaired" % exc)
+        parsed = AtomicConfigParser()
+    return _build(_values(parsed), paths, damage)
 
 
-def _build(v: Dict[Tuple[str, str], object], paths: GwePaths) -> GmqConfig:
+def _build(v: Dict[Tuple[str, str], object], paths: GwePaths, damage: Optional[List[str]] = None) -> GmqConfig:
     limits = Limits(max_bytes=v["queue", "max_bytes"], min_free_disk=v["queue", "min_free_disk"],
                     policy=v["queue", "policy"], max_value_bytes=v["queue", "max_value_bytes"],
                     ttl=v["queue", "ttl"])
@@ -174,7 +200,7 @@ def _build(v: Dict[Tuple[str, str], object], paths: GwePaths) -> GmqConfig:
     for section, option in (("server", "request_timeout"), ("upstream", "timeout")):
         if v[section, option] <= 0:
             raise ConfigError("[%s] %s must be more than 0 seconds" % (section, option))
-    upstream = (v["upstream", "host"] or "").strip() or upstream_from_gateway(paths)
+    upstream = (v["upstream", "host"] or "").strip() or upstream_from_gateway(paths, damage)
     return GmqConfig(
         host=v["server", "host"], port=v["server", "port"], max_body_bytes=v["server", "max_body_bytes"],
         request_timeout=v["server", "request_timeout"], max_connections=v["server", "max_connections"],

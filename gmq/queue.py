@@ -682,6 +682,12 @@ class DurableQueue:
         keys = ("id", "client", "alias", "ts", "value", "status", "reason", "moved")
         return [dict(zip(keys, r)) for r in rows]
 
+    def add_alarm(self, kind: str, detail: str) -> None:
+        """Raise an alarm (once: the same alarm still standing is not added again)."""
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM alarms WHERE kind = ? AND detail = ?", (kind, detail)).fetchone() is None:
+                conn.execute("INSERT INTO alarms (kind, time, detail) VALUES (?, ?, ?)", (kind, self.clock(), detail))
+
     def clear_alarms(self) -> int:
         with self._transaction() as conn:
             return conn.execute("DELETE FROM alarms").rowcount

@@ -34,11 +34,15 @@ class Gmq:
 
     def __init__(self, paths: Optional[GwePaths] = None, port: Optional[int] = None) -> None:
         self.paths = (paths or gwe_paths()).ensure()
-        self.cfg = config.load(self.paths)
+        damage: list = []
+        self.cfg = config.load(self.paths, damage)  # a damaged gmq.cfg or Gateway.cfg: defaults and an alarm
         logging.getLogger().setLevel(self.cfg.log_level)
         self.started = time.time()
         self.queue = DurableQueue(self.paths.gmq_db, self.cfg.limits)  # the one owner of gmq.db
         self.clients = ClientRegistry(self.queue)
+        for problem in damage:
+            log.error("%s", problem)
+            self.queue.add_alarm("config_damaged", problem)
         self.forwarder = Forwarder(self.queue, self.clients, upstream_settings(self.cfg))
         self.clients.on_new = lambda client: self.forwarder.wake()
         self._apply_server_settings(self.cfg)
