@@ -170,3 +170,17 @@ def test_murano_local_serve_detach_returns_once_it_answers(tmp_path):
     assert failed.stderr.count("\n") == 1
     assert run("murano_local", "serve", "--port", "0", "--detach").stderr == (
         "murano-local: error: --detach needs a --port: with 0 nobody would know which one it took\n")
+
+
+def test_release_refuses_a_python_without_the_suite_before_building(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    python = str(bare / "bin" / "python")
+    result = subprocess.run([os.path.join(root, "scripts", "release"), "--python", python, "--output-dir",
+                             str(tmp_path / "dist")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr == ("scripts/release: %s cannot build the packages (ModuleNotFoundError: No module named "
+                             "'click'): give --python the python of a virtualenv with the suite installed "
+                             "(scripts/demo makes .venv)\n" % python)
+    assert not (tmp_path / "dist").exists()  # refused before anything was made

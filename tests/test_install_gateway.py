@@ -110,6 +110,12 @@ def test_install_gateway_runs_gwe_and_gmq_and_reinstalls_in_place(tmp_path, mura
         gwe_pid = info("gwe")["pid"]
         with open("/proc/%d/cmdline" % gwe_pid, "rb") as f:
             assert f.read().split(b"\0")[1] == os.path.join(bin_dir, "gwe").encode()
+        # a re-run under the running supervisord says that what runs keeps the old code
+        out = install(prefix, home)
+        assert ("== supervisord (pid %d) is running: it and the gwe and gmq it started still run the old code\n"
+                "until they restart: %s -m supervisor.supervisorctl -c %s restart gwe gmq\n"
+                % (supervisord.pid, os.path.join(bin_dir, "python"), paths.supervisord_conf)) in out, out
+        assert info("gwe")["pid"] == gwe_pid
     finally:
         stop_process(supervisord, timeout=60)
 
@@ -131,6 +137,7 @@ def test_install_gateway_runs_gwe_and_gmq_and_reinstalls_in_place(tmp_path, mura
     assert "gmq.db" in lib_before
     out = install(prefix, home)
     assert "program files kept" in out
+    assert "is running" not in out  # supervisord is stopped: nothing to say
     assert tree_digest(paths.etc) == etc_before
     assert tree_digest(paths.var_lib) == lib_before
     with open(os.path.join(paths.supervisor_include, "gmq.conf")) as f:
