@@ -52,10 +52,15 @@ def _admin(ctx: click.Context) -> Admin:
                    "[default: the open-file limit (raised to its hard limit) less 256, at most 65536].")
 @click.option("--request-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds a request (head and body) may take to arrive; slower ones get 408.")
+@click.option("--https-port", default=None, type=click.IntRange(0, 65535),
+              help="Also serve the Device and admin APIs over HTTPS on this port (certificate from the local CA).")
 @click.option("--mqtt-port", default=None, type=click.IntRange(1, 65535),
-              help="Also serve the MQTT Device API on this port (needs the mqtt-server extra).")
+              help="Also serve the MQTT Device API on this port, plain TCP (needs the mqtt-server extra).")
+@click.option("--mqtts-port", default=None, type=click.IntRange(1, 65535),
+              help="Also serve the MQTT Device API over TLS on this port (certificate from the local CA).")
 @click.option("--mqtt-cert", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="PEM certificate (chain) for MQTT over TLS; without it MQTT is plain TCP.")
+              help="PEM certificate (chain) for MQTT over TLS instead of the local CA's; without "
+                   "--mqtts-port it makes --mqtt-port TLS.")
 @click.option("--mqtt-key", default=None, type=click.Path(exists=True, dir_okay=False),
               help="PEM private key for --mqtt-cert.")
 @click.option("--log-level", default="INFO", show_default=True,
@@ -64,9 +69,11 @@ def _admin(ctx: click.Context) -> Admin:
               "its pid (also in DATA/murano-local.pid; its log is DATA/murano-local.log).")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, data_dir: str, product_id: str, allow_self_register: bool,
-          history_limit: int, max_connections: Optional[int], request_timeout: float, mqtt_port: Optional[int],
-          mqtt_cert: Optional[str], mqtt_key: Optional[str], log_level: str, detach: bool) -> None:
-    """Serve the Device API and the admin API (and MQTT with --mqtt-port) until SIGTERM or Ctrl-C."""
+          history_limit: int, max_connections: Optional[int], request_timeout: float, https_port: Optional[int],
+          mqtt_port: Optional[int], mqtts_port: Optional[int], mqtt_cert: Optional[str], mqtt_key: Optional[str],
+          log_level: str, detach: bool) -> None:
+    """Serve the Device API and the admin API (with --https-port also over HTTPS; MQTT with --mqtt-port
+    and --mqtts-port) until SIGTERM or Ctrl-C."""
     import sqlite3
 
     if detach:
@@ -85,9 +92,9 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: str, product_id: s
         raise CliError("--product-id must be letters and digits")
     if (mqtt_cert is None) != (mqtt_key is None):
         raise CliError("--mqtt-cert and --mqtt-key go together")
-    if mqtt_cert and mqtt_port is None:
-        raise CliError("--mqtt-cert needs --mqtt-port")
-    if mqtt_port is not None:
+    if mqtt_cert and mqtt_port is None and mqtts_port is None:
+        raise CliError("--mqtt-cert needs --mqtts-port (or --mqtt-port)")
+    if mqtt_port is not None or mqtts_port is not None:
         from .mqtt import MqttUnavailable, require_amqtt
         try:
             require_amqtt()
@@ -98,14 +105,29 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: str, product_id: s
                         history_limit=history_limit)
     except (OSError, sqlite3.Error) as exc:
         raise CliError("cannot use data directory %s: %s" % (data_dir, getattr(exc, "strerror", None) or exc))
-    mqtt = None
+    ssl_context = None
+    listeners = []  # MQTT: (port, certfile, keyfile)
     if mqtt_port is not None:
+        listeners.append((mqtt_port, mqtt_cert, mqtt_key) if mqtts_port is None else (mqtt_port, None, None))
+    if https_port is not None or mqtts_port is not None:
+        from .tls import LocalCA, TlsError
+        try:
+            local_ca = LocalCA(data_dir).ensure([host])
+            ssl_context = local_ca.server_context() if https_port is not None else None
+        except TlsError as exc:
+            murano.close()
+            raise CliError(str(exc))
+        if mqtts_port is not None:
+            listeners.append((mqtts_port, mqtt_cert or local_ca.server_cert, mqtt_key or local_ca.server_key))
+    mqtt = None
+    if listeners:
         from .mqtt import MqttFrontEnd
         try:
-            mqtt = MqttFrontEnd(murano, host, mqtt_port, mqtt_cert, mqtt_key, max_connections or 1000).start()
+            mqtt = MqttFrontEnd(murano, host, listeners, max_connections or 1000).start()
         except Exception as exc:  # amqtt wraps bind errors in its own exception types
             murano.close()
-            raise CliError("cannot serve MQTT on %s:%d: %s" % (host, mqtt_port, getattr(exc, "strerror", None) or exc))
+            raise CliError("cannot serve MQTT on %s: %s" % (
+                " or ".join("%s:%d" % (host, p) for p, _c, _k in listeners), getattr(exc, "strerror", None) or exc))
     from .console import FleetConsole
     console = FleetConsole(murano).start()  # resumes the rollouts a stop interrupted
 
@@ -115,10 +137,24 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: str, product_id: s
             mqtt.stop()
     try:
         run(murano, host, port, max_connections=max_connections, request_timeout=request_timeout,
-            before_close=before_close, front_ends=console.front_ends())
+            before_close=before_close, front_ends=console.front_ends(), https_port=https_port,
+            ssl_context=ssl_context)
     except OSError as exc:
         before_close()
-        raise CliError("cannot serve on %s:%d: %s" % (host, port, exc.strerror or exc))
+        raise CliError("cannot serve on %s: %s" % (exc.filename or "%s:%d" % (host, port), exc.strerror or exc))
+
+
+@main.command("ca")
+@click.option("--data", "data_dir", default=default_data_dir, show_default="~/.local/share/murano-local",
+              type=click.Path(file_okay=False), help="The data directory of the server.")
+def ca_command(data_dir: str) -> None:
+    """Print the path of the local CA's certificate (made now if the directory has none yet): the CA
+    that clients trust for --https-port and --mqtts-port."""
+    from .tls import LocalCA, TlsError
+    try:
+        click.echo(LocalCA(data_dir).ensure().ca_cert)
+    except TlsError as exc:
+        raise CliError(str(exc))
 
 
 def _serve_argv(ctx: click.Context) -> list:

@@ -23,7 +23,7 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from device_api import MAX_VALUES_PER_REQUEST, ContractError, timestamp_us
 
@@ -102,16 +102,19 @@ def require_amqtt():
 
 
 class MqttFrontEnd:
-    """The MQTT listener of one ``Murano``; ``start()`` returns once it accepts connections."""
+    """The MQTT listeners of one ``Murano``; ``start()`` returns once they accept connections.
 
-    def __init__(self, murano: Murano, host: str = "127.0.0.1", port: int = 1883,
-                 certfile: Optional[str] = None, keyfile: Optional[str] = None, max_connections: int = 1000) -> None:
+    ``listeners``: ``(port, certfile, keyfile)`` each, TLS where a certificate is given.
+    """
+
+    def __init__(self, murano: Murano, host: str = "127.0.0.1",
+                 listeners: Sequence[Tuple[int, Optional[str], Optional[str]]] = ((1883, None, None),),
+                 max_connections: int = 1000) -> None:
         require_amqtt()
         self.murano = murano
         self.host = host
-        self.port = port
-        self.certfile = certfile
-        self.keyfile = keyfile
+        # plain first: amqtt's first ("default") listener lends its settings to the others
+        self.listeners = sorted(listeners, key=lambda listener: listener[1] is not None)
         self.max_connections = max_connections  # more wait for a free slot
         self.key = uuid.uuid4().hex
         self.loop: Optional[asyncio.AbstractEventLoop] = None
@@ -148,7 +151,8 @@ class MqttFrontEnd:
         finally:
             broker_log.setLevel(level)
         self.murano.hub.subscribe(self._on_change)
-        log.info("murano-local serving %s://%s:%d", "mqtts" if self.certfile else "mqtt", self.host, self.port)
+        for port, certfile, _keyfile in self.listeners:
+            log.info("murano-local serving %s://%s:%d", "mqtts" if certfile else "mqtt", self.host, port)
         return self
 
     def stop(self) -> None:
@@ -170,10 +174,13 @@ class MqttFrontEnd:
 
     async def _serve(self) -> None:
         Broker, auth_base, topic_base = require_amqtt()
-        listener = {"type": "tcp", "bind": "%s:%d" % (self.host, self.port), "max_connections": self.max_connections}
-        if self.certfile:
-            listener.update(ssl=True, certfile=self.certfile, keyfile=self.keyfile)
-        config = {"listeners": {"default": listener},
+        listeners = {}
+        for n, (port, certfile, keyfile) in enumerate(self.listeners):
+            listener = {"type": "tcp", "bind": "%s:%d" % (self.host, port), "max_connections": self.max_connections}
+            if certfile:
+                listener.update(ssl=True, certfile=certfile, keyfile=keyfile)
+            listeners["default" if n == 0 else "listener%d" % n] = listener
+        config = {"listeners": listeners,
                   "plugins": {__name__ + "." + _plugin_class(auth_base, topic_base).__name__: {"front_end": self.key}}}
         self.broker = _broker_class(Broker)(config, loop=asyncio.get_running_loop())
         self._stopped = asyncio.Event()

@@ -270,11 +270,11 @@ class MuranoHTTPServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
             sock.listen(LISTEN_BACKLOG)
-        except OSError:
+        except OSError as exc:
             sock.close()
             for other, _ctx in self._listeners:
                 other.close()
-            raise
+            raise OSError(exc.errno, exc.strerror, "%s:%d" % (host, port)) from exc  # says which port
         sock.setblocking(False)
         self._sel.register(sock, selectors.EVENT_READ, _LISTENER)
         self._listeners.append((sock, context))

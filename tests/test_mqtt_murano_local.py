@@ -125,7 +125,7 @@ def test_wills_are_dropped_not_retained_in_memory(tmp_path):
 
     murano = Murano(str(tmp_path / "data"))
     port = free_port()
-    front = MqttFrontEnd(murano, port=port).start()
+    front = MqttFrontEnd(murano, listeners=[(port, None, None)]).start()
     try:
         for i in range(3):
             client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv311)
