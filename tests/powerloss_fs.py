@@ -661,7 +661,7 @@ class PowerLossMount:
                 self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), self.backing,
                                               self.mountpoint, "--control", self.control], stdout=log, stderr=log)
             deadline = time.monotonic() + timeout
-            while not (os.path.ismount(self.mountpoint) and os.path.exists(self.control)):
+            while not (self._in_mount_table() and os.path.exists(self.control)):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     break
                 time.sleep(0.02)
@@ -714,8 +714,16 @@ class PowerLossMount:
                     self.proc.kill()
                     self.proc.wait(10)
             self.proc = None
-        if os.path.ismount(self.mountpoint):
+        # a daemon that exited while a file was open leaves a dead mount (ENOTCONN), which
+        # os.path.ismount does not see: ask the kernel's table, and detach every layer
+        for _ in range(5):
+            if not self._in_mount_table():
+                break
             subprocess.run(["umount", "-l", self.mountpoint], check=False, stderr=subprocess.DEVNULL)
+
+    def _in_mount_table(self) -> bool:
+        with open("/proc/self/mounts") as f:
+            return any(line.split()[1] == self.mountpoint for line in f if len(line.split()) > 1)
 
 
 if __name__ == "__main__":
