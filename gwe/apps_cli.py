@@ -12,7 +12,11 @@ import click
 
 
 class CliError(Exception):
-    """Reported as one line on stderr with exit code 1."""
+    """Reported as one line on stderr with exit code ``code`` (1 unless said)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _emit_json(doc) -> None:
@@ -41,6 +45,8 @@ def build_app(buildfile: str, output_dir: Optional[str], key: Optional[str], as_
 
     try:
         path = otau.build_app(buildfile, output_dir=output_dir, key_path=key)
+    except otau.BuildError as exc:  # a failing build command: its exit code
+        raise CliError(str(exc), exc.exit_code)
     except otau.OtauError as exc:
         raise CliError(str(exc))
     if as_json:

@@ -127,7 +127,9 @@ def cli(ctx: click.Context, show_version: bool, show_path: bool, show_gateway_cf
             if problems:  # what was printed holds values gwe cannot use
                 fail(problems[0] + ("" if len(problems) == 1 else " (and %d more above)" % (len(problems) - 1)))
             return
-    except (apps_cli.CliError, ConfigError) as exc:
+    except apps_cli.CliError as exc:
+        fail(str(exc), exc.code)
+    except ConfigError as exc:
         fail(str(exc))
     except Exception as exc:  # one line, never a traceback
         logging.getLogger(__name__).debug("gwe failed", exc_info=True)

@@ -7,7 +7,8 @@ Buildfile (JSON or YAML), paths relative to the buildfile's directory::
 
 Build commands are the publisher's own, run on the publisher's machine in the buildfile's
 directory: a string runs through ``/bin/sh -c`` (as the original's shell-based builds did),
-a list runs as an argv without a shell. Post-build commands see ``GWE_BUILD_TARBALL``.
+a list runs as an argv without a shell, both with the caller's stdin and streamed output
+(:mod:`otau.build_commands`). Post-build commands see ``GWE_BUILD_TARBALL``.
 Every package gets ``gwe-manifest.json`` (sha256 of every file); with a key it also gets
 ``gwe-manifest.sig``. Members are written in sorted order with owner root:root.
 """
@@ -20,21 +21,19 @@ import hashlib
 import io
 import json
 import os
-import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 from atomic_config import fsync_dir
 
+from .build_commands import BuildCommands, Command
 from .errors import BuildError, OtauError
 from .package import INSTALL_SH, MANIFEST, SIGNATURE, PackageName, find_layout, parse_package_name
 from .unpack import clean_member_name, safe_mode
 from .verify import CHUNK, Entry, build_manifest, load_private_key, sign_manifest
 
-Command = Union[str, List[str]]
-OUTPUT_TAIL = 2000
 
 
 @dataclass
@@ -103,18 +102,6 @@ def load_buildfile(path: str) -> Buildfile:
         raise BuildError("buildfile: %s" % exc)
     return Buildfile(path, package, _string_list(doc, "includes", required=True), _string_list(doc, "excludes"),
                      _commands(doc, "pre_build_cmds"), _commands(doc, "post_build_cmds"))
-
-
-def _run(cmd: Command, cwd: str, env: Dict[str, str]) -> None:
-    shell = isinstance(cmd, str)
-    try:
-        proc = subprocess.run(cmd, shell=shell, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    except OSError as exc:
-        raise BuildError("build command %r failed to start: %s" % (cmd, exc))
-    if proc.returncode != 0:
-        tail = proc.stdout.decode("utf-8", errors="replace")[-OUTPUT_TAIL:].strip().replace("\n", " | ")
-        raise BuildError("build command %r exited with %d: %s" % (cmd, proc.returncode, tail))
 
 
 def _excluded(rel: str, excludes: List[str]) -> bool:
@@ -210,8 +197,9 @@ def build_app(buildfile: str, output_dir: Optional[str] = None, key_path: Option
     bf = load_buildfile(buildfile)
     base = bf.base
     env = dict(os.environ, GWE_APP_NAME=bf.package.name, GWE_APP_VERSION=bf.package.version)
+    commands = BuildCommands()
     for cmd in bf.pre_build_cmds:
-        _run(cmd, base, env)
+        commands.run(cmd, base, env)
     files = collect_files(bf)
     entries: Dict[str, Entry] = {}
     for rel in files:
@@ -249,7 +237,7 @@ def build_app(buildfile: str, output_dir: Optional[str] = None, key_path: Option
     _write_atomically(target, write)
     env["GWE_BUILD_TARBALL"] = target
     for cmd in bf.post_build_cmds:
-        _run(cmd, base, env)
+        commands.run(cmd, base, env)
     return target
 
 

@@ -31,5 +31,9 @@ class SupervisorError(OtauError):
 
 
 class BuildError(OtauError):
-    """A buildfile is invalid or one of its commands failed."""
+    """A buildfile is invalid or one of its commands failed (``exit_code``: what the build exits with)."""
     step = "build"
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 
@@ -152,7 +153,7 @@ def test_bad_buildfiles(tmp_path):
         "noinc.json": ({"name": "a", "version": "1", "includes": []}, "'includes' is empty"),
         "nomatch.json": ({"name": "a", "version": "1", "includes": ["nothing*"]}, "matches nothing"),
         "failing.json": ({"name": "a", "version": "1", "includes": ["x"], "pre_build_cmds": ["echo boom; exit 4"]},
-                         "exited with 4: boom"),
+                         "exited with 4 "),
         "noinstaller.json": ({"name": "a", "version": "1", "includes": ["x"]}, "no install.sh or setup.py"),
     }
     (tmp_path / "x").write_text("x")
@@ -176,3 +177,61 @@ def test_build_refuses_a_symlink_leading_outside(tmp_path):
     os.symlink("install.sh", str(project / "shared.py"))
     tarball = otau.build_app(str(project / "b.json"))
     assert otau.check_tarball(tarball).ok
+
+
+def interactive_buildfile(directory):
+    """Like gmq-sine-demo's gwe.build: a pre-build command asks a question and bakes the answer in."""
+    directory.mkdir()
+    (directory / "install.sh").write_text("#!/bin/sh\ncp answer.txt \"$GWE_APP_DIR/copied\"\n")
+    ask = "printf 'Install where? ' >&2; read -r answer; echo \"building for $answer\"; echo \"$answer\" > answer.txt"
+    spec = {"name": "asker", "version": "1", "includes": ["install.sh", "answer.txt"], "pre_build_cmds": [ask],
+            "post_build_cmds": [["sh", "-c", "echo post; exit 3"]]}
+    (directory / "build.json").write_text(json.dumps(spec))
+    return directory / "build.json"
+
+
+def gwe_build(buildfile, stdin, *extra):
+    return subprocess.run([sys.executable, "-m", "gwe", "--build-app", str(buildfile), *extra], stdin=stdin,
+                          capture_output=True, text=True, timeout=60, cwd=str(buildfile.parent))
+
+
+def test_build_command_reads_the_callers_input_and_streams_its_output(tmp_path):
+    buildfile = interactive_buildfile(tmp_path / "src")
+    done = subprocess.run([sys.executable, "-m", "gwe", "--build-app", str(buildfile)], input="/opt/sine\n",
+                          capture_output=True, text=True, timeout=60)
+    # the post-build command fails: the build fails with its exit code, after the output of both
+    assert done.returncode == 3, done
+    assert "Install where? building for /opt/sine" in done.stderr and "post" in done.stderr
+    assert "exited with 3" in done.stderr.splitlines()[-1]
+    with tarfile.open(tmp_path / "src" / "asker.v1.tar.gz") as tf:
+        assert tf.extractfile("answer.txt").read() == b"/opt/sine\n"
+
+
+def test_build_without_a_terminal_or_input_fails_when_a_command_waits_for_input(tmp_path):
+    buildfile = interactive_buildfile(tmp_path / "src")
+    started = time.monotonic()
+    done = gwe_build(buildfile, subprocess.DEVNULL)
+    assert done.returncode == 1, done
+    last = done.stderr.strip().splitlines()[-1]
+    assert "gwe: build command" in last and "waits for input" in last and "no terminal" in last, done.stderr
+    assert time.monotonic() - started < 20
+    assert not (tmp_path / "src" / "answer.txt").exists()  # the answer was never baked as an empty one
+    assert not (tmp_path / "src" / "asker.v1.tar.gz").exists()
+
+
+def test_build_from_a_terminal_gets_the_typed_answer(tmp_path):
+    import pty
+
+    buildfile = interactive_buildfile(tmp_path / "src")
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "gwe", "--build-app", str(buildfile)], stdin=slave,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.close(slave)
+        os.write(master, b"/srv/typed\n")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(master)
+    assert proc.returncode == 3 and "building for /srv/typed" in err, (out, err)
+    with tarfile.open(tmp_path / "src" / "asker.v1.tar.gz") as tf:
+        assert tf.extractfile("answer.txt").read() == b"/srv/typed\n"
