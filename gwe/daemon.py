@@ -27,6 +27,7 @@ from device_client.link import LinkState
 from . import config
 from .config import ConfigError
 from .engine_fetch import FetchRequestError, fetch_and_install, parse_engine_fetch, request_error_status
+from .report_trigger import ReportTrigger
 from .upload import UPLOAD_REQUEST, UPLOAD_STATUS, Uploader
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class Engine:
         self._pending_statuses: List = []  # FetchStatus objects to report once activated
         self.link = LinkState()
         self.uploader: Optional[Uploader] = None
+        self.reports: Optional[ReportTrigger] = None  # engine_report on change (not in --once)
         self._uploads_stop = threading.Event()  # the upload worker's own: the stop pipe has one reader
 
     # --- signals and waits ---
@@ -115,13 +117,22 @@ class Engine:
             raise Shutdown()
 
     def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds``; Shutdown as soon as a stop is requested. Engine reports that fall due
+        meanwhile (an app changed state) are written on the way."""
         deadline = time.monotonic() + seconds
         while True:
             remaining = deadline - time.monotonic()
-            if self.stop.wait(max(0.0, remaining)):
+            if self.stop.wait(self._sleep_for(max(0.0, remaining))):
                 raise Shutdown()
+            self._report_if_due()
             if remaining <= 0:
                 return
+
+    def _sleep_for(self, limit: Optional[float]) -> Optional[float]:
+        due = self.reports.due_in() if self.reports is not None else None
+        if due is None:
+            return limit
+        return due if limit is None else min(limit, due)
 
     def _abandonable(self, call: Callable, *args, **kwargs):
         """Run a call that changes nothing (the long poll) in a worker thread, and give it up as soon
@@ -141,8 +152,9 @@ class Engine:
 
         threading.Thread(target=work, name="gwe-long-poll", daemon=True).start()
         while not done.is_set():
-            if self.stop.wait(None):
+            if self.stop.wait(self._sleep_for(None)):
                 raise Shutdown()
+            self._report_if_due()
         if "error" in box:
             raise box["error"]
         return box["value"]
@@ -155,6 +167,9 @@ class Engine:
         try:
             self._recover_installs()
             self.device = self._activated_device()
+            if not self.once:
+                self.reports = ReportTrigger(self._processes, self.stop.wake)
+                self.reports.start()
             self.uploader = Uploader(self.paths, self._uploads_stop)
             if not self.once:  # one cycle keeps an upload request on disk for the daemon to run
                 self.uploader.start()
@@ -183,6 +198,8 @@ class Engine:
             return 0
         finally:
             self._uploads_stop.set()  # an upload in flight resumes from the spool at the next start
+            if self.reports is not None:
+                self.reports.stop()
             if self.device is not None:
                 self.device.close()
 
@@ -318,7 +335,6 @@ class Engine:
         from device_client import UsageLog
 
         from .device_info import device_info
-        from .engine_report import engine_report, fetch_gmq_status
 
         for status in self._pending_statuses:
             self._write_status(status)
@@ -326,14 +342,35 @@ class Engine:
         usage = UsageLog()
         snapshot = usage.snapshot()
         self._link_ok()  # a report that arrives went over a live link, and says so
-        report = engine_report(self.paths, self._processes, fetch_gmq_status, self.link.snapshot())
         self.device.write({
             "device_info": json.dumps(device_info()),  # key order matters to positional parsers
-            "engine_report": json.dumps(report, sort_keys=True),
+            "engine_report": self._engine_report_json(),
             "usage_report": json.dumps(snapshot.report, sort_keys=True),
         })
+        if self.reports is not None:
+            self.reports.sent()
         usage.flush(snapshot)
         usage.close()
+
+    def _engine_report_json(self) -> str:
+        from .engine_report import engine_report, fetch_gmq_status
+
+        return json.dumps(engine_report(self.paths, self._processes, fetch_gmq_status, self.link.snapshot()),
+                          sort_keys=True)
+
+    def _write_engine_report(self) -> None:
+        """engine_report alone, now: after an install, or when an app changed state (coalesced)."""
+        self.device.write({"engine_report": self._engine_report_json()})
+        if self.reports is not None:
+            self.reports.sent()
+
+    def _report_if_due(self) -> None:
+        if self.reports is None or not self.reports.take():
+            return
+        try:
+            self._write_engine_report()
+        except Exception as exc:  # the uplink is down: the next cycle's report says it all
+            log.warning("engine_report after a state change not sent: %s", _describe(exc))
 
     # --- the link, as gwe status and engine_report show it ---
 
@@ -391,6 +428,7 @@ class Engine:
             status = fetch_and_install(self.device, job, self.paths)
             log.info("engine_fetch: %s -> %s", job.name, status.status)
             self._write_status(status)
+            self._write_engine_report()  # what runs now, at once (not update_interval later)
 
 
 def _version() -> str:

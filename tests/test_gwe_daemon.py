@@ -9,7 +9,7 @@ import pytest
 from gwe_helpers import (SERIAL, configure_gateway, reported, reported_json, start_gwe, upload,
                          wait_fetch_status)
 from harness import MuranoLocal, stop_process, wait_for
-from otau_helpers import make_app
+from otau_helpers import make_app, supervisor_conf
 
 
 @pytest.fixture
@@ -202,3 +202,46 @@ def test_once_runs_one_cycle_and_exits(gwe_home, supervisord, murano):
     gwe = start_gwe(gwe_home, "--once")
     assert gwe.wait(30) == 0
     assert reported_json(murano, "device_info")["uname"]
+
+
+def _report_apps(murano):
+    report = reported_json(murano, "engine_report") or {"apps": []}
+    return {k: v for entry in report["apps"] for k, v in entry.items()}
+
+
+def test_engine_report_follows_installs_and_crashes_at_once(gateway, murano, supervisord, tmp_path):
+    """update_interval is 60 s here: the reports below come from the install and from the state change."""
+    gateway()
+    wait_for(lambda: reported(murano, "engine_report"), 20, message="gwe running")
+    trigger = tmp_path / "crash-now"
+    app = ("import os, sys, time\nwhile not os.path.exists(%r):\n    time.sleep(0.1)\nsys.exit(3)\n" % str(trigger))
+    conf = supervisor_conf("%(ENV_GWE_PYTHON)s app.py", autorestart="false")
+    pkg = make_app(str(tmp_path), "watched", "1", extra={"app.py": app, "supervisor.conf": conf})
+    upload(murano, pkg)
+    murano.set(SERIAL, "engine_fetch", json.dumps({"install": [{"name": "watched.v1.tar.gz"}]}))
+    assert wait_fetch_status(murano, "watched.v1.tar.gz")["status"] == "installed"
+    installed = time.monotonic()
+    wait_for(lambda: _report_apps(murano).get("watched", {}).get("status") == "RUNNING", 5, interval=0.1,
+             message="new app RUNNING in engine_report")
+    assert time.monotonic() - installed < 5
+
+    trigger.touch()
+    crashed = time.monotonic()
+    wait_for(lambda: _report_apps(murano).get("watched", {}).get("exitstatus") == 3, 5, interval=0.1,
+             message="the crash in engine_report")
+    assert time.monotonic() - crashed < 5
+    assert _report_apps(murano)["watched"]["status"] == "EXITED"
+
+
+def test_a_crash_loop_does_not_flood_the_uplink(gateway, murano, supervisord, tmp_path):
+    gateway()
+    wait_for(lambda: reported(murano, "engine_report"), 20, message="gwe running")
+    supervisord.add_program("looper", "/bin/sh -c 'sleep 0.3; exit 1'", startsecs=0, autorestart="true",
+                            startretries=1000)
+    wait_for(lambda: "looper" in _report_apps(murano), 10, message="the loop reported")
+    before = len(murano.history(SERIAL, "engine_report"))
+    time.sleep(20)
+    written = len(murano.history(SERIAL, "engine_report")) - before
+    # the loop changes state every ~0.4 s (about 50 polls see a change); reports at gaps of 2, 4, 8, 16 s
+    assert 1 <= written <= 5, written
+    supervisord.rpc().supervisor.stopProcessGroup("looper", False)

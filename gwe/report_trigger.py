@@ -1,0 +1,96 @@
+"""When to write engine_report between the periodic reports: after every install, rollback or removal
+(the daemon writes it then), and when an app's supervisord state changes (crash, FATAL, restart).
+
+A thread polls supervisord (``getAllProcessInfo``, every :data:`POLL_S`, 2 s) and asks for a report when
+any program's state or pid differs from the last poll. Asks are coalesced: a report on change goes
+out at once after a quiet spell, then no sooner than a gap that doubles while changes keep coming
+(1 s up to 60 s) and falls back after a quiet minute, so an app crash-looping under
+``autorestart`` costs the uplink about one report a minute, not one a second.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+log = logging.getLogger(__name__)
+
+POLL_S = 2.0
+MIN_GAP_S = 1.0
+MAX_GAP_S = 60.0
+QUIET_S = 60.0
+
+
+class ReportTrigger:
+    """``want()`` (or a state change seen by the watcher) asks for a report; the daemon asks ``take()``
+    whether one is due now and ``due_in()`` how long it may sleep; ``sent()`` records any report."""
+
+    def __init__(self, processes: Callable[[], List[dict]], wake: Callable[[], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._processes = processes
+        self._wake = wake
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._wanted = False
+        self._last_change = float("-inf")   # the last report sent because something changed
+        self._last_any = float("-inf")      # the last report of any kind
+        self._gap = MIN_GAP_S
+        self._last_ask = float("-inf")
+        self._stop = threading.Event()
+        self._seen: Optional[Dict[str, Tuple[int, int]]] = None
+
+    def start(self) -> None:
+        threading.Thread(target=self._watch, name="gwe-state-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def want(self) -> None:
+        with self._lock:
+            now = self._clock()
+            if now - self._last_ask >= QUIET_S:  # the first change after a calm minute goes out at once
+                self._gap = MIN_GAP_S
+            self._last_ask = now
+            self._wanted = True
+        self._wake()
+
+    def _due(self) -> float:
+        return max(self._last_change + self._gap, self._last_any + MIN_GAP_S)
+
+    def due_in(self) -> Optional[float]:
+        """Seconds until a wanted report is due (0: now), None when none is wanted."""
+        with self._lock:
+            if not self._wanted:
+                return None
+            return max(0.0, self._due() - self._clock())
+
+    def take(self) -> bool:
+        """True (and the ask is cleared) when a wanted report is due now."""
+        with self._lock:
+            now = self._clock()
+            if not self._wanted or now < self._due():
+                return False
+            self._gap = min(self._gap * 2, MAX_GAP_S)
+            self._wanted = False
+            self._last_change = self._last_any = now
+            return True
+
+    def sent(self) -> None:
+        """A report has just gone out (periodic or after an install): it shows everything so far."""
+        with self._lock:
+            self._wanted = False
+            self._last_any = self._clock()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(POLL_S):
+            try:
+                seen = {p["name"]: (p["state"], p["pid"]) for p in self._processes()}
+            except Exception as exc:  # supervisord restarting or gone: the next poll tells
+                log.debug("state watch: %s", exc)
+                continue
+            if self._seen is not None and seen != self._seen:
+                changed = sorted(n for n in set(seen) | set(self._seen) if seen.get(n) != self._seen.get(n))
+                log.info("supervisord states changed (%s): engine_report due", ", ".join(changed))
+                self.want()
+            self._seen = seen
