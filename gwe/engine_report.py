@@ -8,13 +8,15 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from atomic_config import GwePaths
-from supervisor.states import ProcessStates
+from supervisor.states import ProcessStates, getProcessStateDescription
 
 from . import __version__
 
 log = logging.getLogger(__name__)
 
 SUITE_PROGRAMS = ("gwe", "gmq")
+RUNNING = getProcessStateDescription(ProcessStates.RUNNING)  # an app's "status" in the report
+INSTALLED = "INSTALLED"  # the "status" of a one-off app, which has no program
 
 
 def suite_versions() -> Dict[str, str]:
@@ -67,7 +69,7 @@ def engine_report(paths: GwePaths, processes: Callable[[], List[dict]],
         info = running.get(name)
         version = installed.get(name) or versions.get(name)
         if info is None:  # a one-off app: installed, nothing for supervisord to run
-            entry = {"exitstatus": 0, "status": "INSTALLED", "uptime": 0, "version": version}
+            entry = {"exitstatus": 0, "status": INSTALLED, "uptime": 0, "version": version}
         else:
             up = info.get("now", 0) - info.get("start", 0) if info.get("state") == ProcessStates.RUNNING else 0
             entry = {"exitstatus": info.get("exitstatus"), "status": info.get("statename"),

@@ -9,7 +9,7 @@ from typing import List, Optional, Tuple
 
 from atomic_config import gwe_paths
 
-from .engine_report import SUITE_PROGRAMS
+from .engine_report import INSTALLED, RUNNING, SUITE_PROGRAMS
 
 
 def _supervisord_problem(paths, exc: Exception) -> str:
@@ -93,7 +93,7 @@ def wait_until_up(app: str, version: Optional[str], timeout: float, poll: float 
         apps = {name: entry for item in doc["apps"] for name, entry in item.items()}
         here = apps.get(app)
         if doc["installing"] is None:
-            if here and here["status"] in ("RUNNING", "INSTALLED") and version in (None, here["version"]):
+            if here and here["status"] in (RUNNING, INSTALLED) and version in (None, here["version"]):
                 return doc, None
             for failed in doc["last_installs"]:
                 if failed.get("name") == app and failed.get("status") != "installed" \
