@@ -150,6 +150,7 @@ class DurableQueue:
         self.directory = os.path.dirname(self.path)
         os.makedirs(self.directory, exist_ok=True)
         self.salvage_report: Optional[salvage.SalvageReport] = None
+        salvage.finish_interrupted(self.path)
         problem = salvage.check(self.path)
         if problem is not None:
             self.salvage_report = salvage.salvage(self.path, problem, SCHEMA)
@@ -162,10 +163,6 @@ class DurableQueue:
         if self._conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             self._renumber_clients(self._conn)
             self._conn.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
-        if self.salvage_report is not None:
-            r = self.salvage_report
-            self._conn.execute("INSERT INTO alarms (kind, time, detail) VALUES ('db_corrupt', ?, ?)",
-                               (r.time, "moved to %s (%s); salvaged %s" % (r.moved_to, r.reason, r.salvaged)))
         self._conn.execute("COMMIT")
         fsync_dir(self.directory)  # the WAL file's directory entry must survive a power cut too
         self._rconn = connect_sqlite(self.path, synchronous="FULL", check_same_thread=False)

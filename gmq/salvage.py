@@ -1,24 +1,30 @@
 """Start-up integrity check of the queue database, and salvage of a damaged one.
 
-A database that fails its check is never deleted: it is renamed aside (with its WAL,
-which may hold committed rows) and every row that can still be read is copied into a
-fresh database, table by table. What was moved and how much was saved is returned so
-that the caller can raise an alarm.
+A database that fails its check is never deleted: every row that can still be read is
+copied, table by table, into a fresh database beside it, together with a ``db_corrupt``
+alarm; only when that copy is complete and fsynced are the damaged files (with the WAL,
+which may hold committed rows) renamed aside and the copy put in their place. A start that
+finds a salvage interrupted at any step finishes or redoes it (``finish_interrupted``).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from atomic_config import connect_sqlite, fsync_dir
+from atomic_config import atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 
 SIDE_FILES = ("", "-wal", "-shm")
+COPY_SUFFIX = ".salvage"         # the salvaged copy being built
+DONE_SUFFIX = ".salvage-done"    # the copy is complete: finish by moving the damaged files aside
+CRASH_ENV = "GWE_GMQ_CRASH_AT"   # test hook: kill gmq at a named step of a salvage
 MAX_SKIPS = 1024  # damaged stretches skipped per table before giving up
 MAX_GAP_LOOKUPS = 65536  # rowids of a damaged stretch tried one by one
 
@@ -36,30 +42,30 @@ def check(path: str) -> Optional[str]:
     if not os.path.exists(path):
         return None
     try:
-        conn = sqlite3.connect(path, isolation_level=None)
+        conn = _open_source(path)
+        if conn is None:
+            return "not a database"
         try:
             rows = conn.execute("PRAGMA quick_check").fetchall()
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
+        if not is_damage(exc):
+            raise StorageError("cannot check %s: %s" % (path, exc)) from None
         return str(exc)
     if rows != [("ok",)]:
         return "; ".join(str(r[0]) for r in rows[:5])
     return None
 
 
-def move_aside(path: str) -> str:
-    """Rename the database and its side files to ``<path>.corrupt-<time>``; returns the new name."""
+def corrupt_name(path: str) -> str:
+    """A free ``<path>.corrupt-<time>[-n]`` for the damaged files."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     target = "%s.corrupt-%s" % (path, stamp)
     n = 1
-    while os.path.exists(target):
+    while any(os.path.exists(target + suffix) for suffix in SIDE_FILES):
         n += 1
         target = "%s.corrupt-%s-%d" % (path, stamp, n)
-    for suffix in SIDE_FILES:
-        if os.path.exists(path + suffix):
-            os.rename(path + suffix, target + suffix)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
     return target
 
 
@@ -134,23 +140,115 @@ def _resume_after(src: sqlite3.Connection, table: str, bad: int, top: int) -> Op
     return good
 
 
-def salvage(path: str, reason: str, schema: List[str]) -> SalvageReport:
-    """Move the damaged database aside and copy what is readable into a fresh one at ``path``.
+def _crash_point(point: str) -> None:
+    """Test hook: SIGKILL this process at ``point`` of a salvage (``GWE_GMQ_CRASH_AT``)."""
+    if os.environ.get(CRASH_ENV) == point:
+        log.warning("test hook %s=%s: killing this process", CRASH_ENV, point)
+        os.kill(os.getpid(), signal.SIGKILL)
 
-    ``schema`` is the list of CREATE statements of the tables to rebuild; rows are copied
-    for the tables named there, in column order.
-    """
-    moved = move_aside(path)
-    log.error("queue database %s failed its check (%s); moved to %s", path, reason, moved)
-    saved: Dict[str, int] = {}
-    dst = connect_sqlite(path, synchronous="FULL")
+
+class StorageError(OSError):
+    """The database cannot be read for a reason that is not damage (a full disk, an I/O error)."""
+
+
+def is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB: the file's content is wrong (not the disk's state)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return "malformed" in str(exc) or "not a database" in str(exc)
+
+
+def _open_source(path: str) -> Optional[sqlite3.Connection]:
+    """The database read-only where sqlite allows it (no checkpoint may rewrite a damaged file on
+    close); None if it is damaged beyond opening. Any other failure (a 100 % full disk leaves no
+    room for the -shm) is a StorageError: a healthy database must never be taken for a damaged one."""
+    last: Optional[sqlite3.DatabaseError] = None
+    for uri in ("file:%s?mode=ro" % path, None):
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None) if uri else \
+                sqlite3.connect(path, isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            last = exc
+            continue
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if is_damage(exc):
+                return None
+            last = exc
+    raise StorageError("cannot open %s: %s" % (path, last))
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def finish_interrupted(path: str) -> Optional[str]:
+    """Complete (or discard) a salvage that an earlier start did not finish; returns where the
+    damaged files went when one was completed.
+
+    ``<path>.salvage-done`` says the salvaged copy ``<path>.salvage`` is complete and on disk:
+    the damaged files still named ``<path>*`` are moved to the name it holds (the WAL first, so
+    that the database never meets a WAL not its own), then the copy becomes ``<path>``. Without
+    the marker a ``<path>.salvage`` is an unfinished copy: it is removed, and the damaged
+    database, still in place, is checked and salvaged again.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    marker, copy = path + DONE_SUFFIX, path + COPY_SUFFIX
+    if os.path.exists(marker):
+        with open(marker, encoding="utf-8") as f:
+            target = json.load(f)["moved_to"]
+        if os.path.exists(copy):
+            for suffix in ("-wal", "-shm", ""):
+                if os.path.exists(path + suffix):
+                    os.rename(path + suffix, target + suffix)
+                    fsync_dir(directory)
+                    _crash_point("salvage_moved" + (suffix or "_db"))
+            os.rename(copy, path)
+            fsync_dir(directory)
+            _crash_point("salvage_renamed")
+        os.unlink(marker)
+        fsync_dir(directory)
+        log.warning("finished the salvage of %s interrupted at its last steps (damaged files in %s)", path, target)
+        return target
+    for leftover in (copy, copy + "-journal"):
+        if os.path.exists(leftover):
+            os.unlink(leftover)
+            fsync_dir(directory)
+            log.warning("removed %s, an unfinished salvage: salvaging again", leftover)
+    return None
+
+
+def salvage(path: str, reason: str, schema: List[str]) -> SalvageReport:
+    """Copy every readable row of the damaged database at ``path`` into a fresh one, which then
+    takes its place; the damaged files are kept as ``<path>.corrupt-<time>``.
+
+    Restartable at every step: the damaged database stays where it is, the source of truth,
+    until the copy (which holds the ``db_corrupt`` alarm) is complete and fsynced; then a marker
+    makes the rest (moving the damaged files aside, renaming the copy) something the next start
+    finishes if this one dies (``finish_interrupted``). ``schema`` is the list of CREATE
+    statements of the tables to rebuild; rows are copied for the tables named there.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    target = corrupt_name(path)
+    copy = path + COPY_SUFFIX
+    log.error("queue database %s failed its check (%s); salvaging what is readable", path, reason)
+    saved: Dict[str, int] = {}
+    when = time.time()
+    dst = sqlite3.connect(copy, isolation_level=None)
+    try:
+        dst.execute("PRAGMA journal_mode=DELETE")  # one file: it is renamed into place as it is
+        dst.execute("PRAGMA synchronous=FULL")
         for stmt in schema:
             dst.execute(stmt)
-        try:
-            src = sqlite3.connect(moved, isolation_level=None)
-        except sqlite3.DatabaseError:
-            src = None
+        src = _open_source(path)
         if src is not None:
             try:
                 for table in _tables(schema):
@@ -171,11 +269,18 @@ def salvage(path: str, reason: str, schema: List[str]) -> SalvageReport:
                         dst.execute("COMMIT")
             finally:
                 src.close()
+        dst.execute("INSERT INTO alarms (kind, time, detail) VALUES ('db_corrupt', ?, ?)",
+                    (when, "moved to %s (%s); salvaged %s" % (target, reason, saved)))
     finally:
         dst.close()
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
-    log.error("salvaged rows from %s: %s", moved, saved or "none")
-    return SalvageReport(moved_to=moved, reason=reason, salvaged=saved, time=time.time())
+    _fsync_file(copy)
+    fsync_dir(directory)
+    _crash_point("salvage_copied")
+    atomic_write(path + DONE_SUFFIX, json.dumps({"moved_to": target}), mode=0o600)
+    _crash_point("salvage_marked")
+    finish_interrupted(path)
+    log.error("salvaged rows from %s: %s", target, saved or "none")
+    return SalvageReport(moved_to=target, reason=reason, salvaged=saved, time=when)
 
 
 def _tables(schema: List[str]) -> List[str]:
