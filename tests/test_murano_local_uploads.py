@@ -139,12 +139,20 @@ def test_bad_pieces_are_refused_and_change_nothing(murano):
     dev.close()
 
 
-def test_the_operator_downloads_an_upload_with_its_sha256_checked(murano, tmp_path):
-    data = os.urandom(70_000)
-    path = tmp_path / "diag.tar.gz"
+def _uploaded(murano, tmp_path, name, size, status=None):
+    """A file of ``size`` random bytes uploaded by SN as ``name`` (and ``status`` written): (bytes, Upload)."""
+    data = os.urandom(size)
+    path = tmp_path / name
     path.write_bytes(data)
     with _device(murano) as dev:
-        up = dev.upload_content("diag.tar.gz", str(path))
+        up = dev.upload_content(name, str(path))
+        if status is not None:
+            dev.write("upload_status", json.dumps(dict(status, name=up.name, size=up.size, sha256=up.sha256)))
+    return data, up
+
+
+def test_the_operator_downloads_an_upload_with_its_sha256_checked(murano, tmp_path):
+    data, up = _uploaded(murano, tmp_path, "diag.tar.gz", 70_000)
     r = requests.get(murano.url + "/api:1/service/localproduct/content/item/%s" % quote(up.name, safe=""),
                      params={"download": "true"}, timeout=10)
     assert r.status_code == 200 and r.content == data
@@ -161,13 +169,8 @@ def test_the_operator_downloads_an_upload_with_its_sha256_checked(murano, tmp_pa
 def test_the_dashboard_shows_a_gateways_uploads_and_links_the_file(murano, tmp_path):
     from fleet_helpers import chromium
 
-    data = os.urandom(50_000)
-    path = tmp_path / "logs.tar.gz"
-    path.write_bytes(data)
-    with _device(murano) as dev:
-        up = dev.upload_content("logs.tar.gz", str(path))
-        dev.write("upload_status", json.dumps({"id": "r-7", "state": "done", "name": up.name, "size": up.size,
-                                               "bytes_done": up.size, "sha256": up.sha256, "error": None}))
+    data, up = _uploaded(murano, tmp_path, "logs.tar.gz", 50_000,
+                         {"id": "r-7", "state": "done", "bytes_done": 50_000, "error": None})
     page = requests.get(murano.url + "/api:1/service/localproduct/fleet/gateways/" + SN, timeout=10).json()
     assert page["uploads"] == [{"id": up.name, "size": len(data), "sha256": up.sha256,
                                 "updated": page["uploads"][0]["updated"]}]
