@@ -1,6 +1,8 @@
 """Start-up integrity check of the queue database, and salvage of a damaged one.
 
-A database that fails its check is never deleted: every row that can still be read is
+The check reads the WAL first, frame by frame, before sqlite opens the database (``wal``):
+sqlite drops, silently, every frame after a damaged one, committed or not, and quick_check
+cannot see what is gone. A database that fails its check is never deleted: every row that can still be read is
 copied, table by table, into a fresh database beside it, together with a ``db_corrupt``
 alarm; only when that copy is complete and fsynced are the damaged files (with the WAL,
 which may hold committed rows) renamed aside and the copy put in their place. A start that
@@ -19,11 +21,14 @@ from typing import Dict, List, Optional
 
 from atomic_config import atomic_write, fsync_dir
 
+from . import wal
+
 log = logging.getLogger(__name__)
 
 SIDE_FILES = ("", "-wal", "-shm")
 COPY_SUFFIX = ".salvage"         # the salvaged copy being built
 DONE_SUFFIX = ".salvage-done"    # the copy is complete: finish by moving the damaged files aside
+IMAGE_SUFFIX = ".salvage-src"    # a damaged WAL's intact commits applied to the database: what salvage reads
 CRASH_ENV = "GWE_GMQ_CRASH_AT"   # test hook: kill gmq at a named step of a salvage
 MAX_SKIPS = 1024  # damaged stretches skipped per table before giving up
 MAX_GAP_LOOKUPS = 65536  # rowids of a damaged stretch tried one by one
@@ -38,7 +43,11 @@ class SalvageReport:
 
 
 def check(path: str) -> Optional[str]:
-    """None if ``path`` is absent or passes ``PRAGMA quick_check``; otherwise why it failed."""
+    """None if ``path`` is absent or passes ``PRAGMA quick_check`` with a WAL sqlite reads whole;
+    otherwise why not. The WAL is read before sqlite opens the database."""
+    scan = wal.inspect(path)
+    if scan is not None and scan.damaged:
+        return scan.describe()
     if not os.path.exists(path):
         return None
     try:
@@ -90,6 +99,7 @@ def _read_rows(src: sqlite3.Connection, table: str) -> List[tuple]:
                 start = row[0]
             return rows
         except sqlite3.DatabaseError:
+            start = _rows_up_to_damage(src, table, start, rows)
             bad = 0 if start is None else start
             start = _resume_after(src, table, bad, 2 ** 62 if top is None else top)
             if start is None:
@@ -97,6 +107,24 @@ def _read_rows(src: sqlite3.Connection, table: str) -> List[tuple]:
             if start - bad <= MAX_GAP_LOOKUPS:  # rows a scan cannot reach may still answer by rowid
                 rows.extend(_rows_by_rowid(src, table, range(bad + 1, start + 1)))
     return rows
+
+
+def _rows_up_to_damage(src: sqlite3.Connection, table: str, start: Optional[int], rows: List[tuple]) -> Optional[int]:
+    """Read on one row at a time from after ``start`` until the damage; returns the last rowid read.
+
+    sqlite3's cursor steps one row ahead, so the row just before a damaged page was read but
+    never handed out when the step onto the damage raised; one row a query loses nothing.
+    """
+    while True:
+        try:
+            row = src.execute('SELECT rowid, * FROM "%s" WHERE rowid > ? ORDER BY rowid LIMIT 1' % table,
+                              (-(2 ** 63) if start is None else start,)).fetchone()
+        except sqlite3.DatabaseError:
+            return start
+        if row is None:
+            return start
+        rows.append(row[1:])
+        start = row[0]
 
 
 def _rows_by_rowid(src: sqlite3.Connection, table: str, rowids: range) -> List[tuple]:
@@ -162,7 +190,10 @@ def is_damage(exc: sqlite3.DatabaseError) -> bool:
 def _open_source(path: str) -> Optional[sqlite3.Connection]:
     """The database read-only where sqlite allows it (no checkpoint may rewrite a damaged file on
     close); None if it is damaged beyond opening. Any other failure (a 100 % full disk leaves no
-    room for the -shm) is a StorageError: a healthy database must never be taken for a damaged one."""
+    room for the -shm) is a StorageError: a healthy database must never be taken for a damaged one.
+
+    ``writable_schema`` (nothing is written) lets sqlite read a file shorter than its header says,
+    as a truncated one is: its first pages, and every row on them, are still there."""
     last: Optional[sqlite3.DatabaseError] = None
     for uri in ("file:%s?mode=ro" % path, None):
         try:
@@ -172,6 +203,7 @@ def _open_source(path: str) -> Optional[sqlite3.Connection]:
             last = exc
             continue
         try:
+            conn.execute("PRAGMA writable_schema=ON")
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             return conn
         except sqlite3.DatabaseError as exc:
@@ -218,7 +250,7 @@ def finish_interrupted(path: str) -> Optional[str]:
         fsync_dir(directory)
         log.warning("finished the salvage of %s interrupted at its last steps (damaged files in %s)", path, target)
         return target
-    for leftover in (copy, copy + "-journal"):
+    for leftover in (copy, copy + "-journal", path + IMAGE_SUFFIX):
         if os.path.exists(leftover):
             os.unlink(leftover)
             fsync_dir(directory)
@@ -234,12 +266,19 @@ def salvage(path: str, reason: str, schema: List[str]) -> SalvageReport:
     until the copy (which holds the ``db_corrupt`` alarm) is complete and fsynced; then a marker
     makes the rest (moving the damaged files aside, renaming the copy) something the next start
     finishes if this one dies (``finish_interrupted``). ``schema`` is the list of CREATE
-    statements of the tables to rebuild; rows are copied for the tables named there.
+    statements of the tables to rebuild; rows are copied for the tables named there. A damaged
+    WAL's intact commits, which sqlite would drop, are read too (from an image of the database
+    with them applied, ``wal.write_image``).
     """
     directory = os.path.dirname(os.path.abspath(path))
     target = corrupt_name(path)
     copy = path + COPY_SUFFIX
     log.error("queue database %s failed its check (%s); salvaging what is readable", path, reason)
+    source = path
+    scan = wal.inspect(path)
+    if scan is not None and scan.damaged:
+        source = path + IMAGE_SUFFIX
+        wal.write_image(path, scan, source)
     saved: Dict[str, int] = {}
     when = time.time()
     dst = sqlite3.connect(copy, isolation_level=None)
@@ -248,7 +287,7 @@ def salvage(path: str, reason: str, schema: List[str]) -> SalvageReport:
         dst.execute("PRAGMA synchronous=FULL")
         for stmt in schema:
             dst.execute(stmt)
-        src = _open_source(path)
+        src = _open_source(source)
         if src is not None:
             try:
                 for table in _tables(schema):
@@ -274,6 +313,8 @@ def salvage(path: str, reason: str, schema: List[str]) -> SalvageReport:
     finally:
         dst.close()
     _fsync_file(copy)
+    if source != path:
+        os.unlink(source)
     fsync_dir(directory)
     _crash_point("salvage_copied")
     atomic_write(path + DONE_SUFFIX, json.dumps({"moved_to": target}), mode=0o600)
