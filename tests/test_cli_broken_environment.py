@@ -55,6 +55,11 @@ NOT_RUN = {
     ("gwe", "demo"): "builds its own GWE_HOME and servers (tests/test_gwe_demo.py)",
     ("gwe", "demo", "--keep-running"): "the same",
 }
+# Lines not run in one environment: with gmq.cfg damaged beyond recovery gmq serves on its
+# defaults, and its commands talk to the default port, by design (tests/test_gmq_config_damage.py);
+# here they would bind or reach 127.0.0.1:8090, which is not this test's.
+NOT_RUN_IN = {"unparsable": {("gmq",), ("gmq", "serve"), ("gmq", "status"), ("gmq", "reread"),
+                             ("gmq", "clear-alarms")}}
 
 
 def _root(spec: str) -> click.Command:
@@ -196,7 +201,7 @@ def kinds(line: Tuple[str, ...]) -> Tuple[str, ...]:
     would only test "no server" again."""
     if line[0] == "murano-local" or (line[0] == "gdc" and line[:3] != ("gdc", "write", "0" * 40)):
         return ("unparsable",)
-    return tuple(sorted(BROKEN))
+    return tuple(kind for kind in sorted(BROKEN) if line not in NOT_RUN_IN.get(kind, ()))
 
 
 CASES = [(line, kind) for line in all_lines() for kind in kinds(line)]

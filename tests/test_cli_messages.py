@@ -133,9 +133,11 @@ def test_a_damaged_config_is_one_line_saying_to_repair_or_remove_it(gwe_home):
     for name in ("Gateway.cfg", "gmq.cfg"):
         with open(os.path.join(etc, name), "wb") as f:
             f.write(b"no section\n[[\n")
+    # (gmq itself serves on its defaults then, with an alarm: tests/test_gmq_config_damage.py)
     for module, args, prefix in (("gwe", ["-g"], "gwe: Gateway.cfg unreadable: "),
-                                 ("gmq", ["status"], "gmq: gmq.cfg unreadable: "),
-                                 ("gmq", [], "gmq: gmq.cfg unreadable: ")):
+                                 ("gmq", ["cfg"], "gmq: gmq.cfg unreadable: "),
+                                 ("gmq", ["cfg", "set", "server", "port", "8091"], "gmq: gmq.cfg unreadable, nothing "
+                                                                                  "changed: ")):
         result = run(module, *args)
         assert result.returncode == 1, (module, args, result.stderr)
         assert result.stderr.startswith(prefix) and result.stderr.count("\n") == 1, (module, args, result.stderr)
