@@ -61,6 +61,16 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes the connection."""
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL if it does not exit within ``timeout``."""
     if proc.poll() is not None:

@@ -9,7 +9,7 @@ import psutil
 import pytest
 import requests
 
-from harness import MuranoLocal
+from harness import MuranoLocal, read_until_closed
 from device_api import MAX_READ_ALIASES, MAX_VALUES_PER_REQUEST
 
 
@@ -119,21 +119,12 @@ def test_silent_connections_and_slow_bodies_are_cut_at_the_deadline(impatient):
     started = time.monotonic()
     for s in (silent, body):
         s.settimeout(10)
-    assert _until_closed(silent).startswith(b"HTTP/1.1 408")  # a connection must send its first request in time
-    assert _until_closed(body).startswith(b"HTTP/1.1 408")
+    assert read_until_closed(silent).startswith(b"HTTP/1.1 408")  # a connection must send its first request in time
+    assert read_until_closed(body).startswith(b"HTTP/1.1 408")
     assert 1.5 < time.monotonic() - started < 6
     assert "keep" not in impatient.state("slow")
     silent.close()
     body.close()
-
-
-def _until_closed(sock):
-    data = b""
-    while True:
-        chunk = sock.recv(4096)
-        if not chunk:
-            return data
-        data += chunk
 
 
 def test_a_long_poll_may_wait_longer_than_a_request_may_take_to_arrive(impatient):
@@ -162,7 +153,7 @@ def test_uploads_over_the_in_memory_limit_are_streamed_and_a_stalled_one_is_drop
         sock.sendall(b"PUT /api:1/service/localproduct/content/item/stalled.bin HTTP/1.1\r\nHost: x\r\n"
                      b"Content-Length: %d\r\n\r\n" % len(blob) + blob[:10 * 1024 * 1024])
         started = time.monotonic()
-        answer = _until_closed(sock)
+        answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 400") and time.monotonic() - started < 8
     assert [c["id"] for c in requests.get(url, timeout=10).json()] == ["big.bin"]
     assert len(os.listdir(os.path.join(impatient.data, "content"))) == 1

@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from harness import MuranoLocal, wait_for
+from harness import MuranoLocal, read_until_closed, wait_for
 
 UA = b"User-Agent: Exosite-Async-C-lib/1.0\r\n"
 FORM = (b"Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n"
@@ -313,15 +313,6 @@ def test_a_long_poll_whose_client_hangs_up_is_released_at_once(device):
     polls[4].close()
 
 
-def _read_all(sock):
-    data = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-
-
 def test_conflicting_content_length_is_400_and_the_smuggled_request_is_not_served(device):
     murano, token = device
     before = murano.state("bad")
@@ -329,7 +320,7 @@ def test_conflicting_content_length_is_400_and_the_smuggled_request_is_not_serve
         sock.sendall(b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: x\r\nX-Exosite-CIK: " + token.encode()
                      + b"\r\nContent-Length: 6\r\nContent-Length: 44\r\n\r\nkeep=2"
                      b"GET /timestamp HTTP/1.1\r\nHost: x\r\n\r\n")
-        answer = _read_all(sock)
+        answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 400 ") and answer.count(b"HTTP/1.1 ") == 1
     assert b"Connection: close\r\n" in answer
     assert_unchanged(murano, before)
@@ -343,7 +334,7 @@ def test_pipelined_requests_are_answered_in_order(device):
                      b"GET /onep:v1/stack/alias?keep HTTP/1.1\r\nHost: x\r\n" + cik + b"\r\n"
                      b"HEAD /timestamp HTTP/1.1\r\nHost: x\r\n\r\n"
                      b"GET /onep:v1/stack/alias?keep HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + cik + b"\r\n")
-        answer = _read_all(sock)
+        answer = read_until_closed(sock)
     statuses = re.findall(rb"HTTP/1.1 (\d+) ", answer)
     assert statuses == [b"204", b"200", b"200", b"200"]
     assert answer.count(b"keep=3") == 2  # and HEAD sent no body
@@ -369,4 +360,4 @@ def test_http_1_0_keep_alive_is_kept_and_said(device):
             answer = sock.recv(1000)
             assert answer.startswith(b"HTTP/1.1 200") and b"Connection: keep-alive\r\n" in answer
         sock.sendall(b"GET /timestamp HTTP/1.0\r\n\r\n")
-        assert b"Connection: close\r\n" in _read_all(sock)
+        assert b"Connection: close\r\n" in read_until_closed(sock)
