@@ -2,10 +2,10 @@
 (the daemon writes it then), and when an app's supervisord state changes (crash, FATAL, restart).
 
 A thread polls supervisord (``getAllProcessInfo``, every :data:`POLL_S`, 2 s) and asks for a report when
-any program's state or pid differs from the last poll. Asks are coalesced: a report on change goes
-out at once after a quiet spell, then no sooner than a gap that doubles while changes keep coming
-(1 s up to 60 s) and falls back after a quiet minute, so an app crash-looping under
-``autorestart`` costs the uplink about one report a minute, not one a second.
+any program's state or pid differs from the last poll. Reports on change draw on a bucket of
+:data:`BURST` that refills one every :data:`REFILL_S` (60 s), at least :data:`MIN_GAP_S` apart: the
+few changes around an install and a crash go out within seconds, while an app crash-looping under
+``autorestart`` costs the uplink about one report a minute once the burst is spent.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 
 POLL_S = 2.0
 MIN_GAP_S = 1.0
-MAX_GAP_S = 60.0
-QUIET_S = 60.0
+BURST = 4
+REFILL_S = 60.0
 
 
 class ReportTrigger:
@@ -33,10 +33,9 @@ class ReportTrigger:
         self._clock = clock
         self._lock = threading.Lock()
         self._wanted = False
-        self._last_change = float("-inf")   # the last report sent because something changed
+        self._tokens = float(BURST)
+        self._filled_at = clock()
         self._last_any = float("-inf")      # the last report of any kind
-        self._gap = MIN_GAP_S
-        self._last_ask = float("-inf")
         self._stop = threading.Event()
         self._seen: Optional[Dict[str, Tuple[int, int]]] = None
 
@@ -48,32 +47,35 @@ class ReportTrigger:
 
     def want(self) -> None:
         with self._lock:
-            now = self._clock()
-            if now - self._last_ask >= QUIET_S:  # the first change after a calm minute goes out at once
-                self._gap = MIN_GAP_S
-            self._last_ask = now
             self._wanted = True
         self._wake()
 
-    def _due(self) -> float:
-        return max(self._last_change + self._gap, self._last_any + MIN_GAP_S)
+    def _refill(self, now: float) -> None:
+        self._tokens = min(float(BURST), self._tokens + (now - self._filled_at) / REFILL_S)
+        self._filled_at = now
+
+    def _due(self, now: float) -> float:
+        self._refill(now)
+        token_at = now if self._tokens >= 1.0 else now + (1.0 - self._tokens) * REFILL_S
+        return max(token_at, self._last_any + MIN_GAP_S)
 
     def due_in(self) -> Optional[float]:
         """Seconds until a wanted report is due (0: now), None when none is wanted."""
         with self._lock:
             if not self._wanted:
                 return None
-            return max(0.0, self._due() - self._clock())
+            now = self._clock()
+            return max(0.0, self._due(now) - now)
 
     def take(self) -> bool:
         """True (and the ask is cleared) when a wanted report is due now."""
         with self._lock:
             now = self._clock()
-            if not self._wanted or now < self._due():
+            if not self._wanted or now < self._due(now):
                 return False
-            self._gap = min(self._gap * 2, MAX_GAP_S)
+            self._tokens -= 1.0
             self._wanted = False
-            self._last_change = self._last_any = now
+            self._last_any = now
             return True
 
     def sent(self) -> None:
