@@ -25,6 +25,7 @@ from atomic_config import GwePaths, gwe_paths
 from device_client.link import LinkState
 
 from . import config
+from .cloud_sets import CloudSets
 from .config import ConfigError
 from .engine_fetch import FetchRequestError, fetch_and_install, parse_engine_fetch, request_error_status
 from .report_trigger import ReportTrigger
@@ -99,7 +100,9 @@ class Engine:
         self.once = once
         self.stop = StopRequest()
         self.device = None
-        self._since: Optional[float] = None
+        self._since: Optional[str] = None
+        self._cloud_sets = CloudSets(WATCHED)
+        self._taken_at: Dict[str, int] = {}  # when the cloud set the values being handled (µs)
         self._pending_statuses: List = []  # FetchStatus objects to report once activated
         self.link = LinkState()
         self.uploader: Optional[Uploader] = None
@@ -166,7 +169,7 @@ class Engine:
 
         try:
             self._recover_installs()
-            self.device = self._activated_device()
+            self.device = self._listening(self._activated_device())
             if not self.once:
                 self.reports = ReportTrigger(self._processes, self.stop.wake)
                 self.reports.start()
@@ -222,13 +225,14 @@ class Engine:
                 return
             timeout_ms = max(int(min(remaining, MAX_POLL_S) * 1000), 1000)
             if self.once:
-                values = self.device.read(*WATCHED)
+                values, taken_at = self.device.read(*WATCHED), {}
             else:
                 polled = time.monotonic()
                 values, self._since = self._abandonable(self.device.long_poll, list(WATCHED),
                                                         timeout_ms=timeout_ms, since=self._since)
+                taken_at = self._cloud_sets.of(values, self._since)
             self._link_ok()
-            new_interval = self.handle(values)
+            new_interval = self.handle(values, taken_at)
             if self.once:
                 return
             if new_interval is not None:
@@ -239,8 +243,10 @@ class Engine:
             else:
                 self._wait(min(early.next_delay(), max(0.0, deadline - time.monotonic())))
 
-    def handle(self, values: Dict[str, str]) -> Optional[float]:
-        """Act on what the cloud set; returns a newly adopted update interval."""
+    def handle(self, values: Dict[str, str], taken_at: Optional[Dict[str, int]] = None) -> Optional[float]:
+        """Act on what the cloud set (``taken_at``: when, in µs, per alias); returns a newly adopted
+        update interval."""
+        self._taken_at = dict(taken_at or {})
         adopted = None
         if values.get(UPDATE_INTERVAL, "").strip():
             adopted = self._adopt_interval(values[UPDATE_INTERVAL])
@@ -255,9 +261,17 @@ class Engine:
         if self.uploader is None:
             self.uploader = Uploader(self.paths, self._uploads_stop)
         status = self.uploader.submit(raw)
-        self.device.write({UPLOAD_REQUEST: ""})
+        self._clear(UPLOAD_REQUEST, raw)
         if status is not None:
             self.device.write({UPLOAD_STATUS: json.dumps(status, sort_keys=True)})
+
+    def _clear(self, alias: str, taken: str) -> None:
+        """Clear what was taken from ``alias``, keeping a value the cloud set meanwhile (cloud_sets)."""
+        self._cloud_sets.clear(self.device, alias, taken, self._taken_at.get(alias))
+
+    def _listening(self, device):
+        self._cloud_sets.listen(device)
+        return device
 
     # --- steps ---
 
@@ -327,7 +341,7 @@ class Engine:
         log.warning("token rejected: re-activating")
         config.update_gateway_config({"cik": ""})
         self.device.close()
-        self.device = self._activated_device()
+        self.device = self._listening(self._activated_device())
         return True
 
     def report(self) -> None:
@@ -403,7 +417,7 @@ class Engine:
         if seconds is not None:
             config.update_engine_settings({UPDATE_INTERVAL: seconds})
             log.info("update_interval is now %s s", seconds)
-        self.device.write({UPDATE_INTERVAL: ""})
+        self._clear(UPDATE_INTERVAL, raw)
         return float(seconds) if seconds is not None else None
 
     def _write_status(self, status) -> None:
@@ -412,7 +426,7 @@ class Engine:
     def _run_fetch(self, raw: str) -> None:
         from otau import FetchStatus
 
-        self.device.write({ENGINE_FETCH: ""})  # taken: the original's "downloading and installing" signal
+        self._clear(ENGINE_FETCH, raw)  # taken: the original's "downloading and installing" signal
         try:
             jobs = parse_engine_fetch(raw)
         except FetchRequestError as exc:

@@ -226,10 +226,6 @@ def test_content_download_survives_every_network_profile(tmp_path, cloud):
     assert resumed_under_fault, "answers cut every 150 KB never completed the download: no resume"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gwe adopts update_interval, then clears it with a device write of \"\", which also sets `set`: "
-    "an operator's newer value that reaches murano_local before a delayed clear is wiped, and never "
-    "adopted (the same write-after-read race clears a newer engine_fetch install request)"))
 def test_a_delayed_clear_does_not_wipe_a_newer_set(gwe_home, cloud):
     from gwe import config
     from gwe_helpers import SERIAL, configure_gateway, start_gwe
