@@ -29,11 +29,12 @@ from device_client.backoff import Backoff
 from device_client.link import CONNECTED, LinkState
 
 from .clients import Client, ClientRegistry
-from .queue import DurableQueue, QueuedValue
+from .queue import DurableQueue, QueuedValue, StorageError
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.2
+STORAGE_RETRY_S = 1.0  # after the queue could not record a delivery (it logs why, once)
 RETRY_LATER = (408, 429)  # 4xx that say "not now" about a good request: back off, never dead-letter
 
 
@@ -116,13 +117,16 @@ class Forwarder(threading.Thread):
         from device_client import errors  # noqa: E402  (lazy: pulls in requests)
         self._errors = errors
         while not self._stopping.is_set():
+            wait = None
             try:
                 worked = self._round()
+            except StorageError:  # a delivery not recorded (a full or failing disk): its values stay queued
+                worked, wait = False, STORAGE_RETRY_S
             except Exception:
                 log.exception("forwarder round failed")
                 worked = False
             if not worked:
-                self._wake.wait(self._idle_wait())
+                self._wake.wait(wait or self._idle_wait())
                 self._wake.clear()
         with self._lock:
             for st in self._states.values():

@@ -15,6 +15,7 @@ calls it back when the thread holding it (the forwarder) passes it on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -28,6 +29,8 @@ from atomic_config import DEFAULT_MIN_FREE_DISK, connect_sqlite, free_disk, fsyn
 
 from . import salvage
 from .clients import identity_id
+from .reserve import SUFFIX as RESERVE_SUFFIX, DiskReserve
+from .salvage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ SCAN = 500
 DELETE_CHUNK = 500
 ROWS_PER_INSERT = 5000  # 6 parameters a row, under sqlite's 32766
 FREE_DISK_TTL_S = 0.05
+JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
+NO_ROOM_FREE = 64 * 1024  # an I/O error with less free than this on the queue's disk is a full disk
 WRITER_CACHE_KIB = 512
 READER_CACHE_KIB = 256
 INSERT_HEAD = "INSERT INTO queue (client, alias, ts, value, arrived, size) VALUES "
@@ -70,6 +75,60 @@ class Rejected(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+def is_full(exc: BaseException, directory: str) -> bool:
+    """Did ``exc`` come from a full disk? SQLITE_FULL, or an I/O error (the -shm cannot grow) on a
+    filesystem with almost nothing free."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF == sqlite3.SQLITE_FULL or "full" in str(exc):
+        return True
+    if code is not None and code & 0xFF != sqlite3.SQLITE_IOERR:
+        return False
+    try:
+        return free_disk(directory) < NO_ROOM_FREE
+    except OSError:
+        return False
+
+
+class _Trouble:
+    """A storage condition logged once when it begins and once when it ends, not at every write."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.detail: Optional[str] = None
+
+    def begins(self, detail: str) -> None:
+        if self.detail is None:
+            log.error("%s: %s", self.what, detail)
+        self.detail = detail
+
+    def ends(self) -> None:
+        if self.detail is not None:
+            self.detail = None
+            log.info("%s: no longer (a write succeeded)", self.what)
+
+
+def _records(method: Callable) -> Callable:
+    """A write of gmq's own records (deliveries, dead letters, tokens, alarms) that a full disk
+    must not stop: when the disk is full the queue makes room (``_make_room``) and runs it again;
+    what still fails raises StorageError, logged once until a write succeeds again."""
+
+    @functools.wraps(method)
+    def write(self: "DurableQueue", *args, **kwargs):
+        tried: set = set()
+        while True:
+            try:
+                result = method(self, *args, **kwargs)
+            except sqlite3.Error as exc:
+                if is_full(exc, self.directory) and self._make_room(tried):
+                    continue
+                self._records_trouble.begins(str(exc))
+                raise StorageError("cannot record in %s: %s" % (self.path, exc)) from None
+            self._records_trouble.ends()
+            return result
+
+    return write
 
 
 @dataclass
@@ -150,22 +209,12 @@ class DurableQueue:
         self.directory = os.path.dirname(self.path)
         os.makedirs(self.directory, exist_ok=True)
         self.salvage_report: Optional[salvage.SalvageReport] = None
-        salvage.finish_interrupted(self.path)
-        problem = salvage.check(self.path)
-        if problem is not None:
-            self.salvage_report = salvage.salvage(self.path, problem, SCHEMA)
-        self._conn = connect_sqlite(self.path, synchronous="FULL", check_same_thread=False)
-        os.chmod(self.path, 0o600)  # it holds upstream tokens (sqlite gives -wal/-shm the same mode)
-        self._conn.execute("PRAGMA journal_size_limit=%d" % (16 * 1024 * 1024))
-        self._conn.execute("BEGIN")
-        for stmt in SCHEMA + INDEXES:
-            self._conn.execute(stmt)
-        if self._conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-            self._renumber_clients(self._conn)
-            self._conn.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
-        self._conn.execute("COMMIT")
-        fsync_dir(self.directory)  # the WAL file's directory entry must survive a power cut too
-        self._rconn = connect_sqlite(self.path, synchronous="FULL", check_same_thread=False)
+        self.reserve = DiskReserve(self.path + RESERVE_SUFFIX)
+        self._records_trouble = _Trouble("gmq cannot record deliveries")
+        self._ingest_trouble = _Trouble("new values refused")
+        self._reserve_used = False
+        self._open_on_any_disk()
+        self._retake_reserve()
         self._rlock = threading.Lock()
         # page caches: the writer touches the tail of the table and index, the reader reads in
         # passing; sqlite's default (2 MiB each) would make RSS grow with the backlog
@@ -181,6 +230,81 @@ class DurableQueue:
         self._last_us = int(last * 1e6) if last else 0
 
     # -- start-up -------------------------------------------------------------------------
+    def _open(self) -> None:
+        """Check (salvaging if damaged) and open the database: the writer and the reader."""
+        salvage.finish_interrupted(self.path)
+        problem = salvage.check(self.path)
+        if problem is not None:
+            self.salvage_report = salvage.salvage(self.path, problem, SCHEMA)
+        conns: List[sqlite3.Connection] = []
+        try:
+            conns.append(connect_sqlite(self.path, synchronous="FULL", check_same_thread=False))
+            conn = conns[0]
+            os.chmod(self.path, 0o600)  # it holds upstream tokens (sqlite gives -wal/-shm the same mode)
+            conn.execute("PRAGMA journal_size_limit=%d" % JOURNAL_SIZE_LIMIT)
+            conn.execute("BEGIN")
+            for stmt in SCHEMA + INDEXES:
+                conn.execute(stmt)
+            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                self._renumber_clients(conn)
+                conn.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
+            conn.execute("COMMIT")
+            fsync_dir(self.directory)  # the WAL file's directory entry must survive a power cut too
+            conns.append(connect_sqlite(self.path, synchronous="FULL", check_same_thread=False))
+        except BaseException:
+            for c in conns:
+                c.close()
+            raise
+        self._conn, self._rconn = conns
+
+    def _open_on_any_disk(self) -> None:
+        """``_open``, on a 100 % full disk too: the reserve makes room for the -shm and the WAL.
+        A failure that is not damage is a StorageError (gmq exits with one line; nothing is moved)."""
+        for attempt in range(2):
+            try:
+                self._open()
+                return
+            except (StorageError, sqlite3.Error) as exc:
+                if attempt or not (is_full(exc, self.directory) and self._release_reserve()):
+                    raise StorageError("cannot open %s: %s" % (self.path, exc)) from None
+
+    # -- a full disk ----------------------------------------------------------------------
+    def _release_reserve(self) -> bool:
+        if not self.reserve.release():
+            return False
+        self._reserve_used = True
+        log.warning("disk full: released the %d-byte reserve %s so that deliveries can still be recorded; new "
+                    "values get 507 until there is room for it again", self.reserve.size, self.reserve.path)
+        return True
+
+    def _retake_reserve(self) -> None:
+        """Hold the reserve again once the filesystem has room for it (new values are accepted again)."""
+        if self.reserve.held or free_disk(self.directory) < self.reserve.size or not self.reserve.take():
+            return
+        log.info("disk reserve of %d bytes held in %s%s", self.reserve.size, self.reserve.path,
+                 "; new values are accepted again" if self._reserve_used else "")
+        self._reserve_used = False
+
+    def _make_room(self, tried: set) -> bool:
+        """Room for a write of records on a full disk: release the reserve, or else restart the WAL
+        (a checkpoint, after which sqlite rewrites the WAL from its start instead of growing it).
+        Each at most once per write (``tried``); False if nothing more can be done."""
+        if "reserve" not in tried:
+            tried.add("reserve")
+            if self._release_reserve():
+                return True
+        if "wal" not in tried:
+            tried.add("wal")
+            self._claim()
+            try:
+                busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                return not busy
+            except sqlite3.Error as exc:
+                log.debug("checkpoint on a full disk failed: %s", exc)
+            finally:
+                self._release()
+        return False
+
     @staticmethod
     def _renumber_clients(conn: sqlite3.Connection) -> None:
         """Schema 1 numbered clients 1, 2, ...: give each (and its values) the id of its identity."""
@@ -355,7 +479,9 @@ class DurableQueue:
         accepted: List[_Entry] = []
         total = 0
         for e in batch:
-            if free - total - e.size < limits.min_free_disk:
+            if not self.reserve.held:
+                e.status, e.reason = 507, "disk full: the room kept for recording deliveries is in use"
+            elif free - total - e.size < limits.min_free_disk:
                 e.status, e.reason = 507, "free disk below the reserve of %d bytes" % limits.min_free_disk
             elif limits.policy == "reject_new" and st.bytes + total + e.size > limits.max_bytes:
                 e.status, e.reason = 507, "queue full (%d of %d bytes)" % (st.bytes + total, limits.max_bytes)
@@ -386,8 +512,8 @@ class DurableQueue:
         except sqlite3.Error as exc:
             self._rollback(conn)
             self._restore(saved)
-            full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
-            log.error("commit of %d requests failed: %s", len(accepted), exc)
+            full = is_full(exc, self.directory)
+            self._ingest_trouble.begins("commit failed (507 or 500): %s" % exc)
             for e in accepted:
                 e.status, e.reason = (507, "disk full") if full else (500, "storage error: %s" % exc)
             self._count("rejected", len(rows))
@@ -404,6 +530,7 @@ class DurableQueue:
             st.by_client[row[0]] = st.by_client.get(row[0], 0) + 1
         self._free_used += total
         self._count("accepted", len(rows))
+        self._ingest_trouble.ends()
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, rows: List[tuple]) -> None:
@@ -492,6 +619,7 @@ class DurableQueue:
                 st.by_client.pop(client, None)
         st.depth -= len(rows)
 
+    @_records
     def mark_sent(self, ids: Sequence[int]) -> int:
         """Note (durably) that these values are about to be sent; returns how many were sent before.
 
@@ -510,6 +638,7 @@ class DurableQueue:
             self._count("resent", again)
         return again
 
+    @_records
     def ack(self, ids: Sequence[int]) -> int:
         """Upstream has these values: delete them (durably). Returns how many were still queued."""
         if not ids:
@@ -519,6 +648,7 @@ class DurableQueue:
             self._count("delivered", len(ids))
         return n
 
+    @_records
     def dead_letter(self, values: Iterable[QueuedValue], status: Optional[int], reason: str) -> int:
         """Move values that can never be delivered out of the queue, keeping them for inspection."""
         values = list(values)
@@ -541,11 +671,13 @@ class DurableQueue:
         with self._rlock:
             return self._rconn.execute("SELECT %s FROM clients ORDER BY created" % CLIENT_COLUMNS).fetchall()
 
+    @_records
     def set_upstream_token(self, client: int, token: Optional[str]) -> None:
         """Persist (fsynced) a client's upstream token; None forgets it."""
         with self._transaction() as conn:
             conn.execute("UPDATE clients SET upstream_token = ? WHERE id = ?", (token, client))
 
+    @_records
     def resolve_clients(self, known: set, damaged: Sequence[object] = ()) -> int:
         """Dead-letter every queued value whose client is not in ``known`` (its record was lost or
         is damaged), so it can never go upstream under another identity; drop ``damaged`` client
@@ -578,6 +710,7 @@ class DurableQueue:
         log.error("clients: %s", detail)
         return moved
 
+    @_records
     def note_retry(self, n: int = 1) -> None:
         """Count failed delivery attempts (persisted with the next transaction)."""
         with self._transaction():
@@ -593,6 +726,7 @@ class DurableQueue:
             if not more:
                 return total
 
+    @_records
     def _expire_chunk(self) -> Tuple[int, bool]:
         """Expire among the oldest SCAN values; returns (how many, whether to look further)."""
         ttl = self.limits.ttl
@@ -616,7 +750,8 @@ class DurableQueue:
         return len(sizes), len(rows) == SCAN
 
     def maintain(self) -> None:
-        """Periodic work (expiry); call it every second or so from one thread.
+        """Periodic work (the disk reserve taken back when there is room, expiry); call it every
+        second or so from one thread.
 
         Checkpoints are sqlite's automatic ones, run by the writer right after a commit
         every ~1000 WAL pages: they complete, so the WAL restarts instead of growing (a
@@ -624,10 +759,11 @@ class DurableQueue:
         beside the writer was measured worse: its database fsync delays the writer's WAL
         fsync (p99 at one producer 17-175 ms instead of 1-3 ms).
         """
+        self._retake_reserve()
         try:
             self.expire()
-        except sqlite3.Error as exc:
-            log.warning("expiry failed: %s", exc)
+        except StorageError:
+            pass  # logged once, when the trouble began
 
     def set_limits(self, limits: Limits) -> None:
         self.limits = limits.validate()
@@ -663,6 +799,7 @@ class DurableQueue:
             "ttl": self.limits.ttl,
             "free_disk": free,
             "min_free_disk": self.limits.min_free_disk,
+            "disk_reserve": {"bytes": self.reserve.size, "held": self.reserve.held},
             "dead_letter": dead,
             "counters": self.counters(),
             "alarms": alarms,
@@ -679,12 +816,14 @@ class DurableQueue:
         keys = ("id", "client", "alias", "ts", "value", "status", "reason", "moved")
         return [dict(zip(keys, r)) for r in rows]
 
+    @_records
     def add_alarm(self, kind: str, detail: str) -> None:
         """Raise an alarm (once: the same alarm still standing is not added again)."""
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM alarms WHERE kind = ? AND detail = ?", (kind, detail)).fetchone() is None:
                 conn.execute("INSERT INTO alarms (kind, time, detail) VALUES (?, ?, ?)", (kind, self.clock(), detail))
 
+    @_records
     def clear_alarms(self) -> int:
         with self._transaction() as conn:
             return conn.execute("DELETE FROM alarms").rowcount
