@@ -33,7 +33,6 @@ from .queue import DurableQueue, QueuedValue, StorageError
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL_S = 0.2
 STORAGE_RETRY_S = 1.0  # after the queue could not record a delivery (it logs why, once)
 RETRY_LATER = (408, 429)  # 4xx that say "not now" about a good request: back off, never dead-letter
 
@@ -118,6 +117,7 @@ class Forwarder(threading.Thread):
         self._errors = errors
         while not self._stopping.is_set():
             wait = None
+            self._wake.clear()  # before the round: a commit during it is seen by the next one
             try:
                 worked = self._round()
             except StorageError:  # a delivery not recorded (a full or failing disk): its values stay queued
@@ -127,16 +127,24 @@ class Forwarder(threading.Thread):
                 worked = False
             if not worked:
                 self._wake.wait(wait or self._idle_wait())
-                self._wake.clear()
         with self._lock:
             for st in self._states.values():
                 self._close(st)
             self._close_probe()
 
-    def _idle_wait(self) -> float:
+    def _idle_wait(self) -> Optional[float]:
+        """Sleep until woken (a commit, a new client, a reread, stop) or the next backoff or probe
+        deadline; None (no deadline) when nothing is queued and the link needs no check."""
+        with self._lock:
+            settings = self.settings
+        if not settings.url:
+            return None
         now = self.clock()
-        waits = [st.next_try - now for st in self._states.values() if st.next_try > now]
-        return max(0.01, min([IDLE_POLL_S] + waits))
+        waits = [st.next_try - now for st in list(self._states.values()) if st.next_try > now]
+        probe = self._probe_due(settings)
+        if probe is not None:
+            waits.append(probe - time.time())
+        return max(0.01, min(waits)) if waits else None
 
     def _round(self) -> bool:
         with self._lock:
@@ -161,14 +169,8 @@ class Forwarder(threading.Thread):
 
     def _probe(self, settings: UpstreamSettings) -> None:
         """Check an idle or failing link with ``GET /timestamp`` (no token) so ``link`` stays true."""
-        if not settings.probe_interval:
-            return
-        now = time.time()
-        if self.link.state == CONNECTED:
-            due = (self.link.checked_at() or 0.0) + settings.probe_interval
-        else:
-            due = self.link.next_retry() or 0.0
-        if now < due:
+        due = self._probe_due(settings)
+        if due is None or time.time() < due:
             return
         try:
             if self._probe_device is None:
@@ -185,6 +187,14 @@ class Forwarder(threading.Thread):
             return
         self._probe_backoff.reset()
         self.link.succeeded()
+
+    def _probe_due(self, settings: UpstreamSettings) -> Optional[float]:
+        """When (``time.time()``) the link is to be checked next; None: never (probes off)."""
+        if not settings.probe_interval:
+            return None
+        if self.link.state == CONNECTED:
+            return (self.link.checked_at() or 0.0) + settings.probe_interval
+        return self.link.next_retry() or 0.0
 
     def _close_probe(self) -> None:
         _close_quietly(self._probe_device)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 RECV_BYTES = 65536
 MAX_PENDING_OUT = 262144  # answers not yet taken by the client; above it, its requests wait
 LISTEN_BACKLOG = 1024
-TICK_S = 0.25
+PAUSED_ACCEPT_RETRY_S = 0.25  # out of descriptors: how often to try accepting again (they may free elsewhere)
 GATHER_PASSES = 2  # extra non-blocking polls before a commit, to pick up requests just arriving
 REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
@@ -104,8 +104,10 @@ class GmqHTTPServer:
         self._gathered: List[Tuple[_Conn, Store]] = []
         self._running = False
         self._accept_paused = False  # out of file descriptors: the listener rests until one is freed
+        self._accept_retry_at = 0.0  # or until then (monotonic)
         self._turn = _NO_TURN        # the database writer's turn: not asked for, asked for, held
         self._turn_given = threading.Event()
+        self._next_expiry = float("inf")  # no connection's timeout falls before this (monotonic)
 
     @property
     def open_connections(self) -> int:
@@ -113,10 +115,12 @@ class GmqHTTPServer:
 
     # -- the loop ---------------------------------------------------------------------------
     def serve_forever(self) -> None:
+        """Run until ``shutdown()``. Idle, the loop sleeps in ``select`` until a socket is ready or the
+        earliest connection timeout: no periodic tick (a keep-alive connection's deadlines only move
+        later with activity, so the earliest one computed by ``_expire`` is a safe time to look again)."""
         self._running = True
-        last_tick = time.monotonic()
         while self._running:
-            self._poll(0 if self._ready else TICK_S)
+            self._poll(0 if self._ready else self._idle_timeout())
             if self._ready:
                 self._serve_ready()
                 passes = GATHER_PASSES if len(self._conns) > 1 else 0  # alone, nobody else can be arriving
@@ -128,14 +132,22 @@ class GmqHTTPServer:
             if self._gathered or self._turn != _NO_TURN:
                 self._commit_in_turn()
             now = time.monotonic()
-            if now - last_tick >= TICK_S:
-                last_tick = now
+            if now >= self._next_expiry:
                 self._expire(now)
+            if self._accept_paused and now >= self._accept_retry_at:
                 self._resume_accept()  # descriptors may have been freed elsewhere (the forwarder)
         if self._gathered or self._turn != _NO_TURN:  # stopping: the requests in hand are committed and answered
             if self._turn == _TURN_ASKED:
                 self._turn_given.wait()
             self._commit_in_turn()
+
+    def _idle_timeout(self) -> Optional[float]:
+        """How long ``select`` may sleep: until the next connection timeout; None (for ever) with none open."""
+        timeout = None if self._next_expiry == float("inf") else max(0.0, self._next_expiry - time.monotonic())
+        if self._accept_paused:
+            retry = max(0.0, self._accept_retry_at - time.monotonic())
+            timeout = retry if timeout is None else min(timeout, retry)
+        return timeout
 
     def _give_turn(self) -> None:
         """Called by the queue, from the thread passing the writer's turn on: it is the loop's now."""
@@ -211,6 +223,7 @@ class GmqHTTPServer:
                 log.warning("accept failed: %s; accepting again once a connection closes", exc)
                 self._sel.unregister(self._listener)  # else the ready listener spins the loop
                 self._accept_paused = True
+                self._accept_retry_at = now + PAUSED_ACCEPT_RETRY_S
                 return
             if len(self._conns) >= self.app.max_connections:
                 try:
@@ -224,6 +237,7 @@ class GmqHTTPServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = _Conn(sock, now)
             self._conns[sock.fileno()] = conn
+            self._next_expiry = min(self._next_expiry, now + self.app.request_timeout)
             self._sel.register(sock, selectors.EVENT_READ, conn)
 
     def _close(self, conn: _Conn) -> None:
@@ -299,14 +313,25 @@ class GmqHTTPServer:
         conn.events = events
 
     def _expire(self, now: float) -> None:
+        """Answer 408 to requests that did not arrive in time, close idle connections, and note when
+        the next of these falls due."""
         limit = self.app.request_timeout
+        nxt = float("inf")
         for conn in list(self._conns.values()):
             if conn.busy:
+                nxt = min(nxt, now + limit)  # its answer comes with the commit; look again later
                 continue
-            if conn.started is not None and now - conn.started > limit and not conn.closing:
-                self._answer(conn, text(408, "request not received in time"), close=True)
-            elif now - conn.seen > limit:
+            if conn.started is not None and not conn.closing:
+                if now - conn.started >= limit:
+                    self._answer(conn, text(408, "request not received in time"), close=True)
+                    nxt = min(nxt, now + limit)  # the 408 may not be sent at once
+                    continue
+                nxt = min(nxt, conn.started + limit)
+            if now - conn.seen >= limit:
                 self._close(conn)
+            else:
+                nxt = min(nxt, conn.seen + limit)
+        self._next_expiry = nxt
 
     # -- requests ---------------------------------------------------------------------------
     def _serve_ready(self) -> None:

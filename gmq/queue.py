@@ -40,6 +40,7 @@ SCAN = 500
 DELETE_CHUNK = 500
 ROWS_PER_INSERT = 5000  # 6 parameters a row, under sqlite's 32766
 FREE_DISK_TTL_S = 0.05
+RESERVE_RETRY_S = 1.0  # while the disk reserve is released: how often to look for room to take it back
 JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 NO_ROOM_FREE = 64 * 1024  # an I/O error with less free than this on the queue's disk is a full disk
 WRITER_CACHE_KIB = 512
@@ -228,6 +229,7 @@ class DurableQueue:
         self._dirty: set = set()
         last = self._conn.execute("SELECT max(arrived) FROM queue").fetchone()[0]
         self._last_us = int(last * 1e6) if last else 0
+        self.on_append: Optional[Callable[[], None]] = None  # called after each commit that stored values
 
     # -- start-up -------------------------------------------------------------------------
     def _open(self) -> None:
@@ -531,6 +533,8 @@ class DurableQueue:
         self._free_used += total
         self._count("accepted", len(rows))
         self._ingest_trouble.ends()
+        if self.on_append is not None and rows:
+            self.on_append()
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, rows: List[tuple]) -> None:
@@ -749,9 +753,21 @@ class DurableQueue:
         log.info("expired %d values older than %gs", len(sizes), ttl)
         return len(sizes), len(rows) == SCAN
 
-    def maintain(self) -> None:
-        """Periodic work (the disk reserve taken back when there is room, expiry); call it every
-        second or so from one thread.
+    def next_expiry_in(self) -> Optional[float]:
+        """Seconds until the oldest queued value expires (0: now); None without a TTL.
+
+        An empty queue answers the TTL itself: a value arriving from now on expires no sooner.
+        """
+        ttl = self.limits.ttl
+        if ttl <= 0:
+            return None
+        with self._rlock:
+            row = self._rconn.execute("SELECT arrived FROM queue ORDER BY id LIMIT 1").fetchone()
+        return ttl if row is None else max(0.0, row[0] + ttl - self.clock())
+
+    def maintain(self) -> Optional[float]:
+        """What is due: the disk reserve taken back once there is room, expiry. Returns the seconds
+        until more is due (None: nothing until the limits change); run it then, from one thread.
 
         Checkpoints are sqlite's automatic ones, run by the writer right after a commit
         every ~1000 WAL pages: they complete, so the WAL restarts instead of growing (a
@@ -764,6 +780,10 @@ class DurableQueue:
             self.expire()
         except StorageError:
             pass  # logged once, when the trouble began
+        due = self.next_expiry_in()
+        if not self.reserve.held:  # look for room again in a second
+            due = RESERVE_RETRY_S if due is None else min(due, RESERVE_RETRY_S)
+        return due
 
     def set_limits(self, limits: Limits) -> None:
         self.limits = limits.validate()

@@ -19,7 +19,7 @@ from .queue import DurableQueue
 
 log = logging.getLogger(__name__)
 
-MAINTAIN_EVERY_S = 1.0
+MAINTAIN_RETRY_S = 1.0  # expiry due again right after a pass (it failed): try again this much later
 
 
 def upstream_settings(cfg: config.GmqConfig) -> UpstreamSettings:
@@ -45,6 +45,7 @@ class Gmq:
             self.queue.add_alarm("config_damaged", problem)
         self.forwarder = Forwarder(self.queue, self.clients, upstream_settings(self.cfg))
         self.clients.on_new = lambda client: self.forwarder.wake()
+        self.queue.on_append = self.forwarder.wake  # the forwarder sleeps until there is something to send
         self._apply_server_settings(self.cfg)
         address = (self.cfg.host, self.cfg.port if port is None else port)
         try:
@@ -54,6 +55,7 @@ class Gmq:
             raise config.ConfigError("cannot listen on %s:%d: %s: stop what listens there, or give gmq another "
                                      "port (gmq cfg set server port N)" % (address + (exc.strerror or exc,))) from None
         self._stop = threading.Event()
+        self._maintain_wake = threading.Event()  # set by stop and reread (a new TTL)
 
     def _apply_server_settings(self, cfg: config.GmqConfig) -> None:
         self.max_body_bytes = cfg.max_body_bytes
@@ -72,6 +74,7 @@ class Gmq:
         self.queue.set_limits(cfg.limits)
         self._apply_server_settings(cfg)
         self.forwarder.configure(upstream_settings(cfg))
+        self._maintain_wake.set()
         logging.getLogger().setLevel(cfg.log_level)
         restart = [k for k in ("host", "port") if getattr(cfg, k) != getattr(self.cfg, k)]
         self.cfg = cfg
@@ -109,11 +112,21 @@ class Gmq:
 
     # -- running ------------------------------------------------------------------------------
     def _maintain(self) -> None:
-        while not self._stop.wait(MAINTAIN_EVERY_S):
+        """Run the queue's maintenance when it says it is due next; without a TTL (and with the disk
+        reserve held) that is never, until a reread."""
+        due: Optional[float] = 0.0
+        while True:
+            self._maintain_wake.wait(due)
+            self._maintain_wake.clear()
+            if self._stop.is_set():
+                return
             try:
-                self.queue.maintain()
+                due = self.queue.maintain()
             except Exception:
                 log.exception("queue maintenance failed")
+                due = MAINTAIN_RETRY_S
+            if due is not None:
+                due = max(MAINTAIN_RETRY_S if due <= 0 else 0.0, due)
 
     def serve_forever(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -136,6 +149,7 @@ class Gmq:
 
     def close(self) -> None:
         self._stop.set()
+        self._maintain_wake.set()
         self.forwarder.stop()
         self.httpd.server_close()
         self.forwarder.join(timeout=10)

@@ -443,6 +443,8 @@ class Engine:
             log.info("engine_fetch: %s -> %s", job.name, status.status)
             self._write_status(status)
             self._write_engine_report()  # what runs now, at once (not update_interval later)
+            if self.reports is not None:
+                self.reports.look()  # the new programs' pids, and their next states
 
 
 def _version() -> str:

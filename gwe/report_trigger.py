@@ -1,8 +1,8 @@
 """When to write engine_report between the periodic reports: after every install, rollback or removal
 (the daemon writes it then), and when an app's supervisord state changes (crash, FATAL, restart).
 
-A thread polls supervisord (``getAllProcessInfo``, every :data:`POLL_S`, 2 s) and asks for a report when
-any program's state or pid differs from the last poll. Reports on change draw on a bucket of
+A :class:`~gwe.state_watch.StateWatch` thread asks for a report when any program's state or pid differs
+from its last look at supervisord (it looks when a process exits, not on a timer). Reports on change draw on a bucket of
 :data:`BURST` that refills one every :data:`REFILL_S` (60 s), at least :data:`MIN_GAP_S` apart: the
 few changes around an install and a crash go out within seconds, while an app crash-looping under
 ``autorestart`` costs the uplink about one report a minute once the burst is spent.
@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional
+
+from .state_watch import StateWatch
 
 log = logging.getLogger(__name__)
 
-POLL_S = 2.0
 MIN_GAP_S = 1.0
 BURST = 4
 REFILL_S = 60.0
@@ -36,14 +37,21 @@ class ReportTrigger:
         self._tokens = float(BURST)
         self._filled_at = clock()
         self._last_any = float("-inf")      # the last report of any kind
-        self._stop = threading.Event()
-        self._seen: Optional[Dict[str, Tuple[int, int]]] = None
+        self._watch = StateWatch(processes, self._changed)
 
     def start(self) -> None:
-        threading.Thread(target=self._watch, name="gwe-state-watch", daemon=True).start()
+        self._watch.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._watch.stop()
+
+    def look(self) -> None:
+        """Have the watch look at supervisord now (after gwe changed what runs)."""
+        self._watch.look()
+
+    def _changed(self, names: List[str]) -> None:
+        log.info("supervisord states changed (%s): engine_report due", ", ".join(names))
+        self.want()
 
     def want(self) -> None:
         with self._lock:
@@ -83,16 +91,3 @@ class ReportTrigger:
         with self._lock:
             self._wanted = False
             self._last_any = self._clock()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(POLL_S):
-            try:
-                seen = {p["name"]: (p["state"], p["pid"]) for p in self._processes()}
-            except Exception as exc:  # supervisord restarting or gone: the next poll tells
-                log.debug("state watch: %s", exc)
-                continue
-            if self._seen is not None and seen != self._seen:
-                changed = sorted(n for n in set(seen) | set(self._seen) if seen.get(n) != self._seen.get(n))
-                log.info("supervisord states changed (%s): engine_report due", ", ".join(changed))
-                self.want()
-            self._seen = seen

@@ -187,3 +187,36 @@ def test_batches_fit_the_body_limit_of_murano(gwe_home, murano):
         assert [v[:2] for _, v in history(murano, "sn1", "big")] == ["%dx" % i for i in range(10)] + ["10", "11"]
     finally:
         gmq.stop()
+
+
+def voluntary_switches(pid):
+    """Context switches in which any thread of ``pid`` went to sleep: one per wake-up."""
+    import glob
+
+    total = 0
+    for status in glob.glob("/proc/%d/task/*/status" % pid):
+        with open(status) as f:
+            total += sum(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+    return total
+
+
+def test_idle_gmq_sleeps_until_a_value_arrives_and_forwards_it_at_once(gwe_home, murano):
+    """Nothing polls: the HTTP loop, the forwarder and expiry sleep until there is work (issue 16)."""
+    import time
+
+    murano.add_device("sn1")
+    gmq = start_gmq(gwe_home, murano.url, probe_interval=3600)
+    try:
+        assert gmq.post("/onep:v1/stack/alias", "seq=0").status_code == 204
+        wait_for(lambda: drained(gmq), 30, message="first value delivered")
+        time.sleep(0.5)  # the status request's connection closed; answers sent
+        before = voluntary_switches(gmq.proc.pid)
+        time.sleep(3.0)
+        woke = voluntary_switches(gmq.proc.pid) - before
+        assert woke <= 3, "idle gmq woke %d times in 3 s" % woke  # it was ~30 (ticks of 0.25, 0.2 and 1 s)
+        sent = time.monotonic()
+        assert gmq.post("/onep:v1/stack/alias", "seq=1").status_code == 204
+        wait_for(lambda: len(history(murano, "sn1", "seq")) == 2, 10, interval=0.02, message="second value upstream")
+        assert time.monotonic() - sent < 2.0  # woken by the commit, not by a timer
+    finally:
+        gmq.stop()
