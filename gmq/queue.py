@@ -214,6 +214,8 @@ class DurableQueue:
         self._records_trouble = _Trouble("gmq cannot record deliveries")
         self._ingest_trouble = _Trouble("new values refused")
         self._reserve_used = False
+        self.on_append: Optional[Callable[[], None]] = None  # called after each commit that stored values
+        self.on_maintenance_due: Optional[Callable[[], None]] = None  # called when maintain() has new work
         self._open_on_any_disk()
         self._retake_reserve()
         self._rlock = threading.Lock()
@@ -229,7 +231,6 @@ class DurableQueue:
         self._dirty: set = set()
         last = self._conn.execute("SELECT max(arrived) FROM queue").fetchone()[0]
         self._last_us = int(last * 1e6) if last else 0
-        self.on_append: Optional[Callable[[], None]] = None  # called after each commit that stored values
 
     # -- start-up -------------------------------------------------------------------------
     def _open(self) -> None:
@@ -275,6 +276,8 @@ class DurableQueue:
         if not self.reserve.release():
             return False
         self._reserve_used = True
+        if self.on_maintenance_due is not None:
+            self.on_maintenance_due()  # maintain() now looks for room every second
         log.warning("disk full: released the %d-byte reserve %s so that deliveries can still be recorded; new "
                     "values get 507 until there is room for it again", self.reserve.size, self.reserve.path)
         return True

@@ -55,7 +55,8 @@ class Gmq:
             raise config.ConfigError("cannot listen on %s:%d: %s: stop what listens there, or give gmq another "
                                      "port (gmq cfg set server port N)" % (address + (exc.strerror or exc,))) from None
         self._stop = threading.Event()
-        self._maintain_wake = threading.Event()  # set by stop and reread (a new TTL)
+        self._maintain_wake = threading.Event()  # set by stop, reread (a new TTL), the queue (reserve released)
+        self.queue.on_maintenance_due = self._maintain_wake.set
 
     def _apply_server_settings(self, cfg: config.GmqConfig) -> None:
         self.max_body_bytes = cfg.max_body_bytes
