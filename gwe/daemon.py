@@ -29,13 +29,14 @@ from .cloud_sets import CloudSets
 from .config import ConfigError
 from .engine_fetch import FetchRequestError, fetch_and_install, parse_engine_fetch, request_error_status
 from .report_trigger import ReportTrigger
+from .status_outbox import StatusOutbox
 from .upload import UPLOAD_REQUEST, UPLOAD_STATUS, Uploader
 
 log = logging.getLogger(__name__)
 
 ENGINE_FETCH = "engine_fetch"
 UPDATE_INTERVAL = "update_interval"
-FETCH_STATUS = "fetch_status"
+OUTBOX_FILE = "fetch_status.outbox"  # under var/lib/gwe: fetch_status not delivered yet
 WATCHED = (ENGINE_FETCH, UPDATE_INTERVAL, UPLOAD_REQUEST)
 MAX_POLL_S = 300.0
 ERROR_BACKOFF = (1.0, 60.0)
@@ -103,7 +104,7 @@ class Engine:
         self._since: Optional[str] = None
         self._cloud_sets = CloudSets(WATCHED)
         self._taken_at: Dict[str, int] = {}  # when the cloud set the values being handled (µs)
-        self._pending_statuses: List = []  # FetchStatus objects to report once activated
+        self.outbox: Optional[StatusOutbox] = None  # fetch_status not delivered yet (on disk)
         self.link = LinkState()
         self.uploader: Optional[Uploader] = None
         self.reports: Optional[ReportTrigger] = None  # engine_report on change (not in --once)
@@ -276,15 +277,19 @@ class Engine:
     # --- steps ---
 
     def _recover_installs(self) -> None:
+        """Finish or undo an interrupted install; its statuses wait in the outbox for activation."""
         from otau import recover
 
         from otau import FetchStatus
 
+        self.outbox = StatusOutbox(os.path.join(self.paths.var_lib, OUTBOX_FILE))
         try:
-            self._pending_statuses = recover(self.paths)
+            statuses = recover(self.paths)
         except Exception as exc:  # a failed recovery must not keep gwe from reporting it
             log.error("install recovery failed: %s", _describe(exc))
-            self._pending_statuses = [FetchStatus.failure("install recovery failed: %s" % _describe(exc), "recover")]
+            statuses = [FetchStatus.failure("install recovery failed: %s" % _describe(exc), "recover")]
+        for status in statuses:
+            self.outbox.add(status.to_json())
 
     def _activated_device(self):
         """A Device with a token, activating (with retries) when Gateway.cfg has none.
@@ -350,9 +355,7 @@ class Engine:
 
         from .device_info import device_info
 
-        for status in self._pending_statuses:
-            self._write_status(status)
-        self._pending_statuses = []
+        self.outbox.deliver(self.device)  # what installs said while the link was down, first
         usage = UsageLog()
         snapshot = usage.snapshot()
         self._link_ok()  # a report that arrives went over a live link, and says so
@@ -421,7 +424,16 @@ class Engine:
         return float(seconds) if seconds is not None else None
 
     def _write_status(self, status) -> None:
-        self.device.write({FETCH_STATUS: status.to_json()})
+        """Keep ``status`` on disk and send it (after any still waiting); an uplink that is down
+        does not stop the request's other jobs: the next cycle's report delivers it."""
+        from device_client import DeviceAPIError
+
+        self.outbox.add(status.to_json())
+        try:
+            self.outbox.deliver(self.device)
+        except DeviceAPIError as exc:
+            log.warning("fetch_status of %s kept for later (%d waiting): %s", status.package, len(self.outbox),
+                        _describe(exc))
 
     def _run_fetch(self, raw: str) -> None:
         from otau import FetchStatus
@@ -442,9 +454,18 @@ class Engine:
             status = fetch_and_install(self.device, job, self.paths)
             log.info("engine_fetch: %s -> %s", job.name, status.status)
             self._write_status(status)
-            self._write_engine_report()  # what runs now, at once (not update_interval later)
+            self._report_installed()
             if self.reports is not None:
                 self.reports.look()  # the new programs' pids, and their next states
+
+    def _report_installed(self) -> None:
+        """engine_report right after an install: what runs now, at once (not update_interval later)."""
+        from device_client import DeviceAPIError
+
+        try:
+            self._write_engine_report()
+        except DeviceAPIError as exc:  # the uplink is down: the next cycle's report says it all
+            log.warning("engine_report after an install not sent: %s", _describe(exc))
 
 
 def _version() -> str:

@@ -248,3 +248,50 @@ def test_a_crash_loop_does_not_flood_the_uplink(gateway, murano, supervisord, tm
     # the loop changes state every ~0.4 s (the watch sees each exit); the reports draw on a bucket of 4
     assert 1 <= written <= 5, written
     supervisord.rpc().supervisor.stopProcessGroup("looper", False)
+
+
+def _outbox(gwe_home):
+    try:
+        with open(gwe_home / "var" / "lib" / "gwe" / "fetch_status.outbox") as f:
+            return [json.loads(entry) for entry in json.load(f)]
+    except FileNotFoundError:
+        return []
+
+
+def test_fetch_status_of_installs_during_an_outage_arrives_in_order_once(gateway, murano, supervisord,
+                                                                         gwe_home, tmp_path):
+    """murano_local stops while an install runs: the install finishes (installed), the request's next
+    package cannot be downloaded (failed); both statuses wait on disk through a SIGKILL of gwe and
+    reach the restarted murano_local in order, once each (they used to be lost)."""
+    reached, release = tmp_path / "install.reached", tmp_path / "install.release"
+    slow = make_app(str(tmp_path), "slow", "1", install_sh="#!/bin/sh\ntouch %s\nwhile [ ! -e %s ]; do sleep 0.1;"
+                    " done\necho installed slow\n" % (reached, release))
+    upload(murano, slow)
+    upload(murano, make_app(str(tmp_path), "quick", "1"))
+    gwe = gateway()
+    wait_for(lambda: reported(murano, "engine_report"), 20, message="gwe running")
+    murano.set(SERIAL, "engine_fetch", json.dumps({"install": [{"name": "slow.v1.tar.gz"},
+                                                               {"name": "quick.v1.tar.gz"}]}))
+    wait_for(reached.exists, 30, message="slow's install.sh running")
+    murano.stop()
+    release.touch()
+    kept = wait_for(lambda: (lambda k: k if len(k) == 2 else None)(_outbox(gwe_home)), 60,
+                    message="both statuses kept on disk")
+    assert [(s["package"], s["status"]) for s in kept] == [("slow.v1.tar.gz", "installed"),
+                                                           ("quick.v1.tar.gz", "failed")]
+    gwe.kill()  # as a power cut would: only what is on disk survives
+    gwe.wait(10)
+    gateway()
+    time.sleep(1.0)  # the new gwe finds the cloud down too
+    murano.start()
+
+    def delivered():
+        history = [json.loads(p["value"]) for p in reversed(murano.history(SERIAL, "fetch_status")) if p["value"]]
+        return history if history and history[-1]["package"] == "quick.v1.tar.gz" else None
+    history = wait_for(delivered, 60, message="the kept statuses delivered")
+    assert [(s["package"], s["status"]) for s in history] == [("slow.v1.tar.gz", "installed"),
+                                                              ("quick.v1.tar.gz", "failed")]
+    assert history == kept
+    assert history[1]["step"] == "download"
+    wait_for(lambda: _outbox(gwe_home) == [], 10, message="the outbox emptied")
+    assert supervisord.rpc().supervisor.getProcessInfo("slow")["statename"] == "RUNNING"
