@@ -14,7 +14,11 @@ flush, a top-level ``"dropped": n`` says how many.
 
 Logging is statistics, not data: it must never fail or slow a request, so every error
 is swallowed (counted in ``UsageLog.failures``, logged at debug) and the database runs
-with ``synchronous=NORMAL`` (a power cut may lose the last few rows, never corrupt the file).
+with ``synchronous=NORMAL``: no fsync per row, the WAL is fsynced only when sqlite checkpoints
+it (every 1000 pages; a row's commit writes about two). A power cut therefore loses the rows
+logged since the last checkpoint, however old, typically up to about 500 (the lab: at most 453
+in one cut, 4,509 of 9,988 in 30), and never corrupts the file; what survives is a prefix of
+what was logged. Rows already reported are flushed anyway, so a cut costs the next report.
 """
 from __future__ import annotations
 
