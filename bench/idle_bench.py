@@ -160,7 +160,8 @@ def main() -> int:
         sup.stop()
         murano.stop()
     env = dict(os.environ, PYTHONPATH=ROOT)
-    imports = {"gwe": importtime(["gwe.cli"], env), "gmq": importtime(["gmq.cli"], env)}
+    imports = {"gwe": importtime(["gwe.cli", "gwe.daemon_cli", "gwe.daemon"], env),
+               "gmq": importtime(["gmq.cli", "gmq.serve_cli", "gmq.server"], env)}
 
     keys = [k for k in rounds[0] if not k.endswith("_threads")]
     summary = {k: statistics.median(r[k] for r in rounds) for k in keys}

@@ -67,8 +67,9 @@ def suite_configs(paths: GwePaths, bin_dir: Optional[str] = None) -> Dict[str, s
     bin_dir = bin_dir or os.path.dirname(sys.executable)
     return {
         "supervisord.conf": supervisord_conf(paths),
-        os.path.join("conf.d", "gwe.conf"): program_conf("gwe", os.path.join(bin_dir, "gwe"), paths),
-        # two malloc arenas keep gmq's threads from growing RSS (measured: docs/gmq.md)
+        # two malloc arenas keep the daemons' threads from growing RSS (measured: docs/gmq.md)
+        os.path.join("conf.d", "gwe.conf"): program_conf("gwe", os.path.join(bin_dir, "gwe"), paths,
+                                                         environment=",MALLOC_ARENA_MAX=\"2\""),
         os.path.join("conf.d", "gmq.conf"): program_conf("gmq", os.path.join(bin_dir, "gmq"), paths, startsecs=2,
                                                          environment=",MALLOC_ARENA_MAX=\"2\""),
     }

@@ -4,14 +4,33 @@ The pipeline (:mod:`otau.install`) composes one module per step: package model, 
 unpack, checks, runner, supervisord control, store, journal, self-update guard, status.
 See docs/otau.md.
 """
-from .build import build_app, sign_tarball
-from .check import CheckReport, check_tarball
-from .errors import BuildError, OtauError, PackageError, SupervisorError, UnpackError, VerifyError
-from .install import Installer, install_package, installed_versions, recover
-from .package import PackageName, parse_package_name
-from .settings import OtauSettings, load_settings
-from .status import FAILED, INSTALLED, ROLLED_BACK, FetchStatus, load_statuses
-from .verify import generate_keypair
+from importlib import import_module
+from typing import Any
+
+_HOMES = {  # public name -> the module that defines it; imported on first use (PEP 562), so that
+    # a daemon that only recovers or installs never loads the builder, the checker and their imports
+    "build_app": "build", "sign_tarball": "build", "CheckReport": "check", "check_tarball": "check",
+    "BuildError": "errors", "OtauError": "errors", "PackageError": "errors", "SupervisorError": "errors",
+    "UnpackError": "errors", "VerifyError": "errors", "Installer": "install", "install_package": "install",
+    "installed_versions": "install", "recover": "install", "PackageName": "package",
+    "parse_package_name": "package", "OtauSettings": "settings", "load_settings": "settings", "FAILED": "status",
+    "INSTALLED": "status", "ROLLED_BACK": "status", "FetchStatus": "status", "load_statuses": "status",
+    "generate_keypair": "verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    value = getattr(import_module("." + home, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_HOMES))
+
 
 __all__ = [
     "BuildError", "CheckReport", "FAILED", "FetchStatus", "INSTALLED", "Installer", "OtauError", "OtauSettings",

@@ -20,7 +20,7 @@ import pytest
 from harness import free_port
 
 # the four commands: (console script, module run with ``python -m``, its click root)
-COMMANDS = (("gwe", "gwe", "gwe.cli:cli"), ("gmq", "gmq", "gmq.commands_cli:cli"),
+COMMANDS = (("gwe", "gwe", "gwe.commands_cli:cli"), ("gmq", "gmq", "gmq.commands_cli:cli"),
             ("gdc", "device_client", "device_client.cli:main"), ("murano-local", "murano_local", "murano_local.cli:main"))
 
 # placeholders filled per test: an existing file that is not what it should be, a path that does
