@@ -12,6 +12,10 @@ taken for another client's (a fresh registration of another identity gets anothe
 The registry keeps no database connection: rows are read and written through the queue,
 the one owner of gmq.db. A new client is registered in memory at once and becomes durable
 in the event loop's next group commit, with the values of the request that introduced it.
+
+The gateway's own serial (Gateway.cfg ``uuid``) is gwe's: gmq never provisions it, and its
+values go upstream with gwe's token (Gateway.cfg ``cik``), never stored in gmq.db. A request
+with that token as its CIK is the gateway's client too.
 """
 from __future__ import annotations
 
@@ -48,6 +52,16 @@ class Client:
         return self.id, self.serial, self.vendor, self.model, self.local_token, self.upstream_token
 
 
+@dataclass(frozen=True)
+class Gateway:
+    """The gateway's own identity as gwe holds it in Gateway.cfg: ``uuid``, ``cik``, vendor, model."""
+
+    serial: Optional[str] = None
+    token: Optional[str] = None
+    vendor: Optional[str] = None
+    model: Optional[str] = None
+
+
 def identity_id(serial: Optional[str], token: str) -> int:
     """The id of the client with this serial (or, without one, this CIK): 62 bits of its SHA-256."""
     key = ("sn:%s" % serial) if serial is not None else ("cik:%s" % token)
@@ -61,8 +75,10 @@ class ClientRegistry:
     ``resolve_clients(valid_ids)`` (see ``DurableQueue``).
     """
 
-    def __init__(self, store) -> None:
+    def __init__(self, store, gateway=None) -> None:
+        """``gateway``: an object whose ``current()`` is the gateway's ``Gateway`` identity now."""
         self._store = store
+        self._gateway = gateway
         self._lock = threading.Lock()
         self._by_id: Dict[int, Client] = {}
         self._by_token: Dict[str, Client] = {}
@@ -100,16 +116,39 @@ class ClientRegistry:
             return c
 
     def by_token(self, token: str) -> Client:
-        """The client holding ``token``; a well-formed token gmq never issued is taken as a CIK."""
+        """The client holding ``token``; the gateway's token is the gateway's client; a well-formed
+        token gmq never issued is taken as a CIK."""
         c = self._by_token.get(token)
         if c is not None:
             return c
+        gw = self.gateway()
+        if gw.serial is not None and token == gw.token:
+            return self.by_serial(gw.serial, gw.vendor, gw.model)
         with self._lock:
             c = self._by_token.get(token)
             if c is None:
                 c = Client(identity_id(None, token), None, None, None, token, token, durable=False)
                 self._index(c)
             return c
+
+    def serial_of(self, token: str) -> Optional[str]:
+        """The serial of the device ``token`` belongs to, if gmq knows it (a token it issued, or the gateway's)."""
+        c = self._by_token.get(token)
+        if c is not None:
+            return c.serial
+        gw = self.gateway()
+        return gw.serial if gw.serial is not None and token == gw.token else None
+
+    def gateway(self):
+        """The gateway's identity now (all None without a Gateway.cfg)."""
+        return self._gateway.current() if self._gateway is not None else Gateway()
+
+    def is_gateway(self, client: Client) -> bool:
+        return client.serial is not None and client.serial == self.gateway().serial
+
+    def provisionable(self, client: Client) -> bool:
+        """Whether gmq may activate ``client`` upstream itself: it has a serial, and not the gateway's."""
+        return client.can_provision and not self.is_gateway(client)
 
     def committed(self, client: Client) -> None:
         """``client``'s row is on disk: the forwarder may serve it now."""

@@ -1,7 +1,9 @@
 """gmq.cfg: typed settings with defaults, read through atomic_config; reread without restart."""
 from __future__ import annotations
 
+import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -11,8 +13,10 @@ from atomic_config import (
 )
 from device_api import MAX_VALUES_PER_REQUEST
 
+from .clients import Gateway
 from .queue import POLICIES, Limits
 
+log = logging.getLogger(__name__)
 
 MAX_BATCH = MAX_VALUES_PER_REQUEST  # values in one record request (each may add an alias= field: within MAX_FORM_FIELDS)
 
@@ -146,6 +150,32 @@ def upstream_from_gateway(paths: GwePaths, damage: Optional[List[str]] = None) -
         return gateway.murano_url
     except GatewayConfigError:
         return None
+
+
+class GatewayIdentity:
+    """Gateway.cfg's identity, read again whenever gwe rewrites the file (it activates, or re-activates
+    after a 401, while gmq runs): gmq forwards the gateway's own values with gwe's token and never
+    activates that serial itself (gwe holds its one activation)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: object = ()
+        self._gateway = Gateway()
+
+    def current(self) -> Gateway:
+        try:
+            st = os.stat(self.path)
+            stamp: object = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                g = load_gateway_config(self.path)
+                self._gateway = Gateway(g.uuid or None, g.cik or None, g.vendor or None, g.model or None)
+            except GatewayConfigError as exc:  # the last identity read stays (the damage is alarmed at start)
+                log.warning("%s; the gateway's identity as read before is kept", exc)
+        return self._gateway
 
 
 def local_url(cfg: "GmqConfig", path: str) -> str:

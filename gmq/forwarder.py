@@ -10,7 +10,11 @@ them only after Murano answered 2xx. Failures:
 - 409 naming timestamps: those values go to the dead-letter table, the rest are resent;
 - any other 4xx: the batch is halved until the value that fails alone is found, and that
   value goes to the dead-letter table, so one bad value never blocks the queue;
-- activation refused (403/404/409): the client's values stay queued and it backs off.
+- activation refused (403/404/409): the client's values stay queued, it backs off, and an
+  ``activation_refused`` alarm says so;
+- the gateway's own serial (Gateway.cfg ``uuid``) is never activated here (gwe holds it): its
+  values go with gwe's token (Gateway.cfg ``cik``), read again when gwe rewrites the file; a 401
+  on it keeps them queued (``gateway_token_refused`` alarm) until gwe has activated again.
 
 ``device_client`` (and with it ``requests``) is imported here, in the forwarder thread,
 so a gmq that has nothing to forward stays small.
@@ -33,6 +37,7 @@ from .queue import DurableQueue, QueuedValue, StorageError
 
 log = logging.getLogger(__name__)
 
+GATEWAY_WAIT_S = 1.0  # how often the gateway's client looks for gwe's token in Gateway.cfg
 STORAGE_RETRY_S = 1.0  # after the queue could not record a delivery (it logs why, once)
 RETRY_LATER = (408, 429)  # 4xx that say "not now" about a good request: back off, never dead-letter
 
@@ -60,6 +65,7 @@ class _ClientState:
     last_error: Optional[str] = None
     last_delivery: Optional[float] = None
     device: object = None
+    gateway_token: Optional[str] = None  # the token ``device`` was made with, for the gateway's client
 
 
 @dataclass
@@ -159,7 +165,8 @@ class Forwarder(threading.Thread):
             st = self._state(client)
             if st.next_try > self.clock():
                 continue
-            if not queued.get(client.id) and (client.upstream_token is not None or not client.can_provision):
+            if not queued.get(client.id) and (client.upstream_token is not None or
+                                              not self.clients.provisionable(client)):
                 st.state = "idle"  # nothing to send and nothing to provision: no query, no request
                 continue
             worked |= self._serve(client, st, settings)
@@ -216,7 +223,7 @@ class Forwarder(threading.Thread):
         if st.device is None:
             from device_client import Device  # noqa: E402  (lazy: pulls in requests)
             st.device = Device(host=settings.url, product_id=client.vendor or None, serial=client.serial,
-                               token=client.upstream_token, identity="gmq", ca_file=settings.ca_file,
+                               token=st.gateway_token or client.upstream_token, identity="gmq", ca_file=settings.ca_file,
                                verify=settings.verify, connect_timeout=settings.timeout,
                                read_timeout=settings.timeout, transport=settings.transport,
                                mqtt_url=settings.mqtt_url if settings.transport == "mqtt" else None)
@@ -230,6 +237,13 @@ class Forwarder(threading.Thread):
     def _serve(self, client: Client, st: _ClientState, settings: UpstreamSettings) -> bool:
         """One step for one client; True if it did something worth an immediate next round."""
         errors = self._errors
+        if self.clients.is_gateway(client):
+            token = self.clients.gateway().token
+            if token is None:
+                return self._wait_for_gateway(client, st)
+            if token != st.gateway_token:  # gwe activated (again): its new token from now on
+                self._close(st)
+                st.gateway_token = token
         try:
             dev = self._device(client, st, settings)
         except ValueError as exc:
@@ -252,9 +266,17 @@ class Forwarder(threading.Thread):
             dev.record(_payload(values))
         except errors.NotActivated:
             self.link.succeeded()
-            if client.can_provision:
+            if self.clients.provisionable(client):
                 self.clients.set_upstream_token(client.id, None)
                 st.last_error = "401: token rejected; re-provisioning"
+            elif st.gateway_token is not None:
+                self._close(st)
+                st.gateway_token = None
+                self.queue.add_alarm("gateway_token_refused", "upstream rejects the gateway's token (Gateway.cfg "
+                                     "cik) for %s; its values stay queued until gwe activates again" % client.serial)
+                self._retry_later(client, st, "401: the gateway's token (Gateway.cfg cik) was rejected; waiting "
+                                  "for gwe to activate again")
+                return False
             else:
                 self._close(st)
                 st.last_error = "401: token rejected and the client has no serial to re-provision"
@@ -285,7 +307,7 @@ class Forwarder(threading.Thread):
 
     def _activate(self, client: Client, st: _ClientState, dev) -> bool:
         errors = self._errors
-        if not client.can_provision:
+        if not self.clients.provisionable(client):
             st.state = "no_token"
             return False
         st.state = "activating"
@@ -295,6 +317,8 @@ class Forwarder(threading.Thread):
             self._retry_later(client, st, "activation: %s: %s" % (exc.status or "network", exc), exc)
             return False
         except errors.DeviceAPIError as exc:
+            self.queue.add_alarm("activation_refused", "upstream refuses to activate %s (%s); its values stay "
+                                 "queued and activation is retried with backoff" % (client.serial, exc.status))
             self._retry_later(client, st, "activation refused: %s %s" % (exc.status, exc), exc)
             return False
         self.link.succeeded()
@@ -303,6 +327,16 @@ class Forwarder(threading.Thread):
         st.last_error = None
         log.info("client %s activated upstream", client.name)
         return True
+
+    def _wait_for_gateway(self, client: Client, st: _ClientState) -> bool:
+        """The gateway's own serial before gwe has activated it: wait for its token in Gateway.cfg."""
+        if st.state != "waiting_for_gateway":
+            log.info("client %s is the gateway's own serial: its values wait for gwe's token (Gateway.cfg cik)",
+                     client.name)
+        st.state = "waiting_for_gateway"
+        st.last_error = "the gateway's own serial: waiting for gwe to activate it (no cik in Gateway.cfg)"
+        st.next_try = self.clock() + GATEWAY_WAIT_S
+        return False
 
     def _retry_later(self, client: Client, st: _ClientState, why: str, exc: Optional[BaseException] = None) -> None:
         delay = st.backoff.next_delay()
@@ -345,12 +379,15 @@ class Forwarder(threading.Thread):
             settings = self.settings
             states = dict(self._states)
         clients = []
+        gateway = self.clients.gateway()
         for c in self.clients.all():
             st = states.get(c.id)
+            own = c.serial is not None and c.serial == gateway.serial
             clients.append({
                 "id": c.id,
                 "client": c.name,
-                "activated": c.upstream_token is not None,
+                "gateway": own,
+                "activated": (gateway.token if own else c.upstream_token) is not None,
                 "state": st.state if st else "idle",
                 "last_error": st.last_error if st else None,
                 "last_delivery": st.last_delivery if st else None,

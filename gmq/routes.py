@@ -102,14 +102,14 @@ def _route(app: App, req: Request) -> Union[Reply, Store]:
         if path == ALIAS_PATH:
             if query:
                 raise HTTPError(400, "gmq does not serve reads; POST writes without a query")
-            who = _identity(req)
+            who = _identity(app, req)
             return _store(app, who, [(alias, None, value) for alias, value in decode_write(_form(req))])
         if path.startswith(ALIAS_PATH + "/"):
-            who = _identity(req)
+            who = _identity(app, req)
             alias = alias_from_path(path[len(ALIAS_PATH) + 1:])
             return _store(app, who, _timed(decode_record(_form(req), alias)))
         if path == RECORD_PATH:
-            who = _identity(req)
+            who = _identity(app, req)
             return _store(app, who, _timed(decode_record(_form(req))))
         if path == ACTIVATE_PATH:
             return _activate(app, dict(_form(req)))
@@ -136,21 +136,32 @@ def _route(app: App, req: Request) -> Union[Reply, Store]:
     raise HTTPError(404, "no such path")
 
 
-def _identity(req: Request) -> Identity:
-    """Who the request says it is, checked (401, 400) but not registered: a refused request adds no client."""
+def _identity(app: App, req: Request) -> Identity:
+    """Who the request says it is, checked (401, 400) but not registered: a refused request adds no client.
+
+    With both headers they must name one device: the CIK must be one gmq issued to the VMS serial,
+    or the gateway's own token with the gateway's serial; anything else (another device's token, a
+    CIK gmq cannot place) would send the values to a device the request did not name: 400.
+    """
     cik = req.headers.get("x-exosite-cik")
+    token = None
     if cik is not None:
-        if not token_shaped(cik.strip()):
+        token = cik.strip()
+        if not token_shaped(token):
             raise HTTPError(401, "bad X-Exosite-CIK: 20-64 letters and digits")
-        return cik.strip(), None, None, None
     vms = req.headers.get("x-exosite-vms")
-    if vms is not None:
-        parts = vms.split()
-        if len(parts) != 3:
-            raise HTTPError(400, "X-Exosite-VMS must be '<vendor> <model> <serial>'")
-        vendor, model, serial = (check_identity(p) for p in parts)
-        return None, serial, vendor, model
-    raise HTTPError(401, "X-Exosite-CIK or X-Exosite-VMS required")
+    if vms is None:
+        if token is None:
+            raise HTTPError(401, "X-Exosite-CIK or X-Exosite-VMS required")
+        return token, None, None, None
+    parts = vms.split()
+    if len(parts) != 3:
+        raise HTTPError(400, "X-Exosite-VMS must be '<vendor> <model> <serial>'")
+    vendor, model, serial = (check_identity(p) for p in parts)
+    if token is not None and app.clients.serial_of(token) != serial:
+        raise HTTPError(400, "X-Exosite-CIK and X-Exosite-VMS name different devices: this CIK is not %s's; "
+                             "send one of them" % serial)
+    return None, serial, vendor, model
 
 
 def _store(app: App, who: Identity, values: List[Value]) -> Store:

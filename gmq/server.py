@@ -39,7 +39,7 @@ class Gmq:
         logging.getLogger().setLevel(self.cfg.log_level)
         self.started = time.time()
         self.queue = DurableQueue(self.paths.gmq_db, self.cfg.limits)  # the one owner of gmq.db
-        self.clients = ClientRegistry(self.queue)
+        self.clients = ClientRegistry(self.queue, config.GatewayIdentity(self.paths.gateway_cfg))
         for problem in damage:
             log.error("%s", problem)
             self.queue.add_alarm("config_damaged", problem)
