@@ -42,6 +42,7 @@ ROWS_PER_INSERT = 5000  # 6 parameters a row, under sqlite's 32766
 FREE_DISK_TTL_S = 0.05
 RESERVE_RETRY_S = 1.0  # while the disk reserve is released: how often to look for room to take it back
 JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
+RETAKE_HEADROOM = 1024 * 1024  # free beyond the reserve before it is taken (again)
 NO_ROOM_FREE = 64 * 1024  # an I/O error with less free than this on the queue's disk is a full disk
 WRITER_CACHE_KIB = 512
 READER_CACHE_KIB = 256
@@ -283,8 +284,14 @@ class DurableQueue:
         return True
 
     def _retake_reserve(self) -> None:
-        """Hold the reserve again once the filesystem has room for it (new values are accepted again)."""
-        if self.reserve.held or free_disk(self.directory) < self.reserve.size or not self.reserve.take():
+        """Hold the reserve again once the filesystem has room for it and for new values beside it
+        (``min_free_disk``, at least RETAKE_HEADROOM): not the room it just gave back, still free the
+        moment after it was released, which the write that released it needs."""
+        if self.reserve.held:
+            return
+        if free_disk(self.directory) < self.reserve.size + max(self.limits.min_free_disk, RETAKE_HEADROOM):
+            return
+        if not self.reserve.take():
             return
         log.info("disk reserve of %d bytes held in %s%s", self.reserve.size, self.reserve.path,
                  "; new values are accepted again" if self._reserve_used else "")
@@ -484,10 +491,10 @@ class DurableQueue:
         accepted: List[_Entry] = []
         total = 0
         for e in batch:
-            if not self.reserve.held:
-                e.status, e.reason = 507, "disk full: the room kept for recording deliveries is in use"
-            elif free - total - e.size < limits.min_free_disk:
+            if free - total - e.size < limits.min_free_disk:
                 e.status, e.reason = 507, "free disk below the reserve of %d bytes" % limits.min_free_disk
+            elif not self.reserve.held:
+                e.status, e.reason = 507, "disk full: gmq needs its reserve for recording deliveries"
             elif limits.policy == "reject_new" and st.bytes + total + e.size > limits.max_bytes:
                 e.status, e.reason = 507, "queue full (%d of %d bytes)" % (st.bytes + total, limits.max_bytes)
             else:
