@@ -2,7 +2,13 @@
 
 For each client it takes the oldest values (a prefix of its queue, so per-alias order
 holds), sends them as one record request with their original timestamps, and deletes
-them only after Murano answered 2xx. Failures:
+them only after Murano answered 2xx. The drain is pipelined, two batches in flight per
+client: while a batch is upstream, a stager thread deletes the batch answered before it and
+takes and marks the next one, in one transaction (one fsync a batch, off the critical path);
+the next one is sent only once this one is answered, so order holds. At most two batches of a
+client are marked and not deleted at any moment, so a crash sends at most two batches per
+client again (counted in ``resent``); a failed send drops the staged batch (taken again, in
+order, at the retry). Failures:
 
 - network error, 5xx, 408, 429 or a redirect (3xx): the values stay; that client waits (exponential backoff with
   jitter between the configured initial and maximum delay);
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -66,6 +73,8 @@ class _ClientState:
     last_delivery: Optional[float] = None
     device: object = None
     gateway_token: Optional[str] = None  # the token ``device`` was made with, for the gateway's client
+    staged: Optional[Future] = None  # the stager's work: the next batch, taken and marked
+    answered: List[int] = field(default_factory=list)  # ids upstream has, to delete with the next stage
 
 
 @dataclass
@@ -94,6 +103,7 @@ class Forwarder(threading.Thread):
         self.link = LinkState(settings.url)
         self._probe_device = None
         self._probe_backoff = self._backoff()
+        self._stager: Optional[ThreadPoolExecutor] = None  # made with the first batch delivered
 
     # -- control ----------------------------------------------------------------------------
     def configure(self, settings: UpstreamSettings) -> None:
@@ -133,6 +143,14 @@ class Forwarder(threading.Thread):
                 worked = False
             if not worked:
                 self._wake.wait(wait or self._idle_wait())
+        if self._stager is not None:
+            self._stager.shutdown(wait=True)  # its transaction is committed before the queue closes
+        for st in list(self._states.values()):
+            if st.answered:  # delivered: deleting them spares a resend after the restart
+                try:
+                    self.queue.ack(st.answered)
+                except StorageError:
+                    pass
         with self._lock:
             for st in self._states.values():
                 self._close(st)
@@ -252,18 +270,29 @@ class Forwarder(threading.Thread):
         try:
             if not dev.activated:
                 return self._activate(client, st, dev)
-            values = _within_body_limit(self.queue.take(client.id, st.limit))
-            if not values:
-                st.state = "idle"
-                return False
-            refused = [v for v in values if _refused(v)]
-            if refused:  # queued before gmq checked the contract at the door (an older version)
-                self.queue.dead_letter(refused, None, "refused by the Device API contract: %s" % _refused(refused[0]))
-                return True
+            values = self._staged(st)
+            if values is None:
+                if st.answered:  # the last batch: nothing to overlap its delete with
+                    self.queue.ack(st.answered)
+                    st.answered = []
+                values = _within_body_limit(self.queue.take(client.id, st.limit))
+                if not values:
+                    st.state = "idle"
+                    return False
+                refused = [v for v in values if _refused(v)]
+                if refused:  # queued before gmq checked the contract at the door (an older version)
+                    self.queue.dead_letter(refused, None,
+                                           "refused by the Device API contract: %s" % _refused(refused[0]))
+                    return True
+                self.queue.mark_sent([v.id for v in values])
             st.state = "sending"
             self.stats.requests += 1
-            self.queue.mark_sent([v.id for v in values])
-            dev.record(_payload(values))
+            self._stage_next(st, client.id, values[-1].id)
+            try:
+                dev.record(_payload(values))
+            except BaseException:
+                self._staged(st)  # sent after this one only: taken again, in order, at the retry
+                raise
         except errors.NotActivated:
             self.link.succeeded()
             if self.clients.provisionable(client):
@@ -298,12 +327,36 @@ class Forwarder(threading.Thread):
             self.link.succeeded()
             return self._bad_batch(client, st, values, exc.status, str(exc) or "status %s" % exc.status)
         self.link.succeeded()
-        self.queue.ack([v.id for v in values])
         st.backoff.reset()
         st.limit = min(settings.batch_size, st.limit * 2)  # after a narrowing, grow back step by step
+        st.answered = [v.id for v in values]
         st.last_delivery = time.time()
         st.last_error = None
         return True
+
+    @staticmethod
+    def _staged(st: _ClientState) -> Optional[List[QueuedValue]]:
+        """The batch the stager took and marked for ``st``'s client, or None (take one now). Raises
+        StorageError if the stager could not record the previous delivery (its values stay queued)."""
+        staged, st.staged = st.staged, None
+        return staged.result() if staged is not None else None
+
+    def _stage_next(self, st: _ClientState, client_id: int, after: int) -> None:
+        """Have the stager delete ``st.answered`` and take and mark the batch after id ``after``."""
+        if self._stager is None:
+            self._stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gmq-stager")
+        st.staged = self._stager.submit(self._stage, client_id, st.answered, after, st.limit)
+        st.answered = []
+
+    def _stage(self, client_id: int, answered: List[int], after: int, limit: int) -> Optional[List[QueuedValue]]:
+        """In the stager thread: one transaction deletes ``answered`` and marks the client's next batch;
+        None when there is none, or it holds a value the contract refuses (the forwarder takes it
+        itself then, and dead-letters that value)."""
+        values = _within_body_limit(self.queue.take(client_id, limit, after=after))
+        if any(_refused(v) for v in values):
+            values = []
+        self.queue.ack_and_mark(answered, [v.id for v in values])
+        return values or None
 
     def _activate(self, client: Client, st: _ClientState, dev) -> bool:
         errors = self._errors

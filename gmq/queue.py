@@ -602,11 +602,13 @@ class DurableQueue:
             log.warning("queue full: dropped the %d oldest values (%d bytes)", dropped, freed)
 
     # -- forwarding side --------------------------------------------------------------------
-    def take(self, client: int, limit: int) -> List[QueuedValue]:
-        """The oldest ``limit`` values of ``client``, in arrival order (they stay queued until acked)."""
+    def take(self, client: int, limit: int, after: int = 0) -> List[QueuedValue]:
+        """The oldest ``limit`` values of ``client`` with ids above ``after``, in arrival order (they
+        stay queued until acked)."""
         with self._rlock:
             rows = self._rconn.execute("SELECT id, client, alias, ts, value, arrived FROM queue "
-                                       "WHERE client = ? ORDER BY id LIMIT ?", (client, limit)).fetchall()
+                                       "WHERE client = ? AND id > ? ORDER BY id LIMIT ?",
+                                       (client, after, limit)).fetchall()
         return [QueuedValue(*r) for r in rows]
 
     def _delete(self, conn: sqlite3.Connection, ids: Sequence[int]) -> Tuple[int, int]:
@@ -633,24 +635,13 @@ class DurableQueue:
                 st.by_client.pop(client, None)
         st.depth -= len(rows)
 
-    @_records
     def mark_sent(self, ids: Sequence[int]) -> int:
         """Note (durably) that these values are about to be sent; returns how many were sent before.
 
         Those are the only values upstream can have twice (a crash or a lost answer between
         sending and ``ack``); the ``resent`` counter adds them up, bounding duplicates.
         """
-        if not ids:
-            return 0
-        again = 0
-        with self._transaction() as conn:
-            for i in range(0, len(ids), DELETE_CHUNK):
-                chunk = list(ids[i:i + DELETE_CHUNK])
-                rows = conn.execute("UPDATE queue SET attempts = attempts + 1 WHERE id IN (%s) RETURNING attempts"
-                                    % ",".join("?" * len(chunk)), chunk).fetchall()
-                again += sum(1 for (n,) in rows if n > 1)
-            self._count("resent", again)
-        return again
+        return self.ack_and_mark((), ids)
 
     @_records
     def ack(self, ids: Sequence[int]) -> int:
@@ -661,6 +652,25 @@ class DurableQueue:
             n, _ = self._delete(conn, ids)
             self._count("delivered", len(ids))
         return n
+
+    @_records
+    def ack_and_mark(self, acked: Sequence[int], sending: Sequence[int]) -> int:
+        """``ack(acked)`` and ``mark_sent(sending)`` in one transaction (one fsync for the forwarder's
+        step from one batch to the next); returns how many of ``sending`` were sent before."""
+        if not acked and not sending:
+            return 0
+        again = 0
+        with self._transaction() as conn:
+            if acked:
+                self._delete(conn, acked)
+                self._count("delivered", len(acked))
+            for i in range(0, len(sending), DELETE_CHUNK):
+                chunk = list(sending[i:i + DELETE_CHUNK])
+                rows = conn.execute("UPDATE queue SET attempts = attempts + 1 WHERE id IN (%s) RETURNING attempts"
+                                    % ",".join("?" * len(chunk)), chunk).fetchall()
+                again += sum(1 for (n,) in rows if n > 1)
+            self._count("resent", again)
+        return again
 
     @_records
     def dead_letter(self, values: Iterable[QueuedValue], status: Optional[int], reason: str) -> int:
