@@ -293,8 +293,11 @@ class DurableQueue:
             return
         if not self.reserve.take():
             return
-        log.info("disk reserve of %d bytes held in %s%s", self.reserve.size, self.reserve.path,
-                 "; new values are accepted again" if self._reserve_used else "")
+        if self._reserve_used:  # taking it at start-up is routine: said only after it was used
+            log.info("disk reserve of %d bytes held again in %s; new values are accepted again",
+                     self.reserve.size, self.reserve.path)
+        else:
+            log.debug("disk reserve of %d bytes held in %s", self.reserve.size, self.reserve.path)
         self._reserve_used = False
 
     def _make_room(self, tried: set) -> bool:

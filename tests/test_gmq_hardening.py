@@ -112,6 +112,11 @@ def test_salvage_keeps_every_row_that_can_still_be_read(tmp_path):
 def test_a_client_that_pipelines_without_reading_neither_blocks_others_nor_grows_memory(gmq):
     import psutil
     rss_before = psutil.Process(gmq.proc.pid).memory_info().rss
+    alone = []
+    for _ in range(3):  # what a post costs on this machine now, without the hog
+        started = time.monotonic()
+        assert gmq.post("/onep:v1/stack/alias", "other=0").status_code == 204
+        alone.append(time.monotonic() - started)
     hog = socket.create_connection(("127.0.0.1", gmq.port), timeout=5)
     hog.setblocking(False)
     request = b"GET /status HTTP/1.1\r\nHost: gmq\r\n\r\n" * 1000
@@ -125,7 +130,8 @@ def test_a_client_that_pipelines_without_reading_neither_blocks_others_nor_grows
                 time.sleep(0.01)
         started = time.monotonic()
         assert gmq.post("/onep:v1/stack/alias", "other=1").status_code == 204
-        assert time.monotonic() - started < 2.0  # the event loop is not stuck answering the hog
+        # the event loop is not stuck answering the hog (a margin for a loaded machine: 15 posts' time)
+        assert time.monotonic() - started < max(2.0, 15 * sorted(alone)[1])
         time.sleep(3)  # let it work through what it has read
         growth = psutil.Process(gmq.proc.pid).memory_info().rss - rss_before
         assert growth < 32 * 1024 * 1024, growth  # answers nobody reads are not piled up in memory
