@@ -4,7 +4,6 @@ import subprocess
 import tempfile
 
 import pytest
-
 from harness import Mosquitto, MuranoLocal, Supervisord
 from powerloss_fs import PowerLossMount, fuse_available
 
@@ -25,6 +24,12 @@ def pytest_configure(config):
         base = tempfile.gettempdir()
         config.option.basetemp = config.stash[SHORT_BASETEMP] = tempfile.mkdtemp(
             prefix="g", dir=base if len(base) <= 16 else "/tmp")
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first: spread over the workers from the start, they no longer make the tail
+    of a parallel run (one 30 s test started last kept a run going on one worker)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: otherwise as collected
 
 
 def pytest_sessionfinish(session, exitstatus):

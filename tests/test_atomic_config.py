@@ -10,28 +10,18 @@ import sys
 import time
 
 import pytest
+from config_rewriter import expected_payload
 
-from atomic_config import (AtomicConfigParser, RecoveryError, atomic_write, edit_config, previous_path,
-                           read_config, read_recovering, set_option)
-
-WRITER = r"""
-import sys
-from atomic_config import AtomicConfigParser
-path, start = sys.argv[1], int(sys.argv[2])
-sys.stdout.write("ready\n"); sys.stdout.flush()
-i = start
-while True:
-    cfg = AtomicConfigParser()
-    cfg.add_section("device")
-    cfg.set("device", "generation", str(i))
-    cfg.set("device", "payload", ("%08d" % i) * (2000 + (i * 7919) % 6000))
-    cfg.write(path)
-    i += 1
-"""
-
-
-def _expected_payload(generation: int) -> str:
-    return ("%08d" % generation) * (2000 + (generation * 7919) % 6000)
+from atomic_config import (
+    AtomicConfigParser,
+    RecoveryError,
+    atomic_write,
+    edit_config,
+    previous_path,
+    read_config,
+    read_recovering,
+    set_option,
+)
 
 
 def _temps(directory):
@@ -43,29 +33,44 @@ def test_sigkill_during_rewrites_leaves_a_written_version(tmp_path):
     path = tmp_path / "Gateway.cfg"
     seen, start = 0, 1
     cfg = AtomicConfigParser()
-    cfg["device"] = {"generation": "0", "payload": _expected_payload(0)}
+    cfg["device"] = {"generation": "0", "payload": expected_payload(0)}
     cfg.write(str(path))
     rng = random.Random(1234)
     kills = advanced = 0
+    # writers forked from one process that has imported atomic_config (tests/config_rewriter.py)
+    forker = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "config_rewriter.py"),
+                               str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(line):
+        forker.stdin.write(line + "\n")
+        forker.stdin.flush()
+        return forker.stdout.readline().split()
+
     # 200 kills, at least 100 of them after a rewrite got through (on a loaded machine a writer
     # killed early may not have written yet: kill on, up to a bound, rather than count on speed)
-    while kills < 200 or (advanced < 100 and kills < 1000):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(start)],
-                                stdout=subprocess.PIPE)
-        assert proc.stdout.readline() == b"ready\n"
-        time.sleep(rng.uniform(0.0, 0.03))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
-        kills += 1
-        parsed = configparser.RawConfigParser()
-        parsed.read_string(path.read_text())
-        got = int(parsed.get("device", "generation"))
-        assert got == seen or got >= start  # the old version, or one this writer wrote
-        advanced += got != seen
-        assert parsed.get("device", "payload") == _expected_payload(got)
-        assert len(_temps(tmp_path)) <= 1, _temps(tmp_path)
-        seen, start = got, max(got, start) + 1000000  # so each writer's versions are distinguishable
+    pid = None
+    try:
+        while kills < 200 or (advanced < 100 and kills < 1000):
+            word, pid = ask("start %d" % start)
+            assert word == "ready"
+            time.sleep(rng.uniform(0.0, 0.03))
+            os.kill(int(pid), signal.SIGKILL)
+            assert ask("reap " + pid) == ["reaped", pid, str(signal.SIGKILL)]
+            pid = None
+            kills += 1
+            parsed = configparser.RawConfigParser()
+            parsed.read_string(path.read_text())
+            got = int(parsed.get("device", "generation"))
+            assert got == seen or got >= start  # the old version, or one this writer wrote
+            advanced += got != seen
+            assert parsed.get("device", "payload") == expected_payload(got)
+            assert len(_temps(tmp_path)) <= 1, _temps(tmp_path)
+            seen, start = got, max(got, start) + 1000000  # so each writer's versions are distinguishable
+    finally:
+        if pid is not None:  # a writer still running when an assertion failed
+            os.kill(int(pid), signal.SIGKILL)
+        forker.kill()
+        forker.wait()
     assert advanced >= 100  # the writers really were rewriting when killed
     # the next write (by a live process) clears what the last killed writer left
     set_option(path, "device", "done", "yes")

@@ -3,12 +3,12 @@ import time
 
 import pytest
 import requests
-
-from device_client import errors
-from device_client.link import BACKOFF, CONNECTED, OFFLINE, LinkState, state_after
 from gmq_harness import GmqProcess
 from gwe_helpers import configure_gateway, reported_json, start_gwe
 from harness import stop_process, wait_for
+
+from device_client import errors
+from device_client.link import BACKOFF, CONNECTED, OFFLINE, LinkState, state_after
 
 # Each transition must be visible to a local app within this long of the cause (the issue's
 # acceptance); the probe and backoff below are set well inside it.
@@ -96,6 +96,7 @@ def test_a_link_never_tried_is_not_reported_connected(gwe_home):
         gmq.stop()
 
 
+@pytest.mark.slow
 def test_gwe_reports_its_own_link_and_the_outage_it_came_back_from(gwe_home, murano):
     from gwe.status import gateway_status
 

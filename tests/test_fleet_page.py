@@ -6,7 +6,6 @@ their paths are printed."""
 import os
 
 import pytest
-
 from fleet_helpers import RealGateway, chromium, stop_all, tag
 from harness import wait_for
 from otau_helpers import make_app
@@ -62,6 +61,7 @@ def _choose(browser, css, value):
                          css, value), 10, message="%s to choose %s" % (css, value))
 
 
+@pytest.mark.slow
 def test_dashboard_page_in_headless_chromium(murano, gateways, browser, tmp_path):
     wait_for(lambda: all(len(murano.history(s, "device_info")) >= 2 for s in SERIALS), 60, interval=0.3,
              message="two device_info reports from each gateway")

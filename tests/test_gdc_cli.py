@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
-
 from harness import free_port
 
 
@@ -17,6 +17,7 @@ def gdc(*args, env=None):
                           timeout=60, env=env)
 
 
+@pytest.mark.slow
 def test_gdc_session_against_murano_local(murano, gwe_home, tmp_path):
     murano.add_device("gw-cli")
     blob = os.urandom(100_000)

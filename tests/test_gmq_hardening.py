@@ -11,10 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-
-from gmq.queue import DurableQueue, Limits
 from gmq_harness import GmqProcess, ScriptedUpstream, raw
 from harness import free_port, wait_for
+
+from gmq.queue import DurableQueue, Limits
 
 
 @pytest.fixture
@@ -218,6 +218,7 @@ def test_out_of_file_descriptors_neither_spins_nor_floods_the_log(gwe_home):
         gmq.stop()
 
 
+@pytest.mark.slow
 def test_ttl_expires_a_backlog_of_half_a_million_values_without_recursion_error(tmp_path):
     now = [1700000000.0]
     q = DurableQueue(str(tmp_path / "gmq.db"), Limits(ttl=10, max_bytes=10 ** 9), clock=lambda: now[0])

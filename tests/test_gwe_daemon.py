@@ -5,9 +5,7 @@ import time
 
 import psutil
 import pytest
-
-from gwe_helpers import (SERIAL, configure_gateway, reported, reported_json, start_gwe, upload,
-                         wait_fetch_status)
+from gwe_helpers import SERIAL, configure_gateway, reported, reported_json, start_gwe, upload, wait_fetch_status
 from harness import MuranoLocal, stop_process, wait_for
 from otau_helpers import make_app, supervisor_conf
 
@@ -235,6 +233,7 @@ def test_engine_report_follows_installs_and_crashes_at_once(gateway, murano, sup
     assert _report_apps(murano)["watched"]["status"] == "EXITED"
 
 
+@pytest.mark.slow
 def test_a_crash_loop_does_not_flood_the_uplink(gateway, murano, supervisord, tmp_path):
     # added before gwe starts: gwe's state watch looks when a process it knows of exits (a program
     # added behind its back shows at its next periodic look)

@@ -2,7 +2,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_cleans_up(tmp_path):
     tmp_path = tmp_path / "t"  # a long TMPDIR: the demo must still fit supervisord's AF_UNIX socket path
     tmp_path.mkdir()

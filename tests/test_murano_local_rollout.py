@@ -6,11 +6,11 @@ import time
 
 import pytest
 import requests
-
 from fleet_helpers import cli, fetch_statuses, fleet_url, rollout, wait_rollout
 from harness import wait_for
-from murano_local.simulator import Simulator, draw, parse_mix
 from otau_helpers import make_app
+
+from murano_local.simulator import Simulator, draw, parse_mix
 
 
 @pytest.fixture
@@ -152,6 +152,7 @@ def test_health_window_catches_a_crash_and_a_silent_gateway_times_out(murano, fl
     assert rollout(murano, "r1")["failures"] == 4
 
 
+@pytest.mark.slow
 def test_a_restart_mid_rollout_resumes_and_installs_each_gateway_once(murano, fleet, tmp_path):
     fleet(12, prefix="gw-", tags=("all",))
     package = make_app(str(tmp_path), "sensor", "2")

@@ -12,7 +12,6 @@ import time
 import types
 
 import pytest
-
 from fault_proxy import FaultProxy
 from gmq_harness import GmqProcess
 from harness import wait_for
@@ -65,6 +64,7 @@ def cloud(tmp_path):
             ns.close()
 
 
+@pytest.mark.slow
 def test_gmq_survives_every_network_profile(gwe_home, cloud):
     serials = ["net-%d" % i for i in range(3)]
     for serial in serials:
@@ -146,11 +146,13 @@ def test_a_cut_after_murano_local_committed_is_resent_never_lost(gwe_home, cloud
     assert lost == 0 and len(values) == len(set(values)) == 101
 
 
+@pytest.mark.slow
 def test_gwe_long_poll_survives_every_network_profile(gwe_home, cloud):
     """gwe waits on update_interval with a long poll through each profile; after each, the
     operator sets a new interval and gwe adopts it within its poll time plus backoff."""
-    from gwe import config
     from gwe_helpers import SERIAL, configure_gateway, start_gwe
+
+    from gwe import config
 
     configure_gateway(types.SimpleNamespace(url=cloud.proxy.url, mqtt_url=None, add_device=cloud.murano.add_device),
                       update_interval=4)
@@ -184,6 +186,7 @@ def test_gwe_long_poll_survives_every_network_profile(gwe_home, cloud):
            adopted=len(adopted), max_seconds_to_adopt=max(adopted))
 
 
+@pytest.mark.slow
 def test_content_download_survives_every_network_profile(tmp_path, cloud):
     """A 600 KiB content file downloaded through each profile: a cut transfer keeps its part file
     and the next attempt resumes it with a Range request (so answers cut every 150 KB still get it
@@ -226,9 +229,11 @@ def test_content_download_survives_every_network_profile(tmp_path, cloud):
     assert resumed_under_fault, "answers cut every 150 KB never completed the download: no resume"
 
 
+@pytest.mark.slow
 def test_a_delayed_clear_does_not_wipe_a_newer_set(gwe_home, cloud):
-    from gwe import config
     from gwe_helpers import SERIAL, configure_gateway, start_gwe
+
+    from gwe import config
 
     configure_gateway(types.SimpleNamespace(url=cloud.proxy.url, mqtt_url=None, add_device=cloud.murano.add_device),
                       update_interval=4)

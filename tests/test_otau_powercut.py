@@ -13,14 +13,12 @@ import time
 
 import psutil
 import pytest
-
-from atomic_config import gwe_paths, previous_path, set_option
 from harness import Supervisord, wait_for
 from otau_helpers import make_app as _make_app
 
 import otau
+from atomic_config import gwe_paths, previous_path, set_option
 from otau.journal import journal_path
-
 
 
 def make_app(*args, **kwargs):
@@ -168,8 +166,16 @@ def test_damaged_journal_after_the_switch_never_deletes_the_running_version(gate
 
 
 def test_journal_transitions_are_guarded(tmp_path):
-    from otau.journal import COMMITTED, INSTALLING, REGISTERING, ROLLING_BACK, Journal, JournalError, begin_journal, \
-        write_journal
+    from otau.journal import (
+        COMMITTED,
+        INSTALLING,
+        REGISTERING,
+        ROLLING_BACK,
+        Journal,
+        JournalError,
+        begin_journal,
+        write_journal,
+    )
 
     paths = gwe_paths(str(tmp_path / "home")).ensure()
     journal = Journal(name="a", version="2", package="a.v2.tar.gz", state="unpacking", staging="/x")

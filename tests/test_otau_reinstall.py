@@ -10,13 +10,13 @@ import subprocess
 import sys
 
 import psutil
-
-from atomic_config import gwe_paths, set_option
+import pytest
 from gwe_helpers import SERIAL, configure_gateway, start_gwe, upload, wait_fetch_status
 from harness import stop_process, wait_for
 from otau_helpers import app_files, write_tarball
 
 import otau
+from atomic_config import gwe_paths, set_option
 
 APP = ("import os, time\nprint('content', open('CONTENT').read(), flush=True)\ntime.sleep(3600)\n")
 
@@ -76,6 +76,7 @@ def test_same_package_is_a_no_op_and_different_content_is_refused(supervisord, g
     assert visible(os.path.join(paths.apps, "app")) == ["1", "current", "state.json"]
 
 
+@pytest.mark.slow
 def test_forced_reinstall_runs_the_pipeline_and_rolls_back_a_bad_one(supervisord, gwe_home, tmp_path):
     paths = fast(gwe_home)
     assert gwe("-I", package(tmp_path / "a", "A")).returncode == 0

@@ -15,12 +15,11 @@ import sys
 
 import psutil
 import pytest
-
-from atomic_config import gwe_paths, set_option
 from harness import wait_for
 from otau_helpers import make_app
 
 import otau
+from atomic_config import gwe_paths, set_option
 from otau.selfupdate import marker_path
 
 CRASH = "/bin/sh -c 'exit 1'"
@@ -154,6 +153,7 @@ def last_status(paths, name="gwe"):
         return {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("broken", [False, True], ids=["healthy", "crash_loop"])
 def test_gwe_daemon_updates_itself(gwe_v1, broken):
     """The real thing: the running gwe installs its own update from inside its supervisord group."""

@@ -15,11 +15,10 @@ import sys
 import tarfile
 
 import pytest
-
-from atomic_config import gwe_paths, set_option
 from otau_helpers import add_file, app_files, make_app, write_tarball
 
 import otau
+from atomic_config import gwe_paths, set_option
 from otau.unpack import unpack_package
 
 
@@ -120,6 +119,7 @@ def test_unsigned_package_is_refused_as_soon_as_a_key_is_configured(gwe_home, tm
     assert gwe("-I", oneoff(tmp_path / "v2", "plain", "2")).returncode == 0
 
 
+@pytest.mark.slow
 def test_own_packages_need_a_signature_whenever_a_key_is_configured(keys, tmp_path):
     paths, key, rogue = keys
     set_option(paths.engine_cfg, "otau", "require_signatures", "false")

@@ -6,8 +6,10 @@ import stat
 import threading
 import time
 
-from atomic_config import AtomicConfigParser, RecoveryError, atomic_write, read_config, read_recovering, set_option
+import pytest
 from lab import count, figure, rng
+
+from atomic_config import AtomicConfigParser, RecoveryError, atomic_write, read_config, read_recovering, set_option
 
 
 def write_json(path, version, r):
@@ -89,6 +91,7 @@ def run_cuts(disk, r, cuts):
                 last_write_kept=outcomes["new"], last_write_reverted=outcomes["old"], seed=r.seed_value)
 
 
+@pytest.mark.slow
 def test_atomic_config_writers_survive_power_cuts(powerloss):
     numbers = figure("atomic_config_power_cut", **run_cuts(powerloss(), rng("atomic_config"), count(8, 240)))
     assert numbers["lost"] == 0, "a file read back older than its last acknowledged write, or unparsable"

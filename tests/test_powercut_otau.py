@@ -9,11 +9,12 @@ import sys
 import time
 
 import psutil
-
-from atomic_config import gwe_paths, set_option
+import pytest
 from harness import Supervisord, wait_for
 from lab import count, figure, kill_users, rng
 from otau_helpers import make_app
+
+from atomic_config import gwe_paths, set_option
 
 NAME = "labapp"
 
@@ -50,6 +51,7 @@ def outcome(paths, sup, old, new):
     return "old" if current == old else "new"
 
 
+@pytest.mark.slow
 def test_gwe_install_survives_power_cuts(tmp_path, powerloss):
     disk = powerloss()
     r = rng("otau")

@@ -10,11 +10,12 @@ import sqlite3
 import threading
 import time
 
+import pytest
 import requests
-
-from device_client.usage import UsageLog, usage_report
 from harness import MuranoLocal
 from lab import count, figure, kill_users, rng
+
+from device_client.usage import UsageLog, usage_report
 
 WRITERS = 3
 
@@ -39,6 +40,7 @@ def write_values(url, token, stop, acked, next_seq):
     session.close()
 
 
+@pytest.mark.slow
 def test_murano_local_store_survives_power_cuts(tmp_path, powerloss):
     disk = powerloss()
     r = rng("murano_store")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from typing import Dict, List
 
+import pytest
 from harness import free_port, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +43,7 @@ def _stop(pid_file: str) -> None:
         pass
 
 
+@pytest.mark.slow
 def test_the_readme_using_it_block_runs_as_written(tmp_path):
     substitutions: Dict[str, str] = {
         "8080": str(free_port()), "8090": str(free_port()),  # murano-local's and gmq's ports
