@@ -36,10 +36,8 @@ SINGLETONS = ("host", "content-length", "content-type", "x-exosite-cik", "x-exos
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _REQUEST_LINE = re.compile(rb"^(" + _TOKEN + rb") (\S+) (HTTP/[0-9]\.[0-9])$")
-_FIELD = re.compile(rb"^(" + _TOKEN + rb"):[ \t]*(.*?)[ \t]*$", re.S)
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):(.*)", re.S)  # fullmatch; the value is stripped of SP/HTAB
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_BARE_LF = re.compile(rb"(?<!\r)\n")
-_BARE_CR = re.compile(rb"\r(?!\n)")
 _TARGET_BAD = re.compile(rb"[^\x21-\x7e]")  # a URI: visible ASCII
 _ABSOLUTE = re.compile(rb"^https?://[^/?#]*", re.I)
 
@@ -99,7 +97,7 @@ class RequestParser:
             if end < 0:
                 if len(buf) > MAX_HEAD_BYTES:
                     raise ParseError(431, "request head too large")
-                if _BARE_LF.search(buf):
+                if _bare_lf(buf):
                     raise ParseError(400, "bare LF in the request head: lines end in CRLF")
                 return None
             if end > MAX_HEAD_BYTES:
@@ -116,10 +114,16 @@ class RequestParser:
         return request
 
 
+def _bare_lf(data: bytearray) -> bool:
+    """An LF not preceded by CR (counting is several times faster than a look-behind regex)."""
+    return data.count(b"\n") != data.count(b"\r\n")
+
+
 def _parse_head(raw: bytes, max_body: int) -> _Head:
     if raw.startswith(b"\r\n") or not raw:
         raise ParseError(400, "empty line before the request line")
-    if _BARE_LF.search(raw) or _BARE_CR.search(raw):
+    pairs = raw.count(b"\r\n")
+    if raw.count(b"\n") != pairs or raw.count(b"\r") != pairs:
         raise ParseError(400, "bare CR or LF in the request head: lines end in CRLF")
     lines = raw.split(b"\r\n")
     m = _REQUEST_LINE.match(lines[0])
@@ -139,10 +143,10 @@ def _parse_head(raw: bytes, max_body: int) -> _Head:
         raise ParseError(431, "too many header fields")
     headers: Dict[str, str] = {}
     for line in lines[1:]:
-        f = _FIELD.match(line)
+        f = _FIELD.fullmatch(line)
         if f is None:
             raise ParseError(400, "bad header line" if line[:1] not in (b" ", b"\t") else "obsolete line folding")
-        value = f.group(2)
+        value = f.group(2).strip(b" \t")
         if _BAD_VALUE.search(value):
             raise ParseError(400, "control character in a header value")
         name = f.group(1).decode("ascii").lower()
