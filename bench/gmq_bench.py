@@ -116,12 +116,12 @@ class Proc:
 class Gmq:
     """gmq under its own GWE_HOME, configured through ``gmq cfg set``."""
 
-    def __init__(self, work: str, name: str, settings: Optional[dict] = None) -> None:
+    def __init__(self, work: str, name: str, settings: Optional[dict] = None, env: Optional[dict] = None) -> None:
         self.home = os.path.join(work, name)
         shutil.rmtree(self.home, ignore_errors=True)
         os.makedirs(self.home)
         # MALLOC_ARENA_MAX=2 as in supervisor/gmq.conf: glibc's per-thread arenas cost ~2.5 MiB of RSS
-        self.env = dict(os.environ, GWE_HOME=self.home, PYTHONPATH=ROOT, MALLOC_ARENA_MAX="2")
+        self.env = dict(os.environ, GWE_HOME=self.home, PYTHONPATH=ROOT, MALLOC_ARENA_MAX="2", **(env or {}))
         self.port = free_port()
         self.set("server", "port", self.port)
         for (section, option), value in (settings or {}).items():

@@ -203,8 +203,16 @@ def value_size(alias: str, value: str) -> int:
 class DurableQueue:
     """The queue database: group-committed appends, ordered takes, acks, dead letters, bounds."""
 
-    def __init__(self, path: str, limits: Optional[Limits] = None, clock: Callable[[], float] = time.time) -> None:
-        """Open (checking, and salvaging if damaged) the database at ``path``."""
+    def __init__(self, path: str, limits: Optional[Limits] = None, clock: Callable[[], float] = time.time,
+                 synchronous: str = "FULL") -> None:
+        """Open (checking, and salvaging if damaged) the database at ``path``.
+
+        ``synchronous`` is FULL, the durability contract; OFF (no fsync) only for the ingest
+        bench's comparison (server.bench_synchronous), never a product setting.
+        """
+        if synchronous not in ("FULL", "OFF"):
+            raise ValueError("synchronous must be FULL or OFF")
+        self.synchronous = synchronous
         self.path = os.path.abspath(path)
         self.limits = (limits or Limits()).validate()
         self.clock = clock
@@ -242,7 +250,7 @@ class DurableQueue:
             self.salvage_report = salvage.salvage(self.path, problem, SCHEMA)
         conns: List[sqlite3.Connection] = []
         try:
-            conns.append(connect_sqlite(self.path, synchronous="FULL", check_same_thread=False))
+            conns.append(connect_sqlite(self.path, synchronous=self.synchronous, check_same_thread=False))
             conn = conns[0]
             os.chmod(self.path, 0o600)  # it holds upstream tokens (sqlite gives -wal/-shm the same mode)
             conn.execute("PRAGMA journal_size_limit=%d" % JOURNAL_SIZE_LIMIT)
@@ -254,7 +262,7 @@ class DurableQueue:
                 conn.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
             conn.execute("COMMIT")
             fsync_dir(self.directory)  # the WAL file's directory entry must survive a power cut too
-            conns.append(connect_sqlite(self.path, synchronous="FULL", check_same_thread=False))
+            conns.append(connect_sqlite(self.path, synchronous=self.synchronous, check_same_thread=False))
         except BaseException:
             for c in conns:
                 c.close()
@@ -843,6 +851,7 @@ class DurableQueue:
             "free_disk": free,
             "min_free_disk": self.limits.min_free_disk,
             "disk_reserve": {"bytes": self.reserve.size, "held": self.reserve.held},
+            "synchronous": self.synchronous,
             "dead_letter": dead,
             "counters": self.counters(),
             "alarms": alarms,

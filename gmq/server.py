@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 import time
-from typing import Optional
+from typing import Mapping, Optional
 
 from atomic_config import GwePaths, gwe_paths
 from atomic_config.version import VERSION as __version__
@@ -20,6 +20,30 @@ from .queue import DurableQueue
 log = logging.getLogger(__name__)
 
 MAINTAIN_RETRY_S = 1.0  # expiry due again right after a pass (it failed): try again this much later
+BENCH_NO_FSYNC_ENV = "GWE_GMQ_BENCH_NO_FSYNC"  # bench only: "1" runs the queue with synchronous=OFF
+
+
+def bench_synchronous(environ: Mapping[str, str]) -> str:
+    """The queue's sqlite synchronous level: FULL, or OFF when the ingest bench asks for it.
+
+    ``GWE_GMQ_BENCH_NO_FSYNC=1`` exists so that bench/gmq_ceiling_bench.py can measure what
+    durability costs. A 204 then means nothing across a power cut, so it is refused under
+    supervisord (which sets SUPERVISOR_ENABLED in every program's environment: every installed
+    gmq runs under it, and an exported variable would reach it) and warned about at every start
+    otherwise; any value but "1" is refused.
+    """
+    value = environ.get(BENCH_NO_FSYNC_ENV, "")
+    if not value:
+        return "FULL"
+    if value != "1":
+        raise config.ConfigError("%s=%r: unset it (it is for bench/gmq_ceiling_bench.py only)"
+                                 % (BENCH_NO_FSYNC_ENV, value))
+    if environ.get("SUPERVISOR_ENABLED"):
+        raise config.ConfigError("%s=1 is for bench/gmq_ceiling_bench.py only and refused under supervisord: "
+                                 "unset it in the environment supervisord was started with" % BENCH_NO_FSYNC_ENV)
+    log.warning("%s=1: the queue runs WITHOUT FSYNC (synchronous=OFF); a power cut loses values already "
+                "answered 204. For the ingest bench only: never run a gateway like this", BENCH_NO_FSYNC_ENV)
+    return "OFF"
 
 
 def upstream_settings(cfg: config.GmqConfig) -> UpstreamSettings:
@@ -38,7 +62,8 @@ class Gmq:
         self.cfg = config.load(self.paths, damage)  # a damaged gmq.cfg or Gateway.cfg: defaults and an alarm
         logging.getLogger().setLevel(self.cfg.log_level)
         self.started = time.time()
-        self.queue = DurableQueue(self.paths.gmq_db, self.cfg.limits)  # the one owner of gmq.db
+        synchronous = bench_synchronous(os.environ)  # FULL; OFF only for the ingest bench
+        self.queue = DurableQueue(self.paths.gmq_db, self.cfg.limits, synchronous=synchronous)  # owns gmq.db
         self.clients = ClientRegistry(self.queue, config.GatewayIdentity(self.paths.gateway_cfg))
         for problem in damage:
             log.error("%s", problem)
