@@ -46,6 +46,7 @@ RETAKE_HEADROOM = 1024 * 1024  # free beyond the reserve before it is taken (aga
 NO_ROOM_FREE = 64 * 1024  # an I/O error with less free than this on the queue's disk is a full disk
 WRITER_CACHE_KIB = 512
 READER_CACHE_KIB = 256
+SYNCHRONOUS_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}  # PRAGMA synchronous, for status
 INSERT_HEAD = "INSERT INTO queue (client, alias, ts, value, arrived, size) VALUES "
 INSERT_ROW = "(?,?,?,?,?,?)"
 
@@ -204,15 +205,13 @@ class DurableQueue:
     """The queue database: group-committed appends, ordered takes, acks, dead letters, bounds."""
 
     def __init__(self, path: str, limits: Optional[Limits] = None, clock: Callable[[], float] = time.time,
-                 synchronous: str = "FULL") -> None:
+                 fsync: bool = True) -> None:
         """Open (checking, and salvaging if damaged) the database at ``path``.
 
-        ``synchronous`` is FULL, the durability contract; OFF (no fsync) only for the ingest
-        bench's comparison (server.bench_synchronous), never a product setting.
+        ``fsync=False`` (synchronous=OFF) breaks the durability contract: only for the ingest
+        bench's comparison (server.bench_fsync), never a product setting.
         """
-        if synchronous not in ("FULL", "OFF"):
-            raise ValueError("synchronous must be FULL or OFF")
-        self.synchronous = synchronous
+        self.fsync = fsync
         self.path = os.path.abspath(path)
         self.limits = (limits or Limits()).validate()
         self.clock = clock
@@ -250,7 +249,8 @@ class DurableQueue:
             self.salvage_report = salvage.salvage(self.path, problem, SCHEMA)
         conns: List[sqlite3.Connection] = []
         try:
-            conns.append(connect_sqlite(self.path, synchronous=self.synchronous, check_same_thread=False))
+            conns.append(connect_sqlite(self.path, synchronous="FULL" if self.fsync else "OFF",
+                                       check_same_thread=False))
             conn = conns[0]
             os.chmod(self.path, 0o600)  # it holds upstream tokens (sqlite gives -wal/-shm the same mode)
             conn.execute("PRAGMA journal_size_limit=%d" % JOURNAL_SIZE_LIMIT)
@@ -262,7 +262,8 @@ class DurableQueue:
                 conn.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
             conn.execute("COMMIT")
             fsync_dir(self.directory)  # the WAL file's directory entry must survive a power cut too
-            conns.append(connect_sqlite(self.path, synchronous=self.synchronous, check_same_thread=False))
+            conns.append(connect_sqlite(self.path, synchronous="FULL" if self.fsync else "OFF",
+                                       check_same_thread=False))
         except BaseException:
             for c in conns:
                 c.close()
@@ -839,6 +840,7 @@ class DurableQueue:
             dead = c.execute("SELECT count(*) FROM dead_letter").fetchone()[0]
             alarms = [{"kind": k, "time": t, "detail": d}
                       for k, t, d in c.execute("SELECT kind, time, detail FROM alarms ORDER BY id")]
+            synchronous = SYNCHRONOUS_NAMES.get(c.execute("PRAGMA synchronous").fetchone()[0], "?")
         free = self._free_disk()
         return {
             "depth": self._state.depth,
@@ -851,7 +853,7 @@ class DurableQueue:
             "free_disk": free,
             "min_free_disk": self.limits.min_free_disk,
             "disk_reserve": {"bytes": self.reserve.size, "held": self.reserve.held},
-            "synchronous": self.synchronous,
+            "synchronous": synchronous,
             "dead_letter": dead,
             "counters": self.counters(),
             "alarms": alarms,

@@ -23,8 +23,8 @@ MAINTAIN_RETRY_S = 1.0  # expiry due again right after a pass (it failed): try a
 BENCH_NO_FSYNC_ENV = "GWE_GMQ_BENCH_NO_FSYNC"  # bench only: "1" runs the queue with synchronous=OFF
 
 
-def bench_synchronous(environ: Mapping[str, str]) -> str:
-    """The queue's sqlite synchronous level: FULL, or OFF when the ingest bench asks for it.
+def bench_fsync(environ: Mapping[str, str]) -> bool:
+    """Whether the queue fsyncs its commits: yes (synchronous=FULL), unless the ingest bench asks.
 
     ``GWE_GMQ_BENCH_NO_FSYNC=1`` exists so that bench/gmq_ceiling_bench.py can measure what
     durability costs. A 204 then means nothing across a power cut, so it is refused under
@@ -34,7 +34,7 @@ def bench_synchronous(environ: Mapping[str, str]) -> str:
     """
     value = environ.get(BENCH_NO_FSYNC_ENV, "")
     if not value:
-        return "FULL"
+        return True
     if value != "1":
         raise config.ConfigError("%s=%r: unset it (it is for bench/gmq_ceiling_bench.py only)"
                                  % (BENCH_NO_FSYNC_ENV, value))
@@ -43,7 +43,7 @@ def bench_synchronous(environ: Mapping[str, str]) -> str:
                                  "unset it in the environment supervisord was started with" % BENCH_NO_FSYNC_ENV)
     log.warning("%s=1: the queue runs WITHOUT FSYNC (synchronous=OFF); a power cut loses values already "
                 "answered 204. For the ingest bench only: never run a gateway like this", BENCH_NO_FSYNC_ENV)
-    return "OFF"
+    return False
 
 
 def upstream_settings(cfg: config.GmqConfig) -> UpstreamSettings:
@@ -62,8 +62,8 @@ class Gmq:
         self.cfg = config.load(self.paths, damage)  # a damaged gmq.cfg or Gateway.cfg: defaults and an alarm
         logging.getLogger().setLevel(self.cfg.log_level)
         self.started = time.time()
-        synchronous = bench_synchronous(os.environ)  # FULL; OFF only for the ingest bench
-        self.queue = DurableQueue(self.paths.gmq_db, self.cfg.limits, synchronous=synchronous)  # owns gmq.db
+        fsync = bench_fsync(os.environ)  # off only for the ingest bench
+        self.queue = DurableQueue(self.paths.gmq_db, self.cfg.limits, fsync=fsync)  # the one owner of gmq.db
         self.clients = ClientRegistry(self.queue, config.GatewayIdentity(self.paths.gateway_cfg))
         for problem in damage:
             log.error("%s", problem)

@@ -14,9 +14,9 @@ from gmq_harness import GmqProcess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("level, pragma", [("FULL", 2), ("OFF", 0)])
-def test_the_queue_runs_at_the_synchronous_level_asked(tmp_path, level, pragma):
-    queue = DurableQueue(str(tmp_path / "gmq.db"), synchronous=level)
+@pytest.mark.parametrize("fsync, level, pragma", [(True, "FULL", 2), (False, "OFF", 0)])
+def test_the_queue_fsyncs_its_commits_unless_told_not_to(tmp_path, fsync, level, pragma):
+    queue = DurableQueue(str(tmp_path / "gmq.db"), fsync=fsync)
     try:
         assert queue._conn.execute("PRAGMA synchronous").fetchone()[0] == pragma
         assert queue.stats()["synchronous"] == level
