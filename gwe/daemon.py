@@ -451,12 +451,20 @@ class Engine:
                                                        "request", package=job.package, request=raw))
                 continue
             log.info("engine_fetch: installing %s", job.name)
-            status = fetch_and_install(self.device, job, self.paths)
+            status = fetch_and_install(self.device, job, self.paths, stopped=self._stopped_within)
             log.info("engine_fetch: %s -> %s", job.name, status.status)
             self._write_status(status)
             self._report_installed()
             if self.reports is not None:
                 self.reports.look()  # the new programs' pids, and their next states
+
+    def _stopped_within(self, seconds: float) -> bool:
+        """Wait ``seconds`` (wake-ups for other reasons do not cut it short); True once a stop is asked."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.wait(max(0.0, deadline - time.monotonic())):
+            if time.monotonic() >= deadline:
+                return False
+        return True
 
     def _report_installed(self) -> None:
         """engine_report right after an install: what runs now, at once (not update_interval later)."""

@@ -7,7 +7,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 from atomic_config import GwePaths
 
@@ -81,21 +81,38 @@ def request_error_status(raw: str, error: str) -> "FetchStatus":
     return FetchStatus.failure(error, "request", request=raw)
 
 
-def fetch_and_install(device, job: InstallJob, paths: GwePaths) -> "FetchStatus":
-    """Download ``job`` from the content area and install it; returns its fetch_status."""
-    from device_client import DeviceAPIError
-    from otau import FetchStatus, install_package
+def fetch_and_install(device, job: InstallJob, paths: GwePaths,
+                      stopped: Callable[[float], bool] = lambda seconds: False) -> "FetchStatus":
+    """Download ``job`` from the content area and install it; returns its fetch_status.
+
+    A download the network or the cloud cuts (no answer, a 5xx) resumes with backoff for up to
+    ``[otau] download_retry`` seconds: a cloud that restarts, or a link that drops for a minute, must not fail
+    an install (and halt a rollout). ``stopped(seconds)`` waits between attempts and says whether
+    gwe is stopping."""
+    from device_client import Backoff, DeviceAPIError, NetworkError, ServerError, TLSError
+    from otau import install_package, load_settings
 
     downloads = os.path.join(paths.var_lib, "downloads")
     os.makedirs(downloads, exist_ok=True)
     dest = os.path.join(downloads, job.name)
     started = time.monotonic()
-    try:
-        device.download_content(job.name, dest, sha256=job.sha256)
-    except (DeviceAPIError, OSError) as exc:
-        status = FetchStatus.failure("download failed: %s" % exc, "download", package=job.package, sha256=job.sha256)
-        status.timings["download"] = time.monotonic() - started
-        return status  # a partial download stays for the next request to resume
+    retry_for = load_settings(paths).download_retry
+    backoff = Backoff(1.0, 30.0)
+    while True:
+        try:
+            device.download_content(job.name, dest, sha256=job.sha256)
+            break
+        except TLSError as exc:  # the server's certificate: waiting does not change it
+            return _download_failed(job, exc, started)
+        except (NetworkError, ServerError) as exc:
+            delay = backoff.next_delay()
+            if time.monotonic() + delay - started > retry_for:
+                return _download_failed(job, exc, started)
+            log.warning("download of %s cut (%s); resuming in %.1f s", job.name, exc, delay)
+            if stopped(delay):
+                return _download_failed(job, exc, started)
+        except (DeviceAPIError, OSError) as exc:
+            return _download_failed(job, exc, started)
     download_s = time.monotonic() - started
     try:
         status = install_package(dest, sha256=job.sha256, paths=paths, package=job.package, force=job.force)
@@ -103,6 +120,14 @@ def fetch_and_install(device, job: InstallJob, paths: GwePaths) -> "FetchStatus"
         _remove(dest)
     status.timings["download"] = download_s
     return status
+
+
+def _download_failed(job: InstallJob, exc: Exception, started: float) -> "FetchStatus":
+    from otau import FetchStatus
+
+    status = FetchStatus.failure("download failed: %s" % exc, "download", package=job.package, sha256=job.sha256)
+    status.timings["download"] = time.monotonic() - started
+    return status  # a partial download stays for the next request to resume
 
 
 def _remove(path: str) -> None:

@@ -42,6 +42,7 @@ class OtauSettings:
     max_members: int = 20000
     output_limit: int = 64 * 1024          # bytes of install output kept (the tail)
     boot_attempts: int = 3                 # starts of a self-updated gwe/gmq before it is reverted
+    download_retry: float = 300.0          # seconds gwe's download resumes through a cut link or a 5xx
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "require_signatures", signature_policy(self.require_signatures))

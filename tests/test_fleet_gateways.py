@@ -60,8 +60,8 @@ def test_rollouts_on_ten_real_gateways_in_two_tags(murano, gateways, tmp_path):
     for serial, gw in gateways.items():
         assert gw.running_version("counter") == "1", serial
         statuses = fetch_statuses(murano, serial, "counter.v1.tar.gz")
-        # one install each; a gateway whose answer was lost with murano_local (gwe drops a fetch_status
-        # it cannot write) was asked again after the restart and answered 'already installed'
+        # one install each; a gateway asked again after the restart (its answer not yet delivered
+        # when the rollout looked) answered 'already installed'
         installs = [s for s in statuses if "nothing done" not in s["output"]]
         assert len(installs) <= 1 and all(s["status"] == "installed" for s in statuses), (serial, statuses)
     _asked_after_the_window(done, gateways, "counter")

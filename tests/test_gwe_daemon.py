@@ -6,6 +6,7 @@ import time
 import psutil
 import pytest
 from gwe_helpers import SERIAL, configure_gateway, reported, reported_json, start_gwe, upload, wait_fetch_status
+from atomic_config import set_option
 from harness import MuranoLocal, stop_process, wait_for
 from otau_helpers import make_app, supervisor_conf
 
@@ -249,6 +250,28 @@ def test_a_crash_loop_does_not_flood_the_uplink(gateway, murano, supervisord, tm
     supervisord.rpc().supervisor.stopProcessGroup("looper", False)
 
 
+def test_a_download_cut_by_a_cloud_restart_resumes_and_installs(gateway, murano, supervisord, tmp_path):
+    """murano_local goes away just before a package's download and is back 3 s later: the download
+    resumes and the package installs (a failed fetch_status here halted a rollout of ten gateways
+    whose cloud restarted)."""
+    reached, release = tmp_path / "install.reached", tmp_path / "install.release"
+    slow = make_app(str(tmp_path), "slow", "1", install_sh="#!/bin/sh\ntouch %s\nwhile [ ! -e %s ]; do sleep 0.1;"
+                    " done\n" % (reached, release))
+    upload(murano, slow)
+    upload(murano, make_app(str(tmp_path), "quick", "1"))
+    gateway()
+    wait_for(lambda: reported(murano, "engine_report"), 20, message="gwe running")
+    murano.set(SERIAL, "engine_fetch", json.dumps({"install": [{"name": "slow.v1.tar.gz"},
+                                                               {"name": "quick.v1.tar.gz"}]}))
+    wait_for(reached.exists, 30, message="slow's install.sh running")
+    murano.stop()
+    release.touch()  # slow installs; quick's download finds no server
+    time.sleep(3)
+    murano.start()
+    assert wait_fetch_status(murano, "quick.v1.tar.gz")["status"] == "installed"
+    wait_for(lambda: supervisord.rpc().supervisor.getProcessInfo("quick")["statename"] == "RUNNING", 10)
+
+
 def _outbox(gwe_home):
     try:
         with open(gwe_home / "var" / "lib" / "gwe" / "fetch_status.outbox") as f:
@@ -267,6 +290,7 @@ def test_fetch_status_of_installs_during_an_outage_arrives_in_order_once(gateway
                     " done\necho installed slow\n" % (reached, release))
     upload(murano, slow)
     upload(murano, make_app(str(tmp_path), "quick", "1"))
+    set_option(str(gwe_home / "etc" / "gwe" / "Engine.config"), "otau", "download_retry", "0")  # fail at once
     gwe = gateway()
     wait_for(lambda: reported(murano, "engine_report"), 20, message="gwe running")
     murano.set(SERIAL, "engine_fetch", json.dumps({"install": [{"name": "slow.v1.tar.gz"},
