@@ -21,7 +21,6 @@ import os
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,26 +30,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gmq_bench import Gmq, Proc, free_port, rss_mib  # noqa: E402
+from gmq_bench import Gmq, Proc, free_port, rss_mib, settled_rss  # noqa: E402
 
 PER_REQUEST = 500  # values per fill request
 BATCH = 500        # gmq's default batch_size, and the anchor's batch
-
-
-def settled_rss(argv) -> float:
-    proc = subprocess.Popen(argv)
-    try:
-        last, since = None, time.monotonic()
-        while True:
-            time.sleep(0.25)
-            now = rss_mib(proc.pid)
-            if now != last:
-                last, since = now, time.monotonic()
-            elif time.monotonic() - since >= 1.0:
-                return now
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def add_device(murl: str, serial: str) -> None:

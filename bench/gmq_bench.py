@@ -88,6 +88,23 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def settled_rss(argv) -> float:
+    """VmRSS of a process once it has been unchanged for 1 s (as the anchors' mem_floor.py)."""
+    proc = subprocess.Popen(argv)
+    try:
+        last, same_since = None, time.monotonic()
+        while True:
+            time.sleep(0.25)
+            now = rss_mib(proc.pid)
+            if now != last:
+                last, same_since = now, time.monotonic()
+            elif time.monotonic() - same_since >= 1.0:
+                return now
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=30) as resp:
         return json.loads(resp.read().decode())

@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from atomic_config import gwe_paths, set_option  # noqa: E402
 from gwe_helpers import configure_gateway, reported  # noqa: E402
+from gmq_bench import rss_mib, settled_rss  # noqa: E402
 from harness import MuranoLocal, Supervisord, free_port, wait_for  # noqa: E402
 
 GOALS = [  # (figure, comparison, limit)
@@ -57,28 +58,6 @@ def threads(pid: int) -> dict:
         name = re.search(r"^Name:\s+(.*)$", status, re.M).group(1)
         out[int(os.path.basename(task))] = (name, switches, cpu_ns)
     return out
-
-
-def rss_mib(pid: int) -> float:
-    with open("/proc/%d/status" % pid) as f:
-        return int(re.search(r"^VmRSS:\s+(\d+)", f.read(), re.M).group(1)) / 1024.0
-
-
-def settled_rss(argv) -> float:
-    """VmRSS of a process once it has been unchanged for 1 s (as the anchors' mem_floor.py)."""
-    proc = subprocess.Popen(argv)
-    try:
-        last, same_since = None, time.monotonic()
-        while True:
-            time.sleep(0.25)
-            now = rss_mib(proc.pid)
-            if now != last:
-                last, same_since = now, time.monotonic()
-            elif time.monotonic() - same_since >= 1.0:
-                return now
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def idle_round(pids: dict, seconds: float) -> dict:

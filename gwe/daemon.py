@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import signal
 import threading
 import time
@@ -31,6 +30,7 @@ from .engine_fetch import FetchRequestError, fetch_and_install, parse_engine_fet
 from .report_trigger import ReportTrigger
 from .status_outbox import StatusOutbox
 from .upload import UPLOAD_REQUEST, UPLOAD_STATUS, Uploader
+from .wake_pipe import WakePipe
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,7 @@ class StopRequest:
     """A stop flag that a signal handler may set, and a wait it wakes (the self-pipe trick)."""
 
     def __init__(self) -> None:
-        self._read, self._write = os.pipe()
-        os.set_blocking(self._read, False)
-        os.set_blocking(self._write, False)
+        self._pipe = WakePipe()
         self.requested = False
 
     def request(self, signum=None, frame=None) -> None:
@@ -64,21 +62,12 @@ class StopRequest:
         self.wake()
 
     def wake(self) -> None:
-        try:
-            os.write(self._write, b"\0")
-        except OSError:  # the pipe is full: a wake-up is pending anyway
-            pass
+        self._pipe.wake()
 
     def wait(self, seconds: Optional[float]) -> bool:
         """Sleep until woken or ``seconds`` pass (None: until woken); True once a stop is requested."""
         if not self.requested:
-            readable, _, _ = select.select([self._read], [], [], seconds)
-            if readable:
-                try:
-                    while os.read(self._read, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
+            self._pipe.wait(seconds)
         return self.requested
 
 

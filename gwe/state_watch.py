@@ -18,6 +18,8 @@ import select
 import threading
 from typing import Callable, Dict, List, Optional, Tuple
 
+from .wake_pipe import WakePipe
+
 log = logging.getLogger(__name__)
 
 STABLE_POLL_S = 120.0
@@ -48,9 +50,7 @@ class StateWatch(threading.Thread):
         self._processes = processes
         self._on_change = on_change
         self._pidfds = pidfds_supported() if use_pidfds is None else use_pidfds
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake = WakePipe()
         self._stopping = False
         self._fds: Dict[int, int] = {}  # pid -> pidfd
         self._exited: set = set()        # pidfds of pids that exited, not to be waited on again
@@ -65,10 +65,7 @@ class StateWatch(threading.Thread):
         self._nudge()
 
     def _nudge(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:  # the pipe is full: a wake-up is pending anyway
-            pass
+        self._wake.wake()
 
     def run(self) -> None:
         try:
@@ -116,10 +113,4 @@ class StateWatch(threading.Thread):
     def _sleep(self, timeout: float) -> None:
         """Until ``timeout``, a nudge, or the exit of a watched pid."""
         live = [fd for fd in self._fds.values() if fd not in self._exited]
-        ready, _, _ = select.select([self._wake_r] + live, [], [], timeout)
-        if self._wake_r in ready:
-            try:
-                while os.read(self._wake_r, 512):
-                    pass
-            except BlockingIOError:
-                pass
+        self._wake.wait(timeout, live)
