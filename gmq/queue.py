@@ -15,6 +15,7 @@ calls it back when the thread holding it (the forwarder) passes it on.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -80,6 +81,18 @@ class Rejected(Exception):
         self.reason = reason
 
 
+IO_FAILURES = (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB,
+               sqlite3.SQLITE_CANTOPEN)
+
+
+def is_io_failure(exc: BaseException) -> bool:
+    """Did the disk fail under ``exc`` (an I/O error, a filesystem turned read-only, damage)?"""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in IO_FAILURES
+    return any(word in str(exc) for word in ("I/O error", "readonly", "malformed", "not a database", "unable to open"))
+
+
 def is_full(exc: BaseException, directory: str) -> bool:
     """Did ``exc`` come from a full disk? SQLITE_FULL, or an I/O error (the -shm cannot grow) on a
     filesystem with almost nothing free."""
@@ -124,8 +137,11 @@ def _records(method: Callable) -> Callable:
             try:
                 result = method(self, *args, **kwargs)
             except sqlite3.Error as exc:
-                if is_full(exc, self.directory) and self._make_room(tried):
-                    continue
+                if is_full(exc, self.directory):
+                    if self._make_room(tried):
+                        continue
+                elif is_io_failure(exc):
+                    self._fail(str(exc))
                 self._records_trouble.begins(str(exc))
                 raise StorageError("cannot record in %s: %s" % (self.path, exc)) from None
             self._records_trouble.ends()
@@ -224,7 +240,10 @@ class DurableQueue:
         self._reserve_used = False
         self.on_append: Optional[Callable[[], None]] = None  # called after each commit that stored values
         self.on_maintenance_due: Optional[Callable[[], None]] = None  # called when maintain() has new work
+        self.failed: Optional[str] = None  # why the database is no longer trusted (see _fail)
         self._open_on_any_disk()
+        # kept open (closing an fd of gmq.db drops sqlite's locks); read-write, as glibc's fallback reads
+        self._probe = os.open(self.path, os.O_RDWR)
         self._retake_reserve()
         self._rlock = threading.Lock()
         # page caches: the writer touches the tail of the table and index, the reader reads in
@@ -280,6 +299,37 @@ class DurableQueue:
             except (StorageError, sqlite3.Error) as exc:
                 if attempt or not (is_full(exc, self.directory) and self._release_reserve()):
                     raise StorageError("cannot open %s: %s" % (self.path, exc)) from None
+
+    # -- a failing disk -------------------------------------------------------------------
+    def _journal_refuses(self) -> Optional[str]:
+        """After a commit: why the filesystem no longer takes a journal transaction, or None.
+
+        fdatasync can return success for a commit the filesystem failed under: when ext4 aborts its
+        journal (an I/O error, ``errors=remount-ro``) while fdatasync waits for the commit's pages,
+        the transaction holding the file's growth is dropped, and fdatasync, finding it no longer
+        running, reports success; the commit is gone after the reboot. Allocating a byte gmq.db
+        already has starts a journal transaction and changes nothing; it fails once the journal is
+        aborted, and so tells a commit that may not be on disk. (Filesystems without fallocate:
+        glibc reads the byte and, finding it non-zero, writes nothing.)
+        """
+        if not self.fsync:
+            return None  # nothing is durable anyway (the bench's switch)
+        try:
+            os.posix_fallocate(self._probe, 0, 1)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return None  # a full disk, or no such call: no sign of a failed journal
+            return "the filesystem failed after the commit (%s): it may not be on disk" % os.strerror(exc.errno)
+        return None
+
+    def _fail(self, why: str) -> None:
+        """The disk failed under a write: nothing gmq's connection says is on disk can be trusted
+        (sqlite's cache and the kernel's may hold what the disk lost), so from now on every write is
+        refused, and so is every acknowledgement, until gmq is restarted on a healthy disk."""
+        if self.failed is None:
+            self.failed = why
+            log.error("storage failed: %s; gmq stores and records nothing more (new values get 500) until it is "
+                      "restarted on a healthy disk", why)
 
     # -- a full disk ----------------------------------------------------------------------
     def _release_reserve(self) -> bool:
@@ -390,6 +440,8 @@ class DurableQueue:
         """BEGIN..COMMIT in the writer's turn; in-memory state is restored if it fails."""
         self._claim()
         try:
+            if self.failed is not None:
+                raise StorageError("storage failed: %s" % self.failed)
             conn = self._conn
             saved = self._save()
             conn.execute("BEGIN IMMEDIATE")
@@ -397,6 +449,10 @@ class DurableQueue:
                 yield conn
                 self._flush_counters(conn)
                 conn.execute("COMMIT")
+                problem = self._journal_refuses()
+                if problem is not None:
+                    self._fail(problem)
+                    raise StorageError("storage failed: %s" % problem)
             except BaseException:
                 self._rollback(conn)
                 self._restore(saved)
@@ -503,7 +559,9 @@ class DurableQueue:
         accepted: List[_Entry] = []
         total = 0
         for e in batch:
-            if free - total - e.size < limits.min_free_disk:
+            if self.failed is not None:
+                e.status, e.reason = 500, "storage failed: %s; nothing is stored until gmq is restarted" % self.failed
+            elif free - total - e.size < limits.min_free_disk:
                 e.status, e.reason = 507, "free disk below the reserve of %d bytes" % limits.min_free_disk
             elif not self.reserve.held:
                 e.status, e.reason = 507, "disk full: gmq needs its reserve for recording deliveries"
@@ -533,10 +591,13 @@ class DurableQueue:
                     self._insert(conn, rows[i:i + ROWS_PER_INSERT])
                 self._flush_counters(conn)
                 conn.execute("COMMIT")
+            problem = self._journal_refuses()
         except sqlite3.Error as exc:
             self._rollback(conn)
             self._restore(saved)
             full = is_full(exc, self.directory)
+            if not full and is_io_failure(exc):
+                self._fail(str(exc))
             self._ingest_trouble.begins("commit failed (507 or 500): %s" % exc)
             for e in accepted:
                 e.status, e.reason = (507, "disk full") if full else (500, "storage error: %s" % exc)
@@ -548,6 +609,13 @@ class DurableQueue:
             for e in accepted:
                 e.status, e.reason = 500, "storage error: %s" % exc
             raise
+        if problem is not None:  # sqlite says committed, the disk may not have it: no 204 for these values
+            self._restore(saved)
+            self._fail(problem)
+            for e in accepted:
+                e.status, e.reason = 500, "storage error: %s" % problem
+            self._count("rejected", len(rows))
+            return
         st.depth += len(rows)
         st.bytes += total
         for row in rows:
@@ -854,6 +922,7 @@ class DurableQueue:
             "min_free_disk": self.limits.min_free_disk,
             "disk_reserve": {"bytes": self.reserve.size, "held": self.reserve.held},
             "synchronous": synchronous,
+            "storage_failed": self.failed,
             "dead_letter": dead,
             "counters": self.counters(),
             "alarms": alarms,
@@ -886,3 +955,4 @@ class DurableQueue:
         self._claim()
         for conn in (self._rconn, self._conn):
             conn.close()
+        os.close(self._probe)  # after sqlite's last connection: its locks are gone with it

@@ -19,7 +19,7 @@ HOLD_S = 3.0
 
 
 def open_files(path):
-    """Descriptors of this process open on ``path`` (one per sqlite connection)."""
+    """Descriptors of this process open on ``path`` (one per sqlite connection, and the queue's probe)."""
     found = 0
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -50,7 +50,8 @@ def test_the_loop_answers_while_the_forwarder_holds_the_writer_turn(gwe_home):
             release.wait(HOLD_S)
 
     try:
-        assert open_files(paths.gmq_db) == 2  # the queue's writer and reader: the only connections to gmq.db
+        # the queue's writer and reader, the only connections to gmq.db, and the descriptor of its journal probe
+        assert open_files(paths.gmq_db) == 3
         vms = {"X-Exosite-VMS": "p p sn1"}
         assert requests.post(url + "/onep:v1/stack/alias", data="warm=1", headers=vms, timeout=10).status_code == 204
         holder = threading.Thread(target=forwarder_commit)

@@ -229,6 +229,74 @@ def test_a_disk_turned_read_only_under_load(gwe_home, murano):
     assert alive, "gmq exited when its disk turned read-only"
 
 
+class SlowWrites:
+    """gmq's own writes to ``disk`` throttled to ``iops`` a second (a blkio cgroup): a slow SD card,
+    on which a commit's fdatasync spends its time waiting for its data pages, while ext4's journal
+    thread (not throttled) is as fast as ever."""
+
+    def __init__(self, disk, pid, iops=10):
+        source = subprocess.run(["findmnt", "-n", "-o", "SOURCE", disk.path], check=True, capture_output=True,
+                                text=True).stdout.strip()
+        rdev = os.stat(source).st_rdev
+        self.pid = pid
+        self.cgroup = "/sys/fs/cgroup/blkio/gwe-test-%d" % pid
+        os.makedirs(self.cgroup)
+        with open(os.path.join(self.cgroup, "blkio.throttle.write_iops_device"), "w") as f:
+            f.write("%d:%d %d\n" % (os.major(rdev), os.minor(rdev), iops))
+        with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+
+    def committing(self):
+        """Whether gmq's event loop (its main thread, which commits what apps post) is inside
+        fdatasync(2), waiting for the data pages of a commit (its kernel stack says so)."""
+        try:
+            with open("/proc/%d/stack" % self.pid) as f:
+                return "file_write_and_wait_range" in f.read()
+        except OSError:
+            return False
+
+    def close(self):
+        with open(os.path.join(self.cgroup, "cgroup.procs")) as f:
+            stray = f.read().split()
+        with open("/sys/fs/cgroup/blkio/cgroup.procs", "w") as f:
+            for pid in stray:
+                f.write(pid)
+        os.rmdir(self.cgroup)
+
+
+def test_a_commit_the_failing_disk_did_not_keep_is_not_acknowledged(gwe_home, murano):
+    """ext4 aborts its journal (errors=remount-ro) while gmq's fdatasync waits for a commit's pages on a
+    slow disk: Linux then returns success from that fdatasync although the aborted journal never
+    recorded the file's growth, and the commit is gone after the reboot. gmq answers no 204 for it:
+    after each commit it checks that the filesystem still takes a journal transaction."""
+    disk = LoopExt4(str(gwe_home / "var" / "lib" / "gwe"))
+    plant = Plant(gwe_home, murano, "slow").start()
+    slow = None
+    try:
+        plant.produce()
+        plant.activated()
+        plant.proxy.set_profile("refuse")
+        slow = SlowWrites(disk, plant.gmq.proc.pid)
+        wait_for(slow.committing, 10, interval=0.002, message="a commit waiting in fdatasync for its pages")
+        disk.fail()  # the commit's pages are still on their way: the exact step
+        time.sleep(1.0)
+        plant.halt()
+        plant.gmq.kill()
+        slow.close()
+        slow = None
+        disk.reboot()
+        plant.gmq.start()
+        plant.drain()
+        lost = lost_values(murano, plant.acked)
+    finally:
+        if slow is not None:
+            plant.gmq.kill()
+            slow.close()
+        plant.close()
+        disk.close()
+    assert lost == 0, "%d acknowledged values lost with the commit the aborted journal dropped" % lost
+
+
 def stop_with_backlog(plant, values=1500):
     """Clients activated upstream, then an outage and a backlog of ``values`` values, then gmq
     stopped cleanly with the queue checkpointed into gmq.db (no -wal, no -shm left)."""
