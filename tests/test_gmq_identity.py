@@ -96,3 +96,22 @@ def test_cik_and_vms_naming_different_devices_is_a_400(gwe_home, murano):
         assert [c["client"] for c in gmq.status()["forwarder"]["clients"]] == ["sn-a"]
     finally:
         gmq.stop()
+
+
+def test_a_rejected_gateway_token_keeps_the_values_queued_with_an_alarm(gwe_home, murano):
+    """Upstream answers 401 to gwe's token (gwe must activate again): gmq neither activates the
+    gateway's serial nor dead-letters its values; an alarm says so, and gwe's next token delivers them."""
+    murano.add_device(GATEWAY)
+    paths = gwe_paths(str(gwe_home)).ensure()
+    update_gateway_config({"uuid": GATEWAY, "host": murano.url, "cik": "0" * 40}, paths.gateway_cfg)
+    gmq = start_gmq(gwe_home, murano)
+    try:
+        assert gmq.post("/onep:v1/stack/alias", "v=kept", serial=GATEWAY).status_code == 204
+        wait_for(lambda: [a for a in gmq.status()["alarms"] if a["kind"] == "gateway_token_refused"], 15,
+                 message="a gateway_token_refused alarm")
+        status = gmq.status()
+        assert status["queue"]["depth"] == 1 and status["queue"]["dead_letter"] == 0
+        update_gateway_config({"cik": activate(murano, GATEWAY)}, paths.gateway_cfg)  # gwe activated again
+        wait_for(lambda: values(murano, GATEWAY, "v") == ["kept"], 15, message="delivered with gwe's new token")
+    finally:
+        gmq.stop()
