@@ -96,12 +96,11 @@ class Tmpfs:
     def fill(self, leave: int, name: str = ".filler") -> int:
         """Grow a filler file until at most ``leave`` bytes are free; returns the bytes free."""
         path = os.path.join(self.path, name)
-        with open(path, "ab") as f:
+        with open(path, "ab", buffering=0) as f:  # unbuffered: a write the full disk refused is not retried at close
             chunk = b"\0" * 65536
             while self.free() > leave:
                 try:
                     f.write(chunk[:max(4096, min(len(chunk), self.free() - leave))])
-                    f.flush()
                 except OSError:
                     break
         return self.free()
@@ -183,10 +182,19 @@ class LoopExt4:
             f.write("1")
 
     def reboot(self) -> int:
-        """Unmount, e2fsck -fy (its exit code is returned), mount again."""
+        """Unmount, e2fsck -fy (its exit code is returned), mount again.
+
+        umount returns once the mount is detached, but the filesystem lives on while I/O of it is
+        still queued; a mount then would get that same, failed filesystem back (read-only). So the
+        loop device must be gone (the kernel detaches it when the filesystem is released) first."""
         import subprocess
 
+        from harness import wait_for
+
         subprocess.run(["umount", self.path], check=True)
+        wait_for(lambda: not subprocess.run(["losetup", "-j", self.image], capture_output=True,
+                                            text=True).stdout.strip(), 30, interval=0.05,
+                 message="the loop device of %s released" % self.image)
         code = subprocess.run(["e2fsck", "-fy", self.image], capture_output=True).returncode
         self.mount()
         return code

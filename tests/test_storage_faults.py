@@ -240,13 +240,18 @@ class SlowWrites:
         source = subprocess.run(["findmnt", "-n", "-o", "SOURCE", disk.path], check=True, capture_output=True,
                                 text=True).stdout.strip()
         rdev = os.stat(source).st_rdev
+        self.device = "%d:%d" % (os.major(rdev), os.minor(rdev))
         self.pid = pid
         self.cgroup = "/sys/fs/cgroup/blkio/gwe-test-%d" % pid
         os.makedirs(self.cgroup)
-        with open(os.path.join(self.cgroup, "blkio.throttle.write_iops_device"), "w") as f:
-            f.write("%d:%d %d\n" % (os.major(rdev), os.minor(rdev), iops))
+        self.limit(iops)
         with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as f:
             f.write(str(pid))
+
+    def limit(self, iops):
+        """Throttle the cgroup's writes to ``iops`` a second (0: no limit)."""
+        with open(os.path.join(self.cgroup, "blkio.throttle.write_iops_device"), "w") as f:
+            f.write("%s %d\n" % (self.device, iops))
 
     def committing(self):
         """Whether gmq's event loop (its main thread, which commits what apps post) is inside
@@ -258,6 +263,7 @@ class SlowWrites:
             return False
 
     def close(self):
+        self.limit(0)  # the writes still queued go at once: the filesystem can then be released
         with open(os.path.join(self.cgroup, "cgroup.procs")) as f:
             stray = f.read().split()
         with open("/sys/fs/cgroup/blkio/cgroup.procs", "w") as f:
