@@ -179,11 +179,17 @@ class StorageError(OSError):
     """The database cannot be read for a reason that is not damage (a full disk, an I/O error)."""
 
 
+# errors that the file's bytes cause, not the disk's state: a scribbled record can claim a value
+# longer than sqlite's limit (TOOBIG) or of the wrong type (MISMATCH) as well as be CORRUPT
+DAMAGE_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_TOOBIG, sqlite3.SQLITE_MISMATCH,
+                sqlite3.SQLITE_RANGE, sqlite3.SQLITE_FORMAT)
+
+
 def is_damage(exc: sqlite3.DatabaseError) -> bool:
-    """SQLITE_CORRUPT or SQLITE_NOTADB: the file's content is wrong (not the disk's state)."""
+    """The file's content is wrong (DAMAGE_CODES), as opposed to the disk's state (I/O, full, locked)."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+        return code & 0xFF in DAMAGE_CODES
     return "malformed" in str(exc) or "not a database" in str(exc)
 
 

@@ -25,6 +25,7 @@ def rng(name: str) -> random.Random:
     seed = int(os.environ.get("GWE_LAB_SEED", "0")) or int(time.time() * 1000) % 1000003
     r = random.Random("%s:%d" % (name, seed))
     r.seed_value = seed
+    print("LAB SEED %s GWE_LAB_SEED=%d" % (name, seed))  # shown with a failure's captured output
     return r
 
 

@@ -107,3 +107,19 @@ def test_a_salvage_killed_at_any_step_is_finished_by_the_next_start(gwe_home, tm
         assert gmq.rows("PRAGMA quick_check") == [("ok",)]
     finally:
         gmq.stop()
+
+
+def test_a_record_longer_than_sqlite_allows_is_damage_not_a_disk_failure(tmp_path):
+    """A scribbled page can make quick_check fail with SQLITE_TOOBIG (a record claiming a value past
+    sqlite's length limit; seen in the lab): damage to salvage, not a disk failure that stops gmq."""
+    from gmq.salvage import is_damage
+
+    conn = sqlite3.connect(":memory:")
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 10)
+    with pytest.raises(sqlite3.DataError) as too_big:
+        conn.execute("SELECT zeroblob(100)").fetchall()
+    assert too_big.value.sqlite_errorname == "SQLITE_TOOBIG"
+    assert is_damage(too_big.value)
+    with pytest.raises(sqlite3.OperationalError) as cannot_open:  # the disk's state: not damage
+        sqlite3.connect("file:%s?mode=ro" % (tmp_path / "absent" / "gmq.db"), uri=True)
+    assert not is_damage(cannot_open.value)

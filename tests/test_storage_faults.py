@@ -359,7 +359,7 @@ def test_a_database_damaged_while_stopped_is_salvaged(gwe_home, murano, damage):
             destroyed = [victim]
             with open(db, "r+b") as f:
                 f.seek((victim - 1) * page_size + 8)  # past the page header: cells, not the btree shape
-                f.write(os.urandom(page_size - 8))
+                f.write(r.randbytes(page_size - 8))  # from the seed, so a failing run can be repeated
         bound = sum(pages[p] for p in destroyed)  # the rows that were on the destroyed pages
         plant.gmq.start()
         status = plant.gmq.status()
