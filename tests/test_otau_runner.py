@@ -84,17 +84,18 @@ def test_setsid_and_double_forked_daemons_do_not_survive(tmp_path, use_cgroup):
     is killed once the installer exits, and the result says what was killed."""
     if use_cgroup:
         require_cgroup()
-    script = ("setsid sleep 81.5 >/dev/null 2>&1 &\n"
-              "( ( exec sleep 82.5 >/dev/null 2>&1 & ) & )\n"
-              "(cd / && setsid sleep 83.5 </dev/null >/dev/null 2>&1 &)\n"
-              "sleep 0.3; echo done\n")
+    marks = ["81.5", "82.5", "83.5"] if use_cgroup else ["81.25", "82.25", "83.25"]  # each case its own
+    script = ("setsid sleep %s >/dev/null 2>&1 &\n"
+              "( ( exec sleep %s >/dev/null 2>&1 & ) & )\n"
+              "(cd / && setsid sleep %s </dev/null >/dev/null 2>&1 &)\n"
+              "sleep 0.3; echo done\n") % tuple(marks)
     (tmp_path / "install.sh").write_text("#!/bin/sh\n" + script)
     result = run_installer(["/bin/sh", "install.sh"], str(tmp_path), install_environment("a", "1", str(tmp_path), "/h"),
                            10, 1024, use_cgroup=use_cgroup)
     assert result.exit_code == 0 and result.output == "done\n"
     assert result.contained_by == ("cgroup" if use_cgroup else "sweep")
-    wait_for(lambda: not sleepers("81.5", "82.5", "83.5"), 5, message="leftovers gone")
-    assert sorted(k.split(": ", 1)[1] for k in result.killed) == ["sleep 81.5", "sleep 82.5", "sleep 83.5"]
+    wait_for(lambda: not sleepers(*marks), 5, message="leftovers gone")
+    assert sorted(k.split(": ", 1)[1] for k in result.killed) == ["sleep " + m for m in marks]
 
 
 def test_a_cgroup_catches_what_no_sweep_can(tmp_path):
