@@ -14,7 +14,7 @@ from atomic_config import (
 from device_api import MAX_VALUES_PER_REQUEST
 
 from .clients import Gateway
-from .queue import POLICIES, Limits
+from .limits import POLICIES, Limits
 
 log = logging.getLogger(__name__)
 

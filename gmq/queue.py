@@ -26,16 +26,16 @@ from dataclasses import dataclass, field
 from collections import deque
 from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from atomic_config import DEFAULT_MIN_FREE_DISK, connect_sqlite, free_disk, fsync_dir
+from atomic_config import connect_sqlite, free_disk, fsync_dir
 
 from . import salvage
 from .clients import identity_id
+from .limits import Limits
 from .reserve import SUFFIX as RESERVE_SUFFIX, DiskReserve
 from .salvage import StorageError
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("drop_oldest", "reject_new")
 COUNTERS = ("accepted", "rejected", "dropped", "expired", "delivered", "dead_lettered", "retried", "resent")
 SCAN = 500
 DELETE_CHUNK = 500
@@ -148,24 +148,6 @@ def _records(method: Callable) -> Callable:
             return result
 
     return write
-
-
-@dataclass
-class Limits:
-    max_bytes: int = 64 * 1024 * 1024
-    min_free_disk: int = DEFAULT_MIN_FREE_DISK
-    policy: str = "drop_oldest"
-    max_value_bytes: int = 64 * 1024
-    ttl: float = 0.0
-
-    def validate(self) -> "Limits":
-        if self.policy not in POLICIES:
-            raise ValueError("policy must be one of %s" % ", ".join(POLICIES))
-        if self.max_bytes <= 0 or self.max_value_bytes <= 0 or self.min_free_disk < 0 or self.ttl < 0:
-            raise ValueError("queue limits must be positive")
-        if self.max_value_bytes > self.max_bytes:
-            raise ValueError("max_value_bytes is larger than max_bytes")
-        return self
 
 
 @dataclass

@@ -12,7 +12,7 @@ _HOMES = {  # public name -> the module that defines it; imported on first use (
     "build_app": "build", "sign_tarball": "build", "CheckReport": "check", "check_tarball": "check",
     "BuildError": "errors", "OtauError": "errors", "PackageError": "errors", "SupervisorError": "errors",
     "UnpackError": "errors", "VerifyError": "errors", "Installer": "install", "install_package": "install",
-    "installed_versions": "install", "recover": "install", "PackageName": "package",
+    "installed_versions": "store", "recover": "recovery", "PackageName": "package",
     "parse_package_name": "package", "OtauSettings": "settings", "load_settings": "settings", "FAILED": "status",
     "INSTALLED": "status", "ROLLED_BACK": "status", "FetchStatus": "status", "load_statuses": "status",
     "generate_keypair": "verify",

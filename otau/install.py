@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import time
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from atomic_config import GwePaths, free_disk, gwe_paths, min_free_disk
 
@@ -414,13 +414,3 @@ def install_package(tarball: str, sha256: Optional[str] = None, paths: Optional[
                     force: bool = False) -> FetchStatus:
     """Install ``tarball`` (``<name>.v<version>.tar.gz``) into GWE_HOME; see :meth:`Installer.install`."""
     return Installer(paths, settings).install(tarball, sha256, package, force)
-
-
-def recover(paths: Optional[GwePaths] = None, settings: Optional[OtauSettings] = None) -> List[FetchStatus]:
-    """Call on every start of gwe: finishes or undoes an install cut short by a crash or power loss."""
-    return Installer(paths, settings).recover()
-
-
-def installed_versions(paths: Optional[GwePaths] = None) -> Dict[str, str]:
-    """app name -> installed version (what engine_report shows beside supervisord's process info)."""
-    return AppStore(paths or gwe_paths()).installed_versions()

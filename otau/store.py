@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from atomic_config import GwePaths, atomic_write, fsync_dir, read_recovering
+from atomic_config import GwePaths, atomic_write, fsync_dir, gwe_paths, read_recovering
 
 from .program import check_program_file
 
@@ -203,3 +203,8 @@ class AppStore:
             if current:
                 versions[name] = version_of(current)
         return versions
+
+
+def installed_versions(paths: Optional[GwePaths] = None) -> Dict[str, str]:
+    """app name -> installed version (what engine_report shows beside supervisord's process info)."""
+    return AppStore(paths or gwe_paths()).installed_versions()

@@ -14,7 +14,8 @@ import requests
 from gmq_harness import GmqProcess, ScriptedUpstream, raw
 from harness import free_port, wait_for
 
-from gmq.queue import DurableQueue, Limits
+from gmq.limits import Limits
+from gmq.queue import DurableQueue
 
 
 @pytest.fixture

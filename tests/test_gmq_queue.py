@@ -5,7 +5,8 @@ import threading
 
 import pytest
 
-from gmq.queue import DurableQueue, Limits, Rejected
+from gmq.limits import Limits
+from gmq.queue import DurableQueue, Rejected
 
 
 def open_queue(tmp_path, **limits):
