@@ -161,8 +161,11 @@ def test_gwe_daemon_updates_itself(gwe_v1, broken):
     assert gwe_cli("-I", daemon_package(str(tmp), "1.1")).returncode == 0
     wait_for(lambda: running_dir(sup) == os.path.join(paths.apps, "gwe", "1.1"), 10)
     new = daemon_package(str(tmp), "2", command=CRASH if broken else "%(ENV_GWE_PYTHON)s app.py")
-    with open(os.path.join(paths.var_lib, "install-me"), "w") as f:
+    # handed over by rename: the daemon polls every 50 ms and once read an empty, just-created file
+    # (it then asked to install "" and waited for a trigger that never came again)
+    with open(os.path.join(paths.var_lib, "install-me.tmp"), "w") as f:
         f.write(new)
+    os.rename(os.path.join(paths.var_lib, "install-me.tmp"), os.path.join(paths.var_lib, "install-me"))
 
     want_version, want_status = ("1.1", "rolled_back") if broken else ("2", "installed")
     wait_for(lambda: last_status(paths).get("version") == "2" and last_status(paths)["status"] == want_status,
