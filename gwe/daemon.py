@@ -21,6 +21,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from atomic_config import GwePaths, gwe_paths
+from device_client.backoff import Backoff
 from device_client.link import LinkState
 
 from . import config
@@ -98,6 +99,9 @@ class Engine:
         self.uploader: Optional[Uploader] = None
         self.reports: Optional[ReportTrigger] = None  # engine_report on change (not in --once)
         self._uploads_stop = threading.Event()  # the upload worker's own: the stop pipe has one reader
+        # reset by a poll that proves the link (in cycle), not only by a whole failure-free cycle, which
+        # lasts update_interval or longer: failures hours apart would otherwise each wait the maximum
+        self._error_backoff = Backoff(*ERROR_BACKOFF)
 
     # --- signals and waits ---
 
@@ -155,8 +159,6 @@ class Engine:
     # --- the loop ---
 
     def run(self) -> int:
-        from device_client import Backoff
-
         try:
             self._recover_installs()
             self.device = self._listening(self._activated_device())
@@ -166,7 +168,7 @@ class Engine:
             self.uploader = Uploader(self.paths, self._uploads_stop)
             if not self.once:  # one cycle keeps an upload request on disk for the daemon to run
                 self.uploader.start()
-            backoff = Backoff(*ERROR_BACKOFF)
+            backoff = self._error_backoff
             while True:
                 try:
                     self._check_stop()
@@ -201,10 +203,9 @@ class Engine:
 
         A poll that comes back well before its timeout with nothing to act on (a 304 or an
         unwatched alias at once, from a broken cloud or proxy) is followed by a backoff wait,
-        so such a server never gets a busy loop.
+        so such a server never gets a busy loop. A poll that held or brought a value proves the
+        link, and the next failure backs off from the start again.
         """
-        from device_client import Backoff
-
         self.report()
         interval = float(config.load_engine_settings()["update_interval"])
         deadline = time.monotonic() + interval
@@ -214,6 +215,7 @@ class Engine:
             if remaining <= 0:
                 return
             timeout_ms = max(int(min(remaining, MAX_POLL_S) * 1000), 1000)
+            proved = False
             if self.once:
                 values, taken_at = self.device.read(*WATCHED), {}
             else:
@@ -221,14 +223,17 @@ class Engine:
                 values, self._since = self._abandonable(self.device.long_poll, list(WATCHED),
                                                         timeout_ms=timeout_ms, since=self._since)
                 taken_at = self._cloud_sets.of(values, self._since)
+                proved = any(values.get(alias, "").strip() for alias in WATCHED) \
+                    or time.monotonic() - polled >= timeout_ms / 2000.0
             self._link_ok()
+            if proved:  # before acting on it: a failure while acting starts the backoff over too
+                self._error_backoff.reset()
             new_interval = self.handle(values, taken_at)
             if self.once:
                 return
             if new_interval is not None:
                 deadline = time.monotonic() + new_interval
-            if any(values.get(alias, "").strip() for alias in WATCHED) \
-                    or time.monotonic() - polled >= timeout_ms / 2000.0:
+            if proved:
                 early.reset()
             else:
                 self._wait(min(early.next_delay(), max(0.0, deadline - time.monotonic())))

@@ -160,6 +160,35 @@ def test_outage_at_start_and_mid_loop_recovers_without_busy_loop(gateway, murano
     assert gwe.poll() is None
 
 
+def test_a_failure_after_the_link_proved_itself_backs_off_from_the_start(gateway, murano, gwe_home):
+    """Outages separated by working long polls each wait the first backoff step. The backoff used to
+    reset only when a whole cycle (update_interval, 60 s here; hours on a gateway) went without a
+    failure, so failures far apart waited 1, 2, 4 ... up to 60 s each (the lab's network run: 47 s)."""
+    import re
+
+    from gwe.daemon import ERROR_BACKOFF
+
+    gateway()
+    wait_for(lambda: reported(murano, "engine_report"), 30, message="gwe reporting")
+    log = gwe_home / "gwe.log"
+
+    def since(offset):
+        return log.read_text(errors="replace")[offset:]
+
+    first_delays = []
+    for interval in (7, 8, 9):
+        seen = len(since(0))
+        murano.stop()
+        failed = wait_for(lambda at=seen: re.search(r"cycle failed .*; retrying in ([\d.]+)s", since(at)), 30,
+                          message="a failed cycle")
+        first_delays.append(float(failed.group(1)))
+        murano.start()
+        murano.set(SERIAL, "update_interval", str(interval))
+        wait_for(lambda at=seen, want=interval: "update_interval is now %d s" % want in since(at), 30,
+                 message="update_interval %d adopted after the outage" % interval)
+    assert max(first_delays) <= ERROR_BACKOFF[0], first_delays
+
+
 def test_sigterm_stops_cleanly_during_a_long_poll(gateway, murano):
     gwe = gateway()
     wait_for(lambda: reported(murano, "engine_report"), 20, message="gwe running")
