@@ -31,6 +31,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from gmq_bench import Gmq, Proc, free_port, rss_mib, settled_rss  # noqa: E402
+from goals import exit_status, met  # noqa: E402
 
 PER_REQUEST = 500  # values per fill request
 BATCH = 500        # gmq's default batch_size, and the anchor's batch
@@ -176,17 +177,14 @@ def main() -> int:
     print("\n| goal | median | target | met |\n|---|---:|---:|---|")
     for k, op, limit in goals:
         v = statistics.median(r[k] for r in rounds)
-        ok = v >= limit if op == ">=" else v <= limit
+        ok = met(v, op, limit)
         print("| %s | %.3g | %s %g | %s |" % (k, v, op, limit, "yes" if ok else "NO"))
         if not ok:
             missed.append(k)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(rounds, f, indent=1)
-    if args.check and missed:
-        print("missed: %s" % ", ".join(missed))
-        return 1
-    return 0
+    return exit_status(missed, args.check)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ sys.path.insert(0, HERE)
 
 import gmq_bench  # noqa: E402
 from gmq_bench import Gmq, Proc, free_port, wrk  # noqa: E402
+from goals import exit_status, met  # noqa: E402
 
 LEVELS = (8, 32)
 SERVERS = ("durable", "nondurable", "ceiling")
@@ -152,7 +153,7 @@ def report(rounds: list) -> list:
     for key, op, limit in GOALS:
         values = [r[key] for r in rounds]
         v = statistics.median(values)
-        ok = v >= limit if op == ">=" else v <= limit
+        ok = met(v, op, limit)
         print("| %s | %.2f | %s | %s %g | %s |" % (key, v, ", ".join("%.2f" % x for x in values), op, limit,
                                                  "yes" if ok else "NO"))
         if not ok:
@@ -186,10 +187,7 @@ def main() -> int:
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": rounds}, f, indent=1)
-    if args.check and missed:
-        print("missed: %s" % ", ".join(missed))
-        return 1
-    return 0
+    return exit_status(missed, args.check)
 
 
 if __name__ == "__main__":

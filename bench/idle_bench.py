@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 from atomic_config import gwe_paths, set_option  # noqa: E402
 from gwe_helpers import configure_gateway, reported  # noqa: E402
 from gmq_bench import rss_mib, settled_rss  # noqa: E402
+from goals import exit_status, met  # noqa: E402
 from harness import MuranoLocal, Supervisord, free_port, wait_for  # noqa: E402
 
 GOALS = [  # (figure, comparison, limit)
@@ -156,17 +157,14 @@ def main() -> int:
     print("\n| goal | median | target | met |\n|---|---:|---:|---|")
     for key, op, limit in GOALS:
         value = summary[key]
-        ok = value <= limit if op == "<=" else value < limit
+        ok = met(value, op, limit)
         print("| %s | %.4g | %s %g | %s |" % (key, value, op, limit, "yes" if ok else "NO"))
         if not ok:
             missed.append(key)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"rounds": rounds, "median": summary, "spread": spread, "imports": imports}, f, indent=1)
-    if args.check and missed:
-        print("missed: %s" % ", ".join(missed))
-        return 1
-    return 0
+    return exit_status(missed, args.check)
 
 
 if __name__ == "__main__":
