@@ -284,7 +284,7 @@ class Forwarder(threading.Thread):
                     self.queue.dead_letter(refused, None,
                                            "refused by the Device API contract: %s" % _refused(refused[0]))
                     return True
-                self.queue.mark_sent([v.id for v in values])
+                self.queue.mark_sent(client.id, [v.id for v in values])
             st.state = "sending"
             self.stats.requests += 1
             self._stage_next(st, client.id, values[-1].id)
@@ -355,7 +355,7 @@ class Forwarder(threading.Thread):
         values = _within_body_limit(self.queue.take(client_id, limit, after=after))
         if any(_refused(v) for v in values):
             values = []
-        self.queue.ack_and_mark(answered, [v.id for v in values])
+        self.queue.ack_and_mark(answered, client_id, [v.id for v in values])
         return values or None
 
     def _activate(self, client: Client, st: _ClientState, dev) -> bool:

@@ -63,8 +63,12 @@ SCHEMA = [
     "detail TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS clients (id INTEGER PRIMARY KEY, serial TEXT UNIQUE, vendor TEXT, model TEXT, "
     "local_token TEXT NOT NULL UNIQUE, upstream_token TEXT, created REAL NOT NULL)",
+    # the highest id of a client's values handed upstream: one row a client, not one update a value
+    "CREATE TABLE IF NOT EXISTS sent (client INTEGER PRIMARY KEY, upto INTEGER NOT NULL)",
 ]
-SCHEMA_VERSION = 2  # 2: a client's id is derived from its identity (clients.identity_id)
+# 2: a client's id is derived from its identity (clients.identity_id); 3: what was sent is the
+# watermark in ``sent`` (queue.attempts, which counted sends per value, is no longer written)
+SCHEMA_VERSION = 3
 CLIENT_COLUMNS = "id, serial, vendor, model, local_token, upstream_token"
 INDEXES = ["CREATE INDEX IF NOT EXISTS queue_by_client ON queue (client, id)"]
 
@@ -192,6 +196,7 @@ class _State:
     bytes: int = 0
     counters: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     by_client: Dict[int, int] = field(default_factory=dict)
+    sent: Dict[int, int] = field(default_factory=dict)  # client -> highest id handed upstream
 
 
 def value_size(alias: str, value: str) -> int:
@@ -258,8 +263,13 @@ class DurableQueue:
             conn.execute("BEGIN")
             for stmt in SCHEMA + INDEXES:
                 conn.execute(stmt)
-            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < 2:
                 self._renumber_clients(conn)
+            if version < 3:  # values sent before the upgrade count as sent
+                conn.execute("INSERT OR REPLACE INTO sent (client, upto) "
+                             "SELECT client, max(id) FROM queue WHERE attempts > 0 GROUP BY client")
+            if version < SCHEMA_VERSION:
                 conn.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
             conn.execute("COMMIT")
             fsync_dir(self.directory)  # the WAL file's directory entry must survive a power cut too
@@ -375,6 +385,7 @@ class DurableQueue:
         depth, size = self._conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM queue").fetchone()
         st.depth, st.bytes = depth, size
         st.by_client = dict(self._conn.execute("SELECT client, count(*) FROM queue GROUP BY client"))
+        st.sent = dict(self._conn.execute("SELECT client, upto FROM sent"))
         for name, value in self._conn.execute("SELECT name, value FROM counters"):
             st.counters[name] = value
         seq = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'queue'").fetchone()
@@ -444,11 +455,11 @@ class DurableQueue:
 
     def _save(self) -> tuple:
         st = self._state
-        return st.depth, st.bytes, dict(st.counters), set(self._dirty), dict(st.by_client)
+        return st.depth, st.bytes, dict(st.counters), set(self._dirty), dict(st.by_client), dict(st.sent)
 
     def _restore(self, saved: tuple) -> None:
         st = self._state
-        st.depth, st.bytes, st.counters, self._dirty, st.by_client = saved
+        st.depth, st.bytes, st.counters, self._dirty, st.by_client, st.sent = saved
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -659,7 +670,7 @@ class DurableQueue:
                 if freed >= need:
                     break
         if last is not None:
-            self._removed(conn.execute("DELETE FROM queue WHERE id <= ? RETURNING client, size", (last,)).fetchall())
+            self._delete_where(conn, "id <= ?", (last,))
             self._count("dropped", dropped)
             log.warning("queue full: dropped the %d oldest values (%d bytes)", dropped, freed)
 
@@ -678,32 +689,43 @@ class DurableQueue:
         n = size = 0
         for i in range(0, len(ids), DELETE_CHUNK):
             chunk = list(ids[i:i + DELETE_CHUNK])
-            marks = ",".join("?" * len(chunk))
-            gone = conn.execute("DELETE FROM queue WHERE id IN (%s) RETURNING client, size" % marks, chunk).fetchall()
-            self._removed(gone)
-            n += len(gone)
-            size += sum(s for _, s in gone)
+            rows, nbytes = self._delete_where(conn, "id IN (%s)" % ",".join("?" * len(chunk)), chunk)
+            n += rows
+            size += nbytes
         return n, size
 
-    def _removed(self, rows: List[Tuple[int, int]]) -> None:
-        """Account for deleted ``(client, size)`` rows in the in-memory totals."""
+    def _delete_where(self, conn: sqlite3.Connection, where: str, params: Sequence) -> Tuple[int, int]:
+        """Delete the queued values ``where`` selects and take them out of the in-memory totals;
+        returns (rows, bytes). Totals per client come from one aggregate row each, not a row per
+        value (``RETURNING`` a batch's 500 rows cost more CPU than deleting them)."""
+        groups = conn.execute("SELECT client, count(*), total(size) FROM queue WHERE %s GROUP BY client" % where,
+                              params).fetchall()
+        if not groups:
+            return 0, 0
+        conn.execute("DELETE FROM queue WHERE %s" % where, params)
         st = self._state
-        for client, size in rows:
-            st.bytes -= size
-            left = st.by_client.get(client, 0) - 1
+        n = size = 0
+        for client, rows, nbytes in groups:
+            nbytes = int(nbytes)
+            left = st.by_client.get(client, 0) - rows
             if left > 0:
                 st.by_client[client] = left
             else:
                 st.by_client.pop(client, None)
-        st.depth -= len(rows)
+            n += rows
+            size += nbytes
+        st.depth -= n
+        st.bytes -= size
+        return n, size
 
-    def mark_sent(self, ids: Sequence[int]) -> int:
-        """Note (durably) that these values are about to be sent; returns how many were sent before.
+    def mark_sent(self, client: int, ids: Sequence[int]) -> int:
+        """Note (durably) that these values of ``client`` are about to be sent; returns how many were
+        sent before.
 
         Those are the only values upstream can have twice (a crash or a lost answer between
         sending and ``ack``); the ``resent`` counter adds them up, bounding duplicates.
         """
-        return self.ack_and_mark((), ids)
+        return self.ack_and_mark((), client, ids)
 
     @_records
     def ack(self, ids: Sequence[int]) -> int:
@@ -716,21 +738,28 @@ class DurableQueue:
         return n
 
     @_records
-    def ack_and_mark(self, acked: Sequence[int], sending: Sequence[int]) -> int:
-        """``ack(acked)`` and ``mark_sent(sending)`` in one transaction (one fsync for the forwarder's
-        step from one batch to the next); returns how many of ``sending`` were sent before."""
+    def ack_and_mark(self, acked: Sequence[int], client: int, sending: Sequence[int]) -> int:
+        """``ack(acked)`` and ``mark_sent(client, sending)`` in one transaction (one fsync for the
+        forwarder's step from one batch to the next); returns how many of ``sending`` were sent before.
+
+        Sent is a watermark per client: the forwarder sends a client's values oldest first, so
+        every value at or below the highest id it sent may be upstream already, and none above.
+        """
         if not acked and not sending:
             return 0
-        again = 0
         with self._transaction() as conn:
             if acked:
                 self._delete(conn, acked)
                 self._count("delivered", len(acked))
-            for i in range(0, len(sending), DELETE_CHUNK):
-                chunk = list(sending[i:i + DELETE_CHUNK])
-                rows = conn.execute("UPDATE queue SET attempts = attempts + 1 WHERE id IN (%s) RETURNING attempts"
-                                    % ",".join("?" * len(chunk)), chunk).fetchall()
-                again += sum(1 for (n,) in rows if n > 1)
+            again = 0
+            if sending:
+                sent = self._state.sent
+                upto = sent.get(client, 0)
+                again = sum(1 for i in sending if i <= upto)
+                top = max(sending)
+                if top > upto:
+                    conn.execute("INSERT OR REPLACE INTO sent (client, upto) VALUES (?, ?)", (client, top))
+                    sent[client] = top
             self._count("resent", again)
         return again
 
@@ -780,14 +809,10 @@ class DurableQueue:
             for c in damaged:
                 conn.execute("DELETE FROM clients WHERE id = ?", (c.id,))
             for client in orphans:
-                gone = conn.execute(
-                    "DELETE FROM queue WHERE client = ? RETURNING id, client, alias, ts, value, arrived, size",
-                    (client,)).fetchall()
-                conn.executemany("INSERT OR REPLACE INTO dead_letter (id, client, alias, ts, value, arrived, status, "
-                                 "reason, moved) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
-                                 [r[:6] + ("client unknown: its record was lost or damaged", now) for r in gone])
-                self._removed([(r[1], r[6]) for r in gone])
-                moved += len(gone)
+                conn.execute("INSERT OR REPLACE INTO dead_letter (id, client, alias, ts, value, arrived, status, "
+                             "reason, moved) SELECT id, client, alias, ts, value, arrived, NULL, ?, ? FROM queue "
+                             "WHERE client = ?", ("client unknown: its record was lost or damaged", now, client))
+                moved += self._delete_where(conn, "client = ?", (client,))[0]
             self._count("dead_lettered", moved)
             detail = "%d queued values of %d unknown clients dead-lettered, not forwarded" % (moved, len(orphans))
             if damaged:
@@ -829,11 +854,10 @@ class DurableQueue:
         if last is None:
             return 0, False
         with self._transaction() as conn:
-            sizes = conn.execute("DELETE FROM queue WHERE id <= ? RETURNING client, size", (last,)).fetchall()
-            self._removed(sizes)
-            self._count("expired", len(sizes))
-        log.info("expired %d values older than %gs", len(sizes), ttl)
-        return len(sizes), len(rows) == SCAN
+            n, _ = self._delete_where(conn, "id <= ?", (last,))
+            self._count("expired", n)
+        log.info("expired %d values older than %gs", n, ttl)
+        return n, len(rows) == SCAN
 
     def next_expiry_in(self) -> Optional[float]:
         """Seconds until the oldest queued value expires (0: now); None without a TTL.

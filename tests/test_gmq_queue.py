@@ -169,3 +169,43 @@ def test_a_schema_1_database_is_renumbered_by_identity_and_keeps_every_value(tmp
     reopened = DurableQueue(path)
     assert reopened.depth_by_client() == {a: 2, c: 1}  # renumbered once
     reopened.close()
+
+
+def wal_frames(path: str) -> int:
+    return max(0, os.path.getsize(path + "-wal") - 32) // (4096 + 24)  # header, then (frame header + page)s
+
+
+def test_marking_a_batch_sent_writes_one_page_not_one_per_value(tmp_path):
+    """Sent is a watermark per client (table sent), not an update of every value marked."""
+    q = open_queue(tmp_path)
+    q.append(1, [("v", None, "%04d" % i + "x" * 60) for i in range(500)])
+    batch = q.take(1, 500)
+    before = wal_frames(q.path)
+    assert q.mark_sent(1, [v.id for v in batch]) == 0
+    assert wal_frames(q.path) - before <= 2  # the sent row's page (and a counters page at most)
+    assert q.mark_sent(1, [v.id for v in batch[:200]]) == 200  # sent again: counted as resent
+    q.ack_and_mark([v.id for v in batch[:200]], 1, [v.id for v in batch[200:]])
+    assert q.counters()["resent"] == 500 and q.depth == 300
+    q.close()
+    q = open_queue(tmp_path)  # the watermark survives a restart: everything left was sent
+    assert q.mark_sent(1, [v.id for v in q.take(1, 500)]) == 300
+    q.close()
+
+
+def test_values_sent_before_schema_3_count_as_sent_after_the_upgrade(tmp_path):
+    """Schema 2 counted sends per value (queue.attempts); the upgrade turns them into the watermark."""
+    path = str(tmp_path / "gmq.db")
+    q = DurableQueue(path)
+    q.append(1, [("v", None, str(i)) for i in range(10)])
+    q.append(2, [("v", None, str(i)) for i in range(10)])
+    q.close()
+    old = sqlite3.connect(path)
+    old.execute("DROP TABLE sent")
+    old.execute("UPDATE queue SET attempts = 1 WHERE client = 1 AND id <= 4")  # what schema 2 wrote
+    old.execute("PRAGMA user_version=2")
+    old.commit()
+    old.close()
+    q = DurableQueue(path)
+    assert q.mark_sent(1, [v.id for v in q.take(1, 10)]) == 4
+    assert q.mark_sent(2, [v.id for v in q.take(2, 10)]) == 0
+    q.close()
