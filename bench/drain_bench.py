@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """gmq's drain of a large backlog to murano_local, beside a bare client in the same run (issue 16, goals 1, 4).
 
-    python3 bench/drain_bench.py [--size 1000000] [--rounds 3] [--anchor-size 200000] [--check] [--json OUT]
+    python3 bench/drain_bench.py [--size 1000000] [--rounds 3] [--anchor-size 200000] [--transport mqtt]
+                                 [--check] [--json OUT]
 
 Per round, on a fresh murano_local: the anchor, a bare ``device_client.Device`` posting the same
 record batches gmq sends (``batch_size`` values of one alias, original timestamps) one after the
 other; then gmq is filled with ``--size`` values while it has no upstream, pointed at murano_local
 (``gmq reread``) and timed until its queue is empty; the anchor again. The drain rate is over the
-whole backlog and per tenth of it (first vs last tenth: "flat"). gmq's RSS is sampled idle, at every
+whole backlog and per tenth of it (first vs last tenth: "flat"). ``--transport mqtt`` runs
+both over murano_local's MQTT port instead (gmq ``[upstream] transport = mqtt``, the bare client
+``Device(transport="mqtt")``: records as ``$resource.batch``). gmq's RSS is sampled idle, at every
 quarter of the fill, and while draining, beside the same round's ``import requests`` floor.
 
 Goals (``--check`` exits 1 on a miss): drain >= 0.8x the anchor (median of per-round ratios),
@@ -25,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -47,11 +51,12 @@ def stamp(base: int, i: int) -> float:
     return base + i / 1000.0  # a millisecond apart
 
 
-def anchor(murl: str, serial: str, size: int, base: int) -> float:
+def anchor(murl: str, serial: str, size: int, base: int, mqtt_url: Optional[str]) -> float:
     """Values/s murano_local accepts from a bare Device posting BATCH-value records back to back."""
     from device_client import Device
 
-    dev = Device(host=murl, product_id="localproduct", serial=serial, identity="bench")
+    dev = Device(host=murl, product_id="localproduct", serial=serial, identity="bench",
+                 transport="mqtt" if mqtt_url else None, mqtt_url=mqtt_url)
     dev.activate()
     batches = [{"v": [(round(stamp(base, i), 6), str(i)) for i in range(b, min(b + BATCH, size))]}
                for b in range(0, size, BATCH)]
@@ -79,8 +84,11 @@ def fill(gmq: Gmq, serial: str, size: int, base: int, rss: list) -> None:
     sock.close()
 
 
-def drain(gmq: Gmq, murl: str, size: int, rss: list, timeout: float) -> dict:
+def drain(gmq: Gmq, murl: str, size: int, rss: list, timeout: float, mqtt_url: Optional[str] = None) -> dict:
     gmq.set("upstream", "host", murl)
+    if mqtt_url:
+        gmq.set("upstream", "transport", "mqtt")
+        gmq.set("upstream", "mqtt_url", mqtt_url)
     gmq.set("upstream", "backoff_initial", "0.05")
     gmq.set("upstream", "backoff_max", "1")
     marks = [size - size * k // 10 for k in range(1, 11)]  # depth at the end of each tenth
@@ -109,23 +117,28 @@ def drain(gmq: Gmq, murl: str, size: int, rss: list, timeout: float) -> dict:
 def one_round(work: str, rnd: int, args) -> dict:
     mport = free_port()
     mdir = os.path.join(work, "murano-%d" % rnd)
-    murano = Proc([sys.executable, "-m", "murano_local", "serve", "--port", str(mport), "--data", mdir,
-                   "--log-level", "WARNING"], mport, dict(os.environ, PYTHONPATH=ROOT), os.path.join(work, "ml.log"))
+    serve = [sys.executable, "-m", "murano_local", "serve", "--port", str(mport), "--data", mdir, "--log-level", "WARNING"]
+    mqtt_url = None
+    if args.transport == "mqtt":
+        qport = free_port()
+        serve += ["--mqtt-port", str(qport)]
+        mqtt_url = "mqtt://127.0.0.1:%d" % qport
+    murano = Proc(serve, mport, dict(os.environ, PYTHONPATH=ROOT), os.path.join(work, "ml.log"))
     murl = "http://127.0.0.1:%d" % mport
     gmq = None
     try:
         for serial in ("anchor-1", "anchor-2", "drain-1"):
             add_device(murl, serial)
         base = 1600000000 + rnd * 100000
-        before = anchor(murl, "anchor-1", args.anchor_size, base)
+        before = anchor(murl, "anchor-1", args.anchor_size, base, mqtt_url)
         gmq = Gmq(work, "gmq-drain-%d" % rnd, {("queue", "max_bytes"): 1 << 30})
         time.sleep(1.0)
         rss = [("idle", rss_mib(gmq.pid))]
         fill(gmq, "drain-1", args.size, base, rss)
-        fig = drain(gmq, murl, args.size, rss, args.timeout)
+        fig = drain(gmq, murl, args.size, rss, args.timeout, mqtt_url)
         gmq.stop()
         gmq = None
-        after = anchor(murl, "anchor-2", args.anchor_size, base)
+        after = anchor(murl, "anchor-2", args.anchor_size, base, mqtt_url)
     finally:
         if gmq is not None:
             gmq.stop()
@@ -146,6 +159,8 @@ def main() -> int:
     ap.add_argument("--anchor-size", type=int, default=200000, help="values the bare client posts, before and after")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=900.0)
+    ap.add_argument("--transport", choices=("http", "mqtt"), default="http",
+                    help="gmq and the bare client both over this (mqtt: murano_local's MQTT port, plain TCP)")
     ap.add_argument("--dir", default=os.path.expanduser("~/anchor-work/drain-bench"),
                     help="scratch directory on the disk under test (not tmpfs)")
     ap.add_argument("--check", action="store_true")

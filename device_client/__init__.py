@@ -12,7 +12,7 @@ from device_api import FormError, decode_alias_query, decode_form, decode_form_d
 
 from . import errors
 from .backoff import Backoff
-from .device import Device, Download
+from .device import Device, Download, PreparedRecord
 from .errors import (
     Conflict, ContentMismatch, DeviceAPIError, Forbidden, NetworkError, NotActivated, NotFound, RequestError,
     ServerError, TLSError,
@@ -23,6 +23,6 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())  # the application
 
 __all__ = [
     "Backoff", "Conflict", "ContentMismatch", "Device", "DeviceAPIError", "Download", "Forbidden", "FormError",
-    "NetworkError", "NotActivated", "NotFound", "RequestError", "ServerError", "TLSError", "UsageLog", "UsageSnapshot",
-    "__version__", "decode_alias_query", "decode_form", "decode_form_dict", "encode_form", "errors", "usage_report",
+    "NetworkError", "NotActivated", "NotFound", "PreparedRecord", "RequestError", "ServerError", "TLSError", "UsageLog",
+    "UsageSnapshot", "__version__", "decode_alias_query", "decode_form", "decode_form_dict", "encode_form", "errors", "usage_report",
 ]

@@ -40,6 +40,13 @@ class Download(NamedTuple):
     resumed_from: int
 
 
+class PreparedRecord(NamedTuple):
+    """A record request's body, checked and encoded for one transport (``Device.prepare_record``)."""
+
+    body: bytes
+    aliases: Tuple[str, ...]
+
+
 class Device:
     """One device identity talking to Murano (or murano_local, or gmq) over the Device API.
 
@@ -228,11 +235,19 @@ class Device:
             raise ValueError("push callbacks need transport='mqtt'; use long_poll or watch over HTTP")
         add_listener(callback)
 
-    def record(self, points: Mapping[str, Iterable[Tuple[Union[int, float], object]]]) -> None:
-        """Write historical values: ``{alias: [(unix_seconds, value), ...]}``.
+    def record(self, points: Union[Mapping[str, Iterable[Tuple[Union[int, float], object]]], PreparedRecord]) -> None:
+        """Write historical values: ``{alias: [(unix_seconds, value), ...]}``, or what
+        :meth:`prepare_record` made of them.
 
         A :class:`~errors.Conflict` carries ``conflicts`` (alias -> clashing timestamps).
         """
+        prepared = points if isinstance(points, PreparedRecord) else self.prepare_record(points)
+        self._call(lambda token: self.transport.send_record(token, prepared.body, prepared.aliases))
+
+    def prepare_record(self, points: Mapping[str, Iterable[Tuple[Union[int, float], object]]]) -> PreparedRecord:
+        """Check and encode ``record(points)``'s request body without sending it, for a sender that
+        prepares the next batch while one is on the wire (gmq's stager). Needs no token, touches
+        no connection: safe from any thread. Raises what ``record`` raises for bad points."""
         entries: List[Tuple[str, Pairs]] = []
         for alias, series in points.items():
             pairs = [(format_timestamp(ts), check_value(to_text(v), alias)) for ts, v in series]
@@ -240,7 +255,7 @@ class Device:
                 entries.append((check_alias(alias), pairs))
         if not entries:
             raise ValueError("nothing to record")
-        self._call(lambda token: self.transport.record(token, entries))
+        return PreparedRecord(self.transport.encode_record(entries), tuple(alias for alias, _ in entries))
 
     def timestamp(self) -> int:
         """The server's clock, unix seconds (no token needed)."""

@@ -251,18 +251,18 @@ class HttpTransport:
     # -- plumbing -------------------------------------------------------------------------
 
     def _open(self, kind: str, method: str, path: str, *, aliases: Sequence[str] = (),
-              token: Optional[str] = None, body: Optional[str] = None, headers: Optional[dict] = None,
+              token: Optional[str] = None, body: Union[None, str, bytes] = None, headers: Optional[dict] = None,
               read_timeout: Optional[float] = None, label: str = "", data: object = None) -> _Exchange:
         """Send a request and read the status and headers; the body is left on the wire.
 
-        ``body`` is a form; ``data`` raw bytes or a readable object with ``__len__`` (uploads)."""
+        ``body`` is a form (text, or its encoded bytes); ``data`` raw bytes or a readable object with ``__len__`` (uploads)."""
         exchange = _Exchange(self, kind, method, aliases)
         send_headers = dict(headers or {})
         if token:
             send_headers["X-Exosite-CIK"] = token
         if body is not None:
             send_headers["Content-Type"] = FORM_CONTENT_TYPE
-            data = body.encode("utf-8")
+            data = body if isinstance(body, bytes) else body.encode("utf-8")
         _current.wire = exchange.wire
         sent = False
         try:
@@ -342,13 +342,16 @@ class HttpTransport:
             return [], since
         return _decode(text, "long_poll"), response_headers.get("Last-Modified", since)
 
-    def record(self, token: Optional[str], entries: List[Tuple[str, List[Tuple[str, str]]]]) -> None:
+    @staticmethod
+    def encode_record(entries: List[Tuple[str, List[Tuple[str, str]]]]) -> bytes:
         pairs: Pairs = []
         for alias, points in entries:
             pairs.append(("alias", alias))
             pairs.extend(points)
-        self._call("record", "POST", RECORD_PATH, (200, 204), aliases=[a for a, _ in entries],
-                   token=token, body=encode_form(pairs))
+        return encode_form(pairs).encode("ascii")  # percent-encoded: ASCII only
+
+    def send_record(self, token: Optional[str], body: bytes, aliases: Sequence[str]) -> None:
+        self._call("record", "POST", RECORD_PATH, (200, 204), aliases=list(aliases), token=token, body=body)
 
     def timestamp(self) -> str:
         return self._call("get", "GET", TIMESTAMP_PATH, (200,), label="timestamp")[1]

@@ -386,15 +386,18 @@ class MqttTransport:
         for alias, value in pairs:
             self._publish("write", token, "$resource/" + alias, value.encode("utf-8"), [alias])
 
-    def record(self, token: Optional[str], entries: List[Tuple[str, Pairs]]) -> None:
+    @classmethod
+    def encode_record(cls, entries: List[Tuple[str, Pairs]]) -> bytes:
         by_time: Dict[int, Dict[str, str]] = {}
         for alias, points in entries:
             for ts, value in points:
-                self._check(alias, value)
+                cls._check(alias, value)
                 by_time.setdefault(timestamp_us(ts), {})[alias] = value
         batch = [{"timestamp": ts, "values": values} for ts, values in sorted(by_time.items())]
-        self._publish("record", token, "$resource.batch", json.dumps(batch, separators=(",", ":")).encode(),
-                      [alias for alias, _ in entries])
+        return json.dumps(batch, separators=(",", ":")).encode()
+
+    def send_record(self, token: Optional[str], body: bytes, aliases: Sequence[str]) -> None:
+        self._publish("record", token, "$resource.batch", body, list(aliases))
 
     def long_poll(self, token: Optional[str], aliases: Sequence[str], timeout_ms: int,
                   since: Optional[str]) -> Tuple[Pairs, Optional[str]]:

@@ -4,7 +4,8 @@ For each client it takes the oldest values (a prefix of its queue, so per-alias 
 holds), sends them as one record request with their original timestamps, and deletes
 them only after Murano answered 2xx. The drain is pipelined, two batches in flight per
 client: while a batch is upstream, a stager thread deletes the batch answered before it and
-takes and marks the next one, in one transaction (one fsync a batch, off the critical path);
+takes and marks the next one, in one transaction (one fsync a batch, off the critical path),
+and encodes its request body (``Device.prepare_record``), so the forwarder only sends it;
 the next one is sent only once this one is answered, so order holds. At most two batches of a
 client are marked and not deleted at any moment, so a crash sends at most two batches per
 client again (counted in ``resent``); a failed send drops the staged batch (taken again, in
@@ -73,7 +74,7 @@ class _ClientState:
     last_delivery: Optional[float] = None
     device: object = None
     gateway_token: Optional[str] = None  # the token ``device`` was made with, for the gateway's client
-    staged: Optional[Future] = None  # the stager's work: the next batch, taken and marked
+    staged: Optional[Future] = None  # the stager's work: the next batch, taken, marked and encoded
     answered: List[int] = field(default_factory=list)  # ids upstream has, to delete with the next stage
 
 
@@ -270,7 +271,10 @@ class Forwarder(threading.Thread):
         try:
             if not dev.activated:
                 return self._activate(client, st, dev)
-            values = self._staged(st)
+            staged = self._staged(st)
+            values, prepared, encoded_for = staged if staged is not None else (None, None, None)
+            if encoded_for is not dev:  # the settings changed since (another transport, maybe)
+                prepared = None
             if values is None:
                 if st.answered:  # the last batch: nothing to overlap its delete with
                     self.queue.ack(st.answered)
@@ -287,9 +291,9 @@ class Forwarder(threading.Thread):
                 self.queue.mark_sent(client.id, [v.id for v in values])
             st.state = "sending"
             self.stats.requests += 1
-            self._stage_next(st, client.id, values[-1].id)
+            self._stage_next(st, client.id, values[-1].id, dev)
             try:
-                dev.record(_payload(values))
+                dev.record(prepared if prepared is not None else _payload(values))
             except BaseException:
                 self._staged(st)  # sent after this one only: taken again, in order, at the retry
                 raise
@@ -335,28 +339,37 @@ class Forwarder(threading.Thread):
         return True
 
     @staticmethod
-    def _staged(st: _ClientState) -> Optional[List[QueuedValue]]:
-        """The batch the stager took and marked for ``st``'s client, or None (take one now). Raises
-        StorageError if the stager could not record the previous delivery (its values stay queued)."""
+    def _staged(st: _ClientState) -> Optional[tuple]:
+        """The batch the stager took and marked for ``st``'s client, its encoded request (None if
+        encoding it failed: the forwarder encodes it again and meets the error itself) and the
+        Device it was encoded for; or None (take one now). Raises StorageError if the stager could not record the previous delivery
+        (its values stay queued)."""
         staged, st.staged = st.staged, None
         return staged.result() if staged is not None else None
 
-    def _stage_next(self, st: _ClientState, client_id: int, after: int) -> None:
-        """Have the stager delete ``st.answered`` and take and mark the batch after id ``after``."""
+    def _stage_next(self, st: _ClientState, client_id: int, after: int, dev) -> None:
+        """Have the stager delete ``st.answered``, take and mark the batch after id ``after`` and
+        encode it for ``dev``."""
         if self._stager is None:
             self._stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gmq-stager")
-        st.staged = self._stager.submit(self._stage, client_id, st.answered, after, st.limit)
+        st.staged = self._stager.submit(self._stage, client_id, st.answered, after, st.limit, dev)
         st.answered = []
 
-    def _stage(self, client_id: int, answered: List[int], after: int, limit: int) -> Optional[List[QueuedValue]]:
-        """In the stager thread: one transaction deletes ``answered`` and marks the client's next batch;
-        None when there is none, or it holds a value the contract refuses (the forwarder takes it
-        itself then, and dead-letters that value)."""
+    def _stage(self, client_id: int, answered: List[int], after: int, limit: int, dev) -> Optional[tuple]:
+        """In the stager thread: one transaction deletes ``answered`` and marks the client's next batch,
+        then its request is encoded; None when there is none, or it holds a value the contract refuses
+        (the forwarder takes it itself then, and dead-letters that value)."""
         values = _within_body_limit(self.queue.take(client_id, limit, after=after))
         if any(_refused(v) for v in values):
             values = []
         self.queue.ack_and_mark(answered, client_id, [v.id for v in values])
-        return values or None
+        if not values:
+            return None
+        try:
+            prepared = dev.prepare_record(_payload(values))
+        except (ValueError, self._errors.DeviceAPIError):
+            prepared = None
+        return values, prepared, dev
 
     def _activate(self, client: Client, st: _ClientState, dev) -> bool:
         errors = self._errors

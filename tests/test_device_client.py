@@ -154,6 +154,18 @@ def test_record_keeps_the_given_timestamps(device, murano):
     assert murano.history("gw-1", "temp") == [{"timestamp": 1700000000000000, "value": "5"}]
 
 
+def test_a_prepared_record_is_the_record_it_was_prepared_from(device, murano):
+    """prepare_record encodes without sending (gmq's stager, another thread); record sends it as is."""
+    prepared = device.prepare_record({"temp": [(1700000000, 5), (1700000001.5, 6)], "hum": [(1700000000, 40)]})
+    assert murano.history("gw-1", "temp") == []  # nothing sent yet
+    device.record(prepared)
+    assert murano.history("gw-1", "temp") == [{"timestamp": 1700000001500000, "value": "6"},
+                                              {"timestamp": 1700000000000000, "value": "5"}]
+    assert murano.history("gw-1", "hum") == [{"timestamp": 1700000000000000, "value": "40"}]
+    with pytest.raises(ValueError):
+        device.prepare_record({"temp": []})  # what record refuses, prepare_record refuses
+
+
 def test_record_conflict_body_is_parsed():
     conflict = errors.Conflict("record: HTTP 409", 409, "temp=1554975272,1554975273&hum=1554975280&temp=1554975290")
     assert conflict.conflicts == {"temp": ["1554975272", "1554975273", "1554975290"], "hum": ["1554975280"]}

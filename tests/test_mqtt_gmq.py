@@ -52,3 +52,25 @@ def test_gmq_delivers_over_mqtt_and_reprovisions(gwe_home, server):
         assert st["counters"]["dead_lettered"] == 0 and [v for _, v in _history(server, "sn1", "odd+alias/x")] == ["1"]
     finally:
         gmq.stop()
+
+
+def test_a_transport_switch_mid_drain_sends_every_value_once_in_order(gwe_home, server):
+    """The stager encodes the next batch for the transport of its moment; a reread to MQTT while a batch
+    encoded for HTTP is staged must not send that body over MQTT."""
+    server.add_device("sn1")
+    gmq = GmqProcess(str(gwe_home), upstream=dict(FAST, host=server.url, transport="http")).start()
+    try:
+        total = 20000
+        for start in range(0, total, 500):
+            body = "alias=seq&" + "&".join("%d=%d" % (1700000000 + i, i) for i in range(start, start + 500))
+            assert gmq.post("/onep:v1/stack/record", body).status_code == 204
+        wait_for(lambda: gmq.status()["counters"]["delivered"] >= 1000, 60, message="the drain under way")
+        gmq.configure(upstream={"transport": "mqtt", "mqtt_url": server.mqtt_url})
+        assert requests.post(gmq.url + "/reread", timeout=10).status_code == 200
+        assert gmq.status()["queue"]["depth"] > 0, "drained before the switch: nothing tested"
+        st = wait_for(lambda: _drained(gmq), 120, message="queue drained")
+        assert st["counters"]["dead_lettered"] == 0 and st["counters"]["delivered"] == total
+        assert st["forwarder"]["failures"] == 0, gmq.log_text()[-2000:]  # no form body refused over MQTT
+        assert [v for _, v in _history(server, "sn1", "seq")] == [str(i) for i in range(total)]
+    finally:
+        gmq.stop()

@@ -413,3 +413,14 @@ def test_mqtt_port_in_use_is_one_line(tmp_path):
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("murano-local: error: cannot serve MQTT on 127.0.0.1:"), lines
+
+
+def test_a_prepared_record_travels_as_a_batch(server, tmp_path):
+    server.add_device("gw1")
+    with _device(server, "gw1", tmp_path) as dev:
+        dev.activate()
+        prepared = dev.prepare_record({"temp": [(1700000000, 1), (1700000001.25, 2)]})
+        assert b'"timestamp":1700000001250000' in prepared.body  # the $resource.batch JSON, encoded up front
+        dev.record(prepared)
+        assert [(p["timestamp"], p["value"]) for p in server.history("gw1", "temp")] == [
+            (1700000001250000, "2"), (1700000000000000, "1")]
