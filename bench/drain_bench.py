@@ -39,6 +39,7 @@ from goals import exit_status, met  # noqa: E402
 
 PER_REQUEST = 500  # values per fill request
 BATCH = 500        # gmq's default batch_size, and the anchor's batch
+MIN_SIZE = 50000   # drains in ~2 s here: each tenth spans several of the 50 ms depth samples
 
 
 def add_device(murl: str, serial: str) -> None:
@@ -107,11 +108,24 @@ def drain(gmq: Gmq, murl: str, size: int, rss: list, timeout: float, mqtt_url: O
             raise SystemExit("drain did not finish in %g s (depth %d)" % (timeout, depth))
         time.sleep(0.05)
     rss.append(("draining (max)", peak))
-    tenths = [size / 10 / (b - a) for a, b in zip([0.0] + times[:-1], times)]
+    tenths = tenth_rates(size, times)
     st = gmq.status()
     return {"drain_s": times[-1], "drain_values_s": size / times[-1], "first_tenth_s": tenths[0],
             "last_tenth_s": tenths[-1], "tenths": [round(t) for t in tenths],
             "delivered": st["counters"]["delivered"], "resent": st["counters"]["resent"]}
+
+
+def tenth_rates(size: int, times: list) -> list:
+    """Values/s of each tenth from the times its end was seen; tenths seen in one sample share its interval."""
+    rates, start, i = [], 0.0, 0
+    while i < len(times):
+        j = i
+        while j + 1 < len(times) and times[j + 1] == times[i]:
+            j += 1
+        n = j - i + 1
+        rates += [size / 10 * n / max(times[i] - start, 1e-9)] * n
+        start, i = times[i], j + 1
+    return rates
 
 
 def one_round(work: str, rnd: int, args) -> dict:
@@ -166,6 +180,9 @@ def main() -> int:
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
+    if args.size < MIN_SIZE or args.size % PER_REQUEST:
+        ap.error("--size must be a multiple of %d and at least %d (smaller backlogs drain between two samples)"
+                 % (PER_REQUEST, MIN_SIZE))
     os.makedirs(args.dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="run-", dir=args.dir)
     rounds = []
