@@ -52,11 +52,15 @@ def stamp(base: int, i: int) -> float:
     return base + i / 1000.0  # a millisecond apart
 
 
-def anchor(murl: str, serial: str, size: int, base: int, mqtt_url: Optional[str]) -> float:
-    """Values/s murano_local accepts from a bare Device posting BATCH-value records back to back."""
+def anchor(murl: str, serial: str, size: int, base: int, mqtt_url: Optional[str], work: str) -> float:
+    """Values/s murano_local accepts from a bare Device posting BATCH-value records back to back.
+
+    It logs its requests as gmq's Device does, into a usage log of its own in ``work`` (not the
+    machine's gateway home)."""
     from device_client import Device
 
     dev = Device(host=murl, product_id="localproduct", serial=serial, identity="bench",
+                 usage_db=os.path.join(work, "anchor-usage.db"),
                  transport="mqtt" if mqtt_url else None, mqtt_url=mqtt_url)
     dev.activate()
     batches = [{"v": [(round(stamp(base, i), 6), str(i)) for i in range(b, min(b + BATCH, size))]}
@@ -144,7 +148,7 @@ def one_round(work: str, rnd: int, args) -> dict:
         for serial in ("anchor-1", "anchor-2", "drain-1"):
             add_device(murl, serial)
         base = 1600000000 + rnd * 100000
-        before = anchor(murl, "anchor-1", args.anchor_size, base, mqtt_url)
+        before = anchor(murl, "anchor-1", args.anchor_size, base, mqtt_url, work)
         gmq = Gmq(work, "gmq-drain-%d" % rnd, {("queue", "max_bytes"): 1 << 30})
         time.sleep(1.0)
         rss = [("idle", rss_mib(gmq.pid))]
@@ -152,7 +156,7 @@ def one_round(work: str, rnd: int, args) -> dict:
         fig = drain(gmq, murl, args.size, rss, args.timeout, mqtt_url)
         gmq.stop()
         gmq = None
-        after = anchor(murl, "anchor-2", args.anchor_size, base, mqtt_url)
+        after = anchor(murl, "anchor-2", args.anchor_size, base, mqtt_url, work)
     finally:
         if gmq is not None:
             gmq.stop()
