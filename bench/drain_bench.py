@@ -135,7 +135,8 @@ def tenth_rates(size: int, times: list) -> list:
 def one_round(work: str, rnd: int, args) -> dict:
     mport = free_port()
     mdir = os.path.join(work, "murano-%d" % rnd)
-    serve = [sys.executable, "-m", "murano_local", "serve", "--port", str(mport), "--data", mdir, "--log-level", "WARNING"]
+    serve = [sys.executable, "-m", "murano_local", "serve", "--port", str(mport), "--data", mdir,
+             "--log-level", "WARNING"]
     mqtt_url = None
     if args.transport == "mqtt":
         qport = free_port()

@@ -24,5 +24,6 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())  # the application
 __all__ = [
     "Backoff", "Conflict", "ContentMismatch", "Device", "DeviceAPIError", "Download", "Forbidden", "FormError",
     "NetworkError", "NotActivated", "NotFound", "PreparedRecord", "RequestError", "ServerError", "TLSError", "UsageLog",
-    "UsageSnapshot", "__version__", "decode_alias_query", "decode_form", "decode_form_dict", "encode_form", "errors", "usage_report",
+    "UsageSnapshot", "__version__", "decode_alias_query", "decode_form", "decode_form_dict", "encode_form", "errors",
+    "usage_report",
 ]

@@ -255,7 +255,8 @@ class HttpTransport:
               read_timeout: Optional[float] = None, label: str = "", data: object = None) -> _Exchange:
         """Send a request and read the status and headers; the body is left on the wire.
 
-        ``body`` is a form (text, or its encoded bytes); ``data`` raw bytes or a readable object with ``__len__`` (uploads)."""
+        ``body`` is a form (text, or its encoded bytes); ``data`` raw bytes or a readable object
+        with ``__len__`` (uploads)."""
         exchange = _Exchange(self, kind, method, aliases)
         send_headers = dict(headers or {})
         if token:

@@ -272,9 +272,9 @@ class Forwarder(threading.Thread):
             if not dev.activated:
                 return self._activate(client, st, dev)
             staged = self._staged(st)
-            values, prepared, encoded_for = staged if staged is not None else (None, None, None)
-            if encoded_for is not dev:  # the settings changed since (another transport, maybe)
-                prepared = None
+            values = staged[0] if staged is not None else None
+            # encoded for the Device of its moment: a reread since may have made one for another transport
+            prepared = staged[1] if staged is not None and staged[2] is dev else None
             if values is None:
                 if st.answered:  # the last batch: nothing to overlap its delete with
                     self.queue.ack(st.answered)
@@ -342,8 +342,8 @@ class Forwarder(threading.Thread):
     def _staged(st: _ClientState) -> Optional[tuple]:
         """The batch the stager took and marked for ``st``'s client, its encoded request (None if
         encoding it failed: the forwarder encodes it again and meets the error itself) and the
-        Device it was encoded for; or None (take one now). Raises StorageError if the stager could not record the previous delivery
-        (its values stay queued)."""
+        Device it was encoded for; or None (take one now). Raises StorageError if the stager could
+        not record the previous delivery (its values stay queued)."""
         staged, st.staged = st.staged, None
         return staged.result() if staged is not None else None
 

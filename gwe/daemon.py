@@ -168,12 +168,11 @@ class Engine:
             self.uploader = Uploader(self.paths, self._uploads_stop)
             if not self.once:  # one cycle keeps an upload request on disk for the daemon to run
                 self.uploader.start()
-            backoff = self._error_backoff
             while True:
                 try:
                     self._check_stop()
                     self.cycle()
-                    backoff.reset()
+                    self._error_backoff.reset()
                     if self.once:
                         return 0
                 except Shutdown:
@@ -182,7 +181,7 @@ class Engine:
                     self._since = None  # ask again for everything still pending: nothing is lost
                     if self._reactivate_if_rejected(exc):
                         continue
-                    delay = backoff.next_delay()
+                    delay = self._error_backoff.next_delay()
                     self._link_failed(exc, delay)
                     log.warning("cycle failed (%s); retrying in %.1fs", _describe(exc), delay)
                     if self.once:
