@@ -45,6 +45,7 @@ class PreparedRecord(NamedTuple):
 
     body: bytes
     aliases: Tuple[str, ...]
+    encoding: str  # the transport class that encoded it: another one cannot send it
 
 
 class Device:
@@ -242,6 +243,9 @@ class Device:
         A :class:`~errors.Conflict` carries ``conflicts`` (alias -> clashing timestamps).
         """
         prepared = points if isinstance(points, PreparedRecord) else self.prepare_record(points)
+        if prepared.encoding != type(self.transport).__name__:
+            raise ValueError("this record was prepared for %s, not for this Device's %s: prepare it again here"
+                             % (prepared.encoding, type(self.transport).__name__))
         self._call(lambda token: self.transport.send_record(token, prepared.body, prepared.aliases))
 
     def prepare_record(self, points: Mapping[str, Iterable[Tuple[Union[int, float], object]]]) -> PreparedRecord:
@@ -255,7 +259,8 @@ class Device:
                 entries.append((check_alias(alias), pairs))
         if not entries:
             raise ValueError("nothing to record")
-        return PreparedRecord(self.transport.encode_record(entries), tuple(alias for alias, _ in entries))
+        return PreparedRecord(self.transport.encode_record(entries), tuple(alias for alias, _ in entries),
+                              type(self.transport).__name__)
 
     def timestamp(self) -> int:
         """The server's clock, unix seconds (no token needed)."""

@@ -424,3 +424,8 @@ def test_a_prepared_record_travels_as_a_batch(server, tmp_path):
         dev.record(prepared)
         assert [(p["timestamp"], p["value"]) for p in server.history("gw1", "temp")] == [
             (1700000001250000, "2"), (1700000000000000, "1")]
+        over_http = Device(server.url, token=dev.token, usage_db=False)
+        with pytest.raises(ValueError, match="prepared for MqttTransport"):
+            over_http.record(prepared)  # a batch's JSON is not a form: refused, nothing sent
+        over_http.close()
+        assert len(server.history("gw1", "temp")) == 2
