@@ -5,10 +5,14 @@ retries, the exit before a restart) or a spawn that follows one, or one that gwe
 (an install: the daemon calls :meth:`StateWatch.look`). So the watch asks supervisord
 (``getAllProcessInfo``) once, opens a pidfd (``os.pidfd_open``, Linux >= 5.3) for each running
 pid, and sleeps in ``select`` until one of them exits; then it asks again. While a program is in
-a passing state (STARTING, BACKOFF, STOPPING), or an exit is not in supervisord's answer yet, it
-asks every :data:`PASSING_POLL_S`; otherwise only every :data:`STABLE_POLL_S`, which catches what
-no exit announces (an operator's ``supervisorctl start``). Without pidfds it asks every
-:data:`FALLBACK_POLL_S`.
+a passing state (STARTING, BACKOFF, STOPPING), or stopped less than :data:`SETTLE_S` ago, or an
+exit is not in supervisord's answer yet, it asks every :data:`PASSING_POLL_S`; otherwise only every
+:data:`STABLE_POLL_S`, which catches what no exit announces (an operator's ``supervisorctl start``
+long after a stop). Without pidfds it asks every :data:`FALLBACK_POLL_S`.
+
+A program just stopped counts as passing because the next spawn is announced by no exit:
+supervisord answers an XML-RPC call between reaping a process (EXITED) and its ``autorestart``
+spawn, up to a second later; ``supervisorctl restart`` stops, then starts.
 """
 from __future__ import annotations
 
@@ -26,7 +30,9 @@ STABLE_POLL_S = 120.0
 PASSING_POLL_S = 1.0
 EXIT_UNSEEN_POLL_S = 0.2  # a pid has exited but supervisord has not reaped it yet: that takes ms
 FALLBACK_POLL_S = 2.0
+SETTLE_S = 5.0
 PASSING = frozenset(("STARTING", "BACKOFF", "STOPPING"))
+STOPPED = frozenset(("EXITED", "STOPPED"))
 
 Seen = Dict[str, Tuple[str, int]]
 
@@ -39,6 +45,13 @@ def pidfds_supported() -> bool:
         return True
     except OSError:  # ENOSYS: a kernel before 5.3
         return False
+
+
+def _passing(proc: dict) -> bool:
+    state = proc.get("statename", proc.get("state"))
+    if state in STOPPED:  # by supervisord's clock, in whole seconds
+        return "stop" in proc and proc.get("now", 0) - proc["stop"] < SETTLE_S
+    return state in PASSING
 
 
 class StateWatch(threading.Thread):
@@ -92,7 +105,7 @@ class StateWatch(threading.Thread):
         unseen_exit = self._watch_pids({pid for _, pid in seen.values() if pid})
         if unseen_exit:
             return EXIT_UNSEEN_POLL_S
-        if any(state in PASSING for state, _ in seen.values()):
+        if any(_passing(p) for p in procs):
             return PASSING_POLL_S
         return STABLE_POLL_S
 

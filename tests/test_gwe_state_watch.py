@@ -42,3 +42,31 @@ def test_the_watch_sleeps_while_nothing_changes_and_looks_at_once_when_a_process
         watch.stop()
         app.kill()
         app.wait()
+
+
+def test_a_start_no_exit_announces_is_seen_when_it_follows_a_stop(supervisord, tmp_path):
+    """supervisord answers between reaping a process (EXITED) and its autorestart spawn, and
+    ``supervisorctl restart`` stops, then starts: a watch that saw the stop with no pid left to
+    wait on slept its stable interval (120 s) through the start."""
+    trigger = tmp_path / "exit-now"
+    supervisord.add_program("app", "/bin/sh -c 'while [ ! -e %s ]; do sleep 0.05; done'" % trigger,
+                            startsecs=0, autorestart="false")
+    wait_for(lambda: supervisord.state("app") == "RUNNING", 10, message="app running")
+    answers, states = [], []
+
+    def processes():
+        answers.append(supervisord.rpc().supervisor.getAllProcessInfo())
+        return answers[-1]
+
+    watch = StateWatch(processes, lambda names: states.append(answers[-1][0]["statename"]))
+    watch.start()
+    try:
+        wait_for(lambda: answers, 10, message="the first look")
+        trigger.touch()
+        wait_for(lambda: "EXITED" in states, 10, message="the exit seen")
+        trigger.unlink()
+        supervisord.rpc().supervisor.startProcess("app", False)
+        wait_for(lambda: {"STARTING", "RUNNING"} & set(states[states.index("EXITED"):]), 10,
+                 message="the start after the stop seen")
+    finally:
+        watch.stop()
