@@ -47,8 +47,8 @@ def test_write_record_push_and_echo(server, tmp_path):
         setter = threading.Timer(0.2, server.set, ("gw1", "engine_fetch", '{"install": []}'))
         setter.start()
         started = time.monotonic()
-        values, last_modified = dev.long_poll(["engine_fetch", "update_interval"], timeout_ms=5000)
-        assert time.monotonic() - started < 1.2  # pushed within a second of the set
+        values, last_modified = dev.long_poll(["engine_fetch", "update_interval"], timeout_ms=15000)
+        assert time.monotonic() - started < 5  # pushed on the set, not answered at the poll's timeout
         assert values == {"engine_fetch": '{"install": []}'}
         assert last_modified.endswith("GMT")
         assert pushed[0][:2] == ("engine_fetch", '{"install": []}')
@@ -80,8 +80,8 @@ def test_pending_sets_are_pushed_on_connect(server, tmp_path):
         server.set("gw2", "update_interval", "60")  # not connected yet: nothing to push to
     with _device(server, "gw2", tmp_path, token=dev.token) as again:
         started = time.monotonic()
-        assert again.long_poll(["update_interval"], timeout_ms=5000)[0] == {"update_interval": "60"}
-        assert time.monotonic() - started < 2
+        assert again.long_poll(["update_interval"], timeout_ms=15000)[0] == {"update_interval": "60"}
+        assert time.monotonic() - started < 5  # pushed on connect, not answered at the poll's timeout
 
 
 def test_devices_never_see_each_other(server, tmp_path):
