@@ -270,12 +270,11 @@ def test_a_crash_loop_does_not_flood_the_uplink(gateway, murano, supervisord, tm
     # added behind its back shows at its next periodic look)
     supervisord.add_program("looper", "/bin/sh -c 'sleep 0.3; exit 1'", startsecs=0, autorestart="true",
                             startretries=1000)
-    started = time.monotonic()
     gateway()
     wait_for(lambda: "looper" in _report_apps(murano), 20, message="the loop reported")
-    time.sleep(max(0.0, started + 30 - time.monotonic()))
+    time.sleep(15)
     written = len(murano.history(SERIAL, "engine_report"))
-    # the loop changes state every ~0.4 s (the watch sees each exit: ~75 changes in 30 s); reports: the
+    # the loop changes state every ~0.4 s (the watch sees each exit: ~40 changes in 15 s); reports: the
     # first cycle's, the bucket's burst, at most one refill, and at least one on change
     assert 2 <= written <= 1 + BURST + 1, written
     supervisord.rpc().supervisor.stopProcessGroup("looper", False)
