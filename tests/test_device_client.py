@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from device_client import Device, errors, usage_report
-from harness import wait_for
+from harness import free_port, wait_for
 
 CONTENT_NAME = "app.v1.tar.gz"
 
@@ -461,6 +461,28 @@ def test_tls_is_verified_by_default_and_trusts_a_given_ca(pki, usage_db):
         server.shutdown()
         server.server_close()
     assert server.seen == [("t" * 40, None)]
+
+
+def test_the_ca_bundle_named_by_the_environment_is_trusted_as_requests_does(pki, usage_db, monkeypatch):
+    server = _tls_server(pki, require_client_cert=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", os.path.join(pki, "ca.pem"))
+    try:
+        with Device("https://127.0.0.1:%d" % server.server_address[1], token="t" * 40, usage_db=usage_db) as dev:
+            dev.write("a", 1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.seen == [("t" * 40, None)]
+
+
+def test_the_environment_is_read_when_the_device_is_made_not_for_each_request(device, murano, monkeypatch):
+    """requests looks up proxies, no_proxy and the CA bundle again for every request (0.5 ms of
+    CPU each); a Device, which talks to one host, takes them as it is made."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:%d" % free_port())  # nothing listens there
+    device.write("a", 1)
+    assert device.read("a") == {"a": "1"}
 
 
 def test_tls_client_certificate_auth_sends_no_token(pki, usage_db):
