@@ -33,8 +33,25 @@ SENSOR = "demo-sensor"
 APP = "sample_sensor"
 SAMPLE_APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_app")
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class DemoError(Exception):
     pass
+
+
+class DemoStopped(BaseException):
+    """SIGINT, SIGTERM or SIGHUP, raised in the demo's thread: the demo stops what it started and
+    exits 128 + the signal (Python's default for SIGTERM and SIGHUP exits at once, leaving
+    murano_local and supervisord, with gwe and gmq, running on their own)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise DemoStopped(signum)
 
 
 def _free_port() -> int:
@@ -227,6 +244,7 @@ def run_demo(keep_running: bool = False) -> int:
         os.rmdir(home)
         home = tempfile.mkdtemp(prefix="gwe-demo-", dir="/tmp")
     previous_home = os.environ.get("GWE_HOME")
+    previous_handlers = {signum: signal.signal(signum, _raise_stopped) for signum in STOP_SIGNALS}
     demo = Demo(home)
     try:
         demo.start_cloud()
@@ -240,14 +258,21 @@ def run_demo(keep_running: bool = False) -> int:
         if keep_running:
             click.echo("still running: GWE_HOME=%s, murano_local at %s, gmq at http://127.0.0.1:%d. Ctrl-C stops."
                        % (home, demo.murano_url, demo.gmq_port))
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
+            signal.sigwait(set(STOP_SIGNALS))
+            click.echo("stopping; GWE_HOME=%s is kept (its logs are in %s)" % (home, demo.paths.log))
         return 0
     except DemoError as exc:
         click.secho("demo failed: %s (logs in %s)" % (exc, demo.paths.log), fg="red", err=True)
         keep_running = True  # keep the logs for a look
         return 1
+    except DemoStopped as stopped:
+        click.secho("demo stopped (%s): stopping what it started" % stopped, fg="red", err=True)
+        keep_running = False
+        return 128 + stopped.signum
     finally:
+        for signum in STOP_SIGNALS:  # a second signal must not cut the clean-up short
+            signal.signal(signum, signal.SIG_IGN)
         demo.stop()
         if previous_home is None:
             os.environ.pop("GWE_HOME", None)
@@ -255,3 +280,5 @@ def run_demo(keep_running: bool = False) -> int:
             os.environ["GWE_HOME"] = previous_home
         if not keep_running:
             shutil.rmtree(home, ignore_errors=True)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
