@@ -248,7 +248,8 @@ class HttpTransport:
         self._session.mount("http://", adapter)
         self._session.headers.update({"User-Agent": user_agent, "Accept": FORM_CONTENT_TYPE})
         # requests reads the environment (proxies and no_proxy, the CA bundle, ~/.netrc) again for every
-        # request, 0.5 ms of CPU each; every request here goes to base_url, so it is read once, now
+        # request, 0.5 ms of CPU each; every request here goes to base_url, so proxies and CA bundle are
+        # read once, now (and ~/.netrc not at all: the token header is the auth)
         settings = self._session.merge_environment_settings(self.base_url, {}, None, verify, None)
         self._session.trust_env = False
         self._proxies, self._verify = settings["proxies"], settings["verify"]

@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Optional
+from typing import Callable, Deque, Dict, List, NamedTuple, Optional
 
 from device_api import MAX_BODY_BYTES, MAX_TIMESTAMP_US, ContractError, check_alias, check_value
 from device_client.backoff import Backoff
@@ -62,6 +62,16 @@ class UpstreamSettings:
     transport: str = "http"
     mqtt_url: Optional[str] = None
     probe_interval: float = 60.0  # an idle link is checked with GET /timestamp this often; 0 = never
+
+
+class _Staged(NamedTuple):
+    """The stager's work for a client: its next batch, taken and marked, and that batch's request
+    encoded for ``device`` (None if encoding failed: the forwarder encodes it again and meets the
+    error itself)."""
+
+    values: List[QueuedValue]
+    prepared: object
+    device: object
 
 
 @dataclass
@@ -271,10 +281,9 @@ class Forwarder(threading.Thread):
         try:
             if not dev.activated:
                 return self._activate(client, st, dev)
-            staged = self._staged(st)
-            values = staged[0] if staged is not None else None
-            # encoded for the Device of its moment: a reread since may have made one for another transport
-            prepared = staged[1] if staged is not None and staged[2] is dev else None
+            values, prepared, encoded_for = self._staged(st) or (None, None, None)
+            if encoded_for is not dev:  # a reread since may have made a Device for another transport
+                prepared = None
             if values is None:
                 if st.answered:  # the last batch: nothing to overlap its delete with
                     self.queue.ack(st.answered)
@@ -339,11 +348,9 @@ class Forwarder(threading.Thread):
         return True
 
     @staticmethod
-    def _staged(st: _ClientState) -> Optional[tuple]:
-        """The batch the stager took and marked for ``st``'s client, its encoded request (None if
-        encoding it failed: the forwarder encodes it again and meets the error itself) and the
-        Device it was encoded for; or None (take one now). Raises StorageError if the stager could
-        not record the previous delivery (its values stay queued)."""
+    def _staged(st: _ClientState) -> Optional[_Staged]:
+        """What the stager made for ``st``'s client, or None (take a batch now). Raises StorageError
+        if the stager could not record the previous delivery (its values stay queued)."""
         staged, st.staged = st.staged, None
         return staged.result() if staged is not None else None
 
@@ -355,7 +362,7 @@ class Forwarder(threading.Thread):
         st.staged = self._stager.submit(self._stage, client_id, st.answered, after, st.limit, dev)
         st.answered = []
 
-    def _stage(self, client_id: int, answered: List[int], after: int, limit: int, dev) -> Optional[tuple]:
+    def _stage(self, client_id: int, answered: List[int], after: int, limit: int, dev) -> Optional[_Staged]:
         """In the stager thread: one transaction deletes ``answered`` and marks the client's next batch,
         then its request is encoded; None when there is none, or it holds a value the contract refuses
         (the forwarder takes it itself then, and dead-letters that value)."""
@@ -369,7 +376,7 @@ class Forwarder(threading.Thread):
             prepared = dev.prepare_record(_payload(values))
         except (ValueError, self._errors.DeviceAPIError):
             prepared = None
-        return values, prepared, dev
+        return _Staged(values, prepared, dev)
 
     def _activate(self, client: Client, st: _ClientState, dev) -> bool:
         errors = self._errors

@@ -32,7 +32,7 @@ EXIT_UNSEEN_POLL_S = 0.2  # a pid has exited but supervisord has not reaped it y
 FALLBACK_POLL_S = 2.0
 SETTLE_S = 5.0
 PASSING = frozenset(("STARTING", "BACKOFF", "STOPPING"))
-STOPPED = frozenset(("EXITED", "STOPPED"))
+STOPPED_STATES = frozenset(("EXITED", "STOPPED"))
 
 Seen = Dict[str, Tuple[str, int]]
 
@@ -47,9 +47,13 @@ def pidfds_supported() -> bool:
         return False
 
 
+def _state(proc: dict) -> str:
+    return proc.get("statename", proc.get("state"))
+
+
 def _passing(proc: dict) -> bool:
-    state = proc.get("statename", proc.get("state"))
-    if state in STOPPED:  # by supervisord's clock, in whole seconds
+    state = _state(proc)
+    if state in STOPPED_STATES:  # by supervisord's clock, in whole seconds
         return "stop" in proc and proc.get("now", 0) - proc["stop"] < SETTLE_S
     return state in PASSING
 
@@ -96,7 +100,7 @@ class StateWatch(threading.Thread):
 
     def _look(self) -> float:
         procs = self._processes()
-        seen = {p["name"]: (p.get("statename", p.get("state")), p.get("pid", 0)) for p in procs}
+        seen = {p["name"]: (_state(p), p.get("pid", 0)) for p in procs}
         if self._seen is not None and seen != self._seen:
             self._on_change(sorted(n for n in set(seen) | set(self._seen) if seen.get(n) != self._seen.get(n)))
         self._seen = seen

@@ -31,8 +31,7 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path):
     assert out.count("temperature = ") >= 3
     for report in ("engine_report", "device_info", "usage_report", "fetch_status"):
         assert "--- " + report in out
-    home = [line for line in out.splitlines() if "GWE_HOME=" in line][0].split("GWE_HOME=")[1].strip()
-    assert not os.path.exists(home)  # the temporary GWE_HOME is gone
+    assert not os.path.exists(_home(out.splitlines()))  # the temporary GWE_HOME is gone
 
 
 def _start(argv, env):
