@@ -1,6 +1,7 @@
 """Reusable test parts: waiting for conditions, free ports, real supervisord and mosquitto."""
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -47,10 +48,40 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float 
         time.sleep(interval)
 
 
+# Ports for servers a test starts come from below the kernel's ephemeral range (32768+ here), a block per
+# xdist worker, each handed out once: a port from bind(0) could be handed by the kernel again, to
+# another worker's bind(0) or as an outgoing connection's local port, before the server bound it
+# (seen under load: a test's gmq port answered by another test's murano_local).
+PORTS_PER_WORKER, WORKER_BLOCKS = 1500, 8
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+PORT_BASE = max(1024, _ephemeral_low() - PORTS_PER_WORKER * WORKER_BLOCKS)
+_worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % WORKER_BLOCKS
+_first_port = PORT_BASE + _worker * PORTS_PER_WORKER
+_ports = itertools.cycle(range(_first_port, _first_port + PORTS_PER_WORKER))
+_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port nothing holds, the next of this worker's block (round again after its last)."""
+    with _ports_lock:
+        for _ in range(PORTS_PER_WORKER):
+            port = next(_ports)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port in %d-%d" % (_first_port, _first_port + PORTS_PER_WORKER - 1))
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
